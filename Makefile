@@ -1,0 +1,48 @@
+# Conclave: `make run` starts a local cluster, `make test` runs the whole suite.
+# Both install what they need on a fresh Debian machine with only Python.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test lint protos deps clean system-deps bench
+
+system-deps:
+	@command -v etcd >/dev/null 2>&1 || { \
+		echo "installing Debian etcd-server (etcd not on PATH)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client; }
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+deps: system-deps $(STAMP)
+
+run: deps
+	$(BIN)/conclave dev
+
+test: system-deps $(TEST_STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+protos: $(TEST_STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+		protos/rooms.proto protos/relay.proto protos/grant.proto
+	rm -f protos/grant_pb2_grpc.py
+
+bench: deps
+	$(BIN)/python bench/forward.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

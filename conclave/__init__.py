@@ -1,0 +1,1 @@
+"""Conclave's command-line front door and the infrastructure its servers share."""

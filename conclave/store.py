@@ -1,0 +1,231 @@
+"""The small etcd interface the relay and the control plane share.
+
+Everything above this module talks in keys, JSON-free bytes values, leases and
+prefix watches; only this module knows the etcd client library (etcd3aio, see
+docs/decisions.md), so swapping it touches one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import grpc
+from etcd3aio import Etcd3Client, prefix_range_end
+from etcd3aio.kv import KVService
+
+log = logging.getLogger(__name__)
+
+# One cell's key space (docs/architecture.md).
+NODES_PREFIX = "/conclave/nodes/"
+ROOMS_PREFIX = "/conclave/rooms/"
+PLACEMENT_PREFIX = "/conclave/placement/"
+GRANT_KEYS_PREFIX = "/conclave/keys/grant-signing/"
+
+
+class StoreError(Exception):
+    """etcd could not be reached or refused a request."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    kind: Literal["put", "delete"]
+    key: str
+    value: bytes
+
+
+class Lease:
+    """An etcd lease kept alive in the background until revoked or lost.
+
+    `lost` is set when etcd reports the lease expired (for example after a long
+    partition); the owner must register again under a new lease.
+    """
+
+    def __init__(self, client: Etcd3Client, lease_id: int, ttl: int) -> None:
+        self.id = lease_id
+        self.ttl = ttl
+        self.lost = asyncio.Event()
+        self._client = client
+        self._task = asyncio.create_task(self._keepalive(), name=f"lease-{lease_id:x}")
+
+    async def _keepalive(self) -> None:
+        interval = max(self.ttl / 3, 0.5)
+        while not self.lost.is_set():
+            await asyncio.sleep(interval)
+            try:
+                await self._refresh()
+            except Exception as exc:  # etcd briefly unreachable: retry until the TTL runs out
+                log.warning("lease keepalive failed: %s", exc)
+
+    async def _refresh(self) -> None:
+        stream = self._client.lease.keep_alive(self.id)  # type: ignore[union-attr]
+        try:
+            async for response in stream:
+                if response.TTL <= 0:
+                    self.lost.set()
+                return
+        finally:
+            stream.cancel()
+
+    async def revoke(self) -> None:
+        """Stop the keepalive and delete every key attached to the lease now."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        with contextlib.suppress(Exception):
+            await self._client.lease.revoke(self.id, timeout=2)  # type: ignore[union-attr]
+
+
+class EtcdStore:
+    """Keys, leases and prefix watches on one etcd cluster."""
+
+    def __init__(self, endpoints: list[str]) -> None:
+        self._client = Etcd3Client([_strip_scheme(e) for e in endpoints])
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Open the channel and wait until etcd answers."""
+        await self._client.connect()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                await self._kv.get("/conclave/ping", timeout=2, max_attempts=1)
+                return
+            except Exception as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise StoreError(f"etcd not reachable: {exc}") from exc
+                await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    @property
+    def _kv(self) -> KVService:
+        assert self._client.kv is not None, "EtcdStore.connect() was not called"
+        return self._client.kv
+
+    async def get(self, key: str) -> bytes | None:
+        response = await self._kv.get(key, timeout=5)
+        return bytes(response.kvs[0].value) if response.kvs else None
+
+    async def get_prefix(self, prefix: str) -> tuple[dict[str, bytes], int]:
+        """All keys under `prefix` and the revision they were read at."""
+        response = await self._kv.get(prefix, prefix_range_end(prefix.encode()), timeout=5)
+        items = {kv.key.decode(): bytes(kv.value) for kv in response.kvs}
+        return items, int(response.header.revision)
+
+    async def put(self, key: str, value: bytes, lease: Lease | int = 0) -> None:
+        await self._kv.put(key, value, lease=_lease_id(lease), timeout=5)
+
+    async def delete(self, key: str) -> bool:
+        response = await self._kv.delete(key, timeout=5)
+        return int(response.deleted) > 0
+
+    async def create_if_absent(
+        self, key: str, value: bytes, lease: Lease | int = 0
+    ) -> tuple[bool, bytes]:
+        """Write `key` only if it does not exist, in one transaction.
+
+        Returns (created, value now stored). The guard is `create_revision == 0`,
+        so of any number of concurrent writers exactly one wins.
+        """
+        response = await self._kv.txn(
+            compare=[KVService.txn_compare_create_revision(key, 0)],
+            success=[KVService.txn_op_put(key, value, lease=_lease_id(lease))],
+            failure=[KVService.txn_op_get(key)],
+            timeout=5,
+        )
+        if response.succeeded:
+            return True, value
+        kvs = response.responses[0].response_range.kvs
+        return False, bytes(kvs[0].value) if kvs else b""
+
+    async def grant_lease(self, ttl: int) -> Lease:
+        response = await self._client.lease.grant(ttl, timeout=5)  # type: ignore[union-attr]
+        return Lease(self._client, int(response.ID), ttl)
+
+    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Changes under `prefix` from `start_revision` on; reconnects by itself."""
+        watch = self._client.watch
+        assert watch is not None, "EtcdStore.connect() was not called"
+        stream = watch.watch(prefix, prefix_range_end(prefix.encode()), start_revision)
+        async for response in stream:
+            for event in response.events:
+                kind: Literal["put", "delete"] = "delete" if event.type == 1 else "put"
+                yield WatchEvent(kind, event.kv.key.decode(), bytes(event.kv.value))
+
+
+class PrefixCache:
+    """A live in-memory copy of one key prefix: an initial read, then a watch.
+
+    `on_change(key, value_or_None)` runs for every change after the initial read.
+    """
+
+    def __init__(
+        self,
+        store: EtcdStore,
+        prefix: str,
+        on_change: Callable[[str, bytes | None], Any] | None = None,
+    ) -> None:
+        self.items: dict[str, bytes] = {}
+        self._store = store
+        self._prefix = prefix
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Re-read the prefix now and (re)start the watch after that read."""
+        items, revision = await self._store.get_prefix(self._prefix)
+        self.items = {k[len(self._prefix) :]: v for k, v in items.items()}
+        if self._task is not None:
+            self._task.cancel()
+        self._task = asyncio.create_task(self._follow(revision + 1), name=f"watch {self._prefix}")
+
+    async def _follow(self, revision: int) -> None:
+        while True:
+            try:
+                async for event in self._store.watch_prefix(self._prefix, revision):
+                    self._apply(event)
+                return
+            except asyncio.CancelledError:
+                raise
+            except (grpc.aio.AioRpcError, Exception) as exc:
+                log.warning("watch on %s failed, re-reading: %s", self._prefix, exc)
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    items, rev = await self._store.get_prefix(self._prefix)
+                    self.items = {k[len(self._prefix) :]: v for k, v in items.items()}
+                    revision = rev + 1
+
+    def _apply(self, event: WatchEvent) -> None:
+        name = event.key[len(self._prefix) :]
+        if event.kind == "put":
+            self.items[name] = event.value
+        else:
+            self.items.pop(name, None)
+        if self._on_change is not None:
+            self._on_change(name, event.value if event.kind == "put" else None)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def _lease_id(lease: Lease | int) -> int:
+    return lease.id if isinstance(lease, Lease) else lease
+
+
+def _strip_scheme(endpoint: str) -> str:
+    for scheme in ("http://", "https://"):
+        if endpoint.startswith(scheme):
+            return endpoint[len(scheme) :]
+    return endpoint
