@@ -51,14 +51,31 @@ class EtcdServer:
         self.data_dir = tempfile.mkdtemp(prefix="conclave-etcd-")
         client = f"http://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
-        out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        out = open(log_path, "wb") if log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [binary, "--name", "conclave-dev", "--data-dir", self.data_dir,
-             "--listen-client-urls", client, "--advertise-client-urls", client,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"conclave-dev={peer}", "--unsafe-no-fsync",
-             "--log-level", "error"],
-            stdout=out, stderr=out, start_new_session=True,
+            [
+                binary,
+                "--name",
+                "conclave-dev",
+                "--data-dir",
+                self.data_dir,
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"conclave-dev={peer}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "error",
+            ],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -66,8 +83,9 @@ class EtcdServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.process.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.client_port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.client_port), timeout=0.5),
             ):
                 return
             time.sleep(0.1)

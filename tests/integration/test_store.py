@@ -10,7 +10,9 @@ from conclave.store import EtcdStore, PrefixCache
 
 async def test_create_if_absent_has_exactly_one_winner(store: EtcdStore) -> None:
     key = f"/test/{uuid.uuid4()}"
-    results = await asyncio.gather(*(store.create_if_absent(key, f"v{i}".encode()) for i in range(8)))
+    results = await asyncio.gather(
+        *(store.create_if_absent(key, f"v{i}".encode()) for i in range(8))
+    )
     winners = [value for created, value in results if created]
     assert len(winners) == 1
     assert {value for _, value in results} == {winners[0]}

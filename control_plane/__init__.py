@@ -1,0 +1,1 @@
+"""Conclave's control plane: the gRPC RoomService, node registry, placement and grant signing."""

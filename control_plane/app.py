@@ -1,0 +1,72 @@
+"""One control-plane replica wired together: etcd store, registry, signer, gRPC server.
+
+Kept apart from main.py (argv, signals, event loop) so tests and `conclave dev` can
+run a replica in-process with exactly the production wiring.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from conclave.store import EtcdStore
+from control_plane.placement import PlacementStrategy, PowerOfTwoChoices
+from control_plane.placer import Placer
+from control_plane.registry import NodeRegistry
+from control_plane.relay_client import RelayClient
+from control_plane.service import RoomService
+from control_plane.signing import GrantSigner
+from protos import rooms_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 3.0
+
+
+class ControlPlane:
+    """A RoomService replica: `await start(host, port)`, later `await stop()`."""
+
+    def __init__(self, etcd: list[str], *, strategy: PlacementStrategy | None = None) -> None:
+        self.store = EtcdStore(etcd)
+        self.registry = NodeRegistry(self.store)
+        self.signer = GrantSigner(self.store)
+        self.relays = RelayClient()
+        self.registry.on_node_removed(self.relays.forget)
+        self.placer = Placer(self.store, self.registry, strategy or PowerOfTwoChoices())
+        self.service = RoomService(self.store, self.registry, self.placer, self.signer, self.relays)
+        # Without this gRPC sets SO_REUSEPORT, and a second replica started on the
+        # same port would silently share it instead of failing.
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        rooms_pb2_grpc.add_RoomServiceServicer_to_server(self.service, self._server)  # type: ignore[no-untyped-call]
+        self._started = False
+
+    async def start(self, host: str, port: int) -> int:
+        """Connect to etcd, publish the signing key, serve; returns the bound port.
+
+        Raises `conclave.store.StoreError` if etcd is unreachable and `RuntimeError`
+        if the address cannot be bound; whatever started is stopped again.
+        """
+        self._started = True
+        try:
+            await self.store.connect()
+            await self.registry.start()
+            await self.signer.start()
+            bound = int(self._server.add_insecure_port(f"{host}:{port}"))
+            await self._server.start()
+        except BaseException:
+            await self.stop(grace=None)
+            raise
+        log.info("serving RoomService")
+        return bound
+
+    async def stop(self, grace: float | None = SHUTDOWN_GRACE_S) -> None:
+        """Finish in-flight calls (up to `grace` s), withdraw the signing key, disconnect."""
+        if not self._started:
+            return
+        self._started = False
+        await self._server.stop(grace)
+        await self.signer.stop()
+        await self.registry.stop()
+        await self.relays.close()
+        await self.store.close()

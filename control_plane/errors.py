@@ -1,0 +1,52 @@
+"""Named control-plane failures; the service maps each to one gRPC status code."""
+
+from __future__ import annotations
+
+
+class ControlPlaneError(Exception):
+    """Base of every failure the control plane reports to callers on purpose."""
+
+
+class InvalidArgument(ControlPlaneError):
+    """A request field is missing, too long or malformed."""
+
+
+class RoomNotFound(ControlPlaneError):
+    """No meeting with this id exists (never created, or ended)."""
+
+    def __init__(self, room_id: str) -> None:
+        super().__init__(f"room {room_id!r} not found")
+        self.room_id = room_id
+
+
+class NoRelayAvailable(ControlPlaneError):
+    """No live relay node has headroom for a new meeting."""
+
+    def __init__(self, room_id: str = "") -> None:
+        where = f" for room {room_id!r}" if room_id else ""
+        super().__init__(f"no relay node with free capacity is available{where}")
+        self.room_id = room_id
+
+
+class PlacementUnsettled(ControlPlaneError):
+    """The meeting's placement still names a relay that has left; etcd has not removed it yet."""
+
+    def __init__(self, room_id: str, node_id: str) -> None:
+        super().__init__(
+            f"room {room_id!r} is still placed on departed node {node_id!r}; retry shortly"
+        )
+        self.room_id = room_id
+        self.node_id = node_id
+
+
+class RelayUnavailable(ControlPlaneError):
+    """The relay hosting the meeting did not answer its RelayService in time."""
+
+    def __init__(self, node_id: str, detail: str = "") -> None:
+        suffix = f": {detail}" if detail else ""
+        super().__init__(f"relay node {node_id!r} is unreachable{suffix}")
+        self.node_id = node_id
+
+
+class StoreUnavailable(ControlPlaneError):
+    """etcd could not be reached or refused the request."""

@@ -1,0 +1,108 @@
+"""`conclave control-plane`: run one RoomService replica until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import uvloop
+
+from conclave.store import StoreError
+from control_plane.app import ControlPlane
+
+log = logging.getLogger("control_plane")
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class Options:
+    etcd: list[str]
+    host: str
+    port: int
+    log_level: str
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    """Command-line options; `--etcd` may repeat and may hold comma-separated URLs."""
+    parser = argparse.ArgumentParser(
+        prog="conclave control-plane", description="Run one Conclave control-plane replica."
+    )
+    parser.add_argument(
+        "--etcd",
+        action="append",
+        metavar="URL",
+        help="etcd endpoint; repeat or separate with commas "
+        f"(default: $CONCLAVE_ETCD or {DEFAULT_ETCD})",
+    )
+    parser.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"gRPC address for RoomService; port 0 picks a free one (default: {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level on stderr (room ids, names and addresses are logged at debug only)",
+    )
+    args = parser.parse_args(argv)
+    raw = args.etcd or [os.environ.get("CONCLAVE_ETCD") or DEFAULT_ETCD]
+    endpoints = [e.strip() for item in raw for e in item.split(",") if e.strip()]
+    if not endpoints:
+        parser.error("--etcd needs at least one endpoint")
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        parser.error(f"--listen must be HOST:PORT, got {args.listen!r}")
+    return Options(endpoints, host, int(port), args.log_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `conclave control-plane`; returns the process exit code."""
+    options = parse_args(argv)
+    logging.basicConfig(
+        level=options.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
+    try:
+        return uvloop.run(serve(options))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+
+
+async def serve(options: Options) -> int:
+    """Start, print the ready line, serve until a stop signal, then stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    replica = ControlPlane(options.etcd)
+    try:
+        port = await replica.start(options.host, options.port)
+    except Exception as exc:
+        # Messages may hold addresses: the reason at ERROR, the detail at DEBUG.
+        if isinstance(exc, StoreError):
+            reason = "etcd is not reachable"
+        elif isinstance(exc, RuntimeError):  # what grpc raises when it cannot bind
+            reason = "cannot listen on the --listen address (in use?)"
+        else:
+            reason = f"{type(exc).__name__} while connecting to etcd"
+        log.error("cannot start: %s", reason)
+        log.debug("start-up failure", exc_info=True)
+        return 1
+    try:
+        print(f"control-plane ready listen={options.host}:{port}", flush=True)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await replica.stop()
+    return 0

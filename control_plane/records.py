@@ -1,0 +1,135 @@
+"""The JSON records the control plane reads and writes in etcd (docs/architecture.md).
+
+Parsing is strict: a record written by a buggy or foreign writer raises
+`ValueError` here instead of surfacing as a `KeyError` deep in a request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from conclave.store import NODES_PREFIX, PLACEMENT_PREFIX, ROOMS_PREFIX
+from control_plane.ids import NodeId, RoomId
+
+
+def node_key(node_id: NodeId) -> str:
+    return NODES_PREFIX + node_id
+
+
+def room_key(room_id: RoomId) -> str:
+    return ROOMS_PREFIX + room_id
+
+
+def placement_key(room_id: RoomId) -> str:
+    return PLACEMENT_PREFIX + room_id
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What a relay publishes about itself under its lease.
+
+    `draining` is optional (absent means False): a relay that is shutting down can
+    set it to keep its meetings while refusing new ones.
+    """
+
+    node_id: NodeId
+    signal_url: str
+    rpc_address: str
+    capacity: int
+    load: float
+    lease: int
+    draining: bool = False
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> NodeInfo:
+        data = _object(raw)
+        lease = data.get("lease")
+        if isinstance(lease, str) and lease.isdigit():
+            lease = int(lease)  # tolerate a lease id written as a decimal string
+        node = cls(
+            node_id=NodeId(_field(data, "node_id", str)),
+            signal_url=_field(data, "signal_url", str),
+            rpc_address=_field(data, "rpc_address", str),
+            capacity=_field(data, "capacity", int),
+            load=float(_field(data, "load", (int, float))),
+            lease=_checked(lease, "lease", int),
+            draining=data.get("draining", False) is True,
+        )
+        if not node.node_id or node.lease <= 0:
+            raise ValueError("node info needs a node_id and a positive lease id")
+        return node
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "node_id": self.node_id,
+                "signal_url": self.signal_url,
+                "rpc_address": self.rpc_address,
+                "capacity": self.capacity,
+                "load": self.load,
+                "lease": self.lease,
+                "draining": self.draining,
+            }
+        ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    """A meeting as stored under /conclave/rooms/{room_id}."""
+
+    room_id: RoomId
+    name: str
+    created_at_ms: int
+    max_participants: int
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RoomRecord:
+        data = _object(raw)
+        return cls(
+            room_id=RoomId(_field(data, "room_id", str)),
+            name=_field(data, "name", str),
+            created_at_ms=_field(data, "created_at_ms", int),
+            max_participants=_field(data, "max_participants", int),
+        )
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "room_id": self.room_id,
+                "name": self.name,
+                "created_at_ms": self.created_at_ms,
+                "max_participants": self.max_participants,
+            }
+        ).encode()
+
+
+def encode_placement(node_id: NodeId) -> bytes:
+    """The placement value; identical bytes for every room on one node (cheap to count)."""
+    return json.dumps({"node_id": node_id}).encode()
+
+
+def decode_placement(raw: bytes) -> NodeId:
+    node_id = _field(_object(raw), "node_id", str)
+    if not node_id:
+        raise ValueError("placement names no node")
+    return NodeId(node_id)
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("record is not a JSON object")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    return _checked(data.get(name), name, kind)
+
+
+def _checked(value: Any, name: str, kind: type | tuple[type, ...]) -> Any:
+    # bool is an int subclass in Python; a boolean is never a valid number here.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"record field {name!r} is missing or has the wrong type")
+    return value

@@ -1,0 +1,1 @@
+"""Relay node: signalling, peer connections and packet forwarding without decoding."""

@@ -1,0 +1,23 @@
+"""Prometheus metrics of a relay node. Labels never carry names, ids or addresses."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+PACKETS_DROPPED = Counter(
+    "conclave_packets_dropped_total", "Packets the relay dropped, by reason", ["reason"]
+)
+PACKETS_FORWARDED = Counter("conclave_packets_forwarded_total", "RTP packets sent to subscribers")
+PACKETS_RECEIVED = Counter(
+    "conclave_packets_received_total", "RTP packets received from publishers"
+)
+KEYFRAME_REQUESTS = Counter("conclave_keyframe_requests_total", "PLIs the relay sent to publishers")
+SIGNALING_ERRORS = Counter(
+    "conclave_signaling_errors_total", "Client messages refused, by error code", ["code"]
+)
+PARTICIPANTS = Gauge("conclave_participants", "Participants connected to this relay")
+ROOMS = Gauge("conclave_rooms", "Meetings with at least one participant on this relay")
+DECODERS_CREATED = Counter(
+    "conclave_relay_decoders_created_total",
+    "Media decoders created in the relay process (must stay 0: relays never decode)",
+)

@@ -1,0 +1,246 @@
+"""A meeting on this node: who is connected, what they publish, who receives what.
+
+The relay is the authority for who is connected: every participant is on the
+roster every other participant sees, and media is forwarded only to participants
+on that roster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay import metrics
+from relay.errors import RoomFull, SignalingError
+from relay.forwarder import TrackForwarder
+from relay.peer import ParticipantPeer, Signal, Subscription
+from relay.rtcp import pli
+from relay.rtp import RtpHeader
+
+log = logging.getLogger(__name__)
+
+KEYFRAME_INTERVAL_S = 0.5
+MEDIA_KINDS = ("audio", "video")
+
+# Ends a participant's signalling connection: (reason, WebSocket close code).
+Disconnect = Callable[[str, int], Awaitable[None]]
+
+
+class KeyframeThrottle:
+    """At most one keyframe request per publisher track per 500 ms, however many
+    subscribers ask; a request inside the window is sent when the window ends."""
+
+    def __init__(self, send: Callable[[], None], interval: float = KEYFRAME_INTERVAL_S) -> None:
+        self._send = send
+        self._interval = interval
+        self._last = -interval
+        self._pending: asyncio.TimerHandle | None = None
+
+    def request(self) -> None:
+        if self._pending is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last + self._interval - loop.time()
+        if wait <= 0:
+            self._fire()
+        else:
+            self._pending = loop.call_later(wait, self._fire)
+
+    def _fire(self) -> None:
+        self._pending = None
+        self._last = asyncio.get_running_loop().time()
+        self._send()
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+
+
+@dataclass
+class PublishedTrack:
+    track_id: str
+    kind: str
+    owner: Participant
+    forwarder: TrackForwarder
+    throttle: KeyframeThrottle
+
+    def describe(self) -> dict[str, Any]:
+        return {"track_id": self.track_id, "kind": self.kind, "muted": False}
+
+
+@dataclass
+class Participant:
+    participant_id: str
+    name: str
+    can_subscribe: bool
+    signal: Signal
+    peer: ParticipantPeer
+    disconnect: Disconnect
+    joined_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    tracks: dict[str, PublishedTrack] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "participant_id": self.participant_id,
+            "name": self.name,
+            "tracks": [t.describe() for t in self.tracks.values()],
+        }
+
+
+class Room:
+    """Participants of one meeting on this node and the tracks between them."""
+
+    def __init__(self, room_id: str, max_participants: int) -> None:
+        self.room_id = room_id
+        self.max_participants = max_participants
+        self.participants: dict[str, Participant] = {}
+        self.tracks: dict[str, PublishedTrack] = {}
+
+    async def join(
+        self,
+        participant_id: str,
+        name: str,
+        publish: list[str],
+        can_subscribe: bool,
+        signal: Signal,
+        disconnect: Disconnect,
+    ) -> Participant:
+        """Add a participant, wire subscriptions both ways, and start negotiating."""
+        if len(self.participants) >= self.max_participants:
+            raise RoomFull(self.max_participants)
+        if participant_id in self.participants:
+            raise SignalingError("already_joined", "this participant is already connected", 4009)
+        peer = ParticipantPeer(participant_id, signal, self._on_media, self._on_keyframe_request)
+        participant = Participant(participant_id, name, can_subscribe, signal, peer, disconnect)
+        for kind in publish:
+            peer.add_publish(kind)
+        if can_subscribe:
+            for track in self.tracks.values():
+                peer.add_subscription(track.track_id, track.owner.participant_id, track.kind)
+        await signal(
+            {
+                "type": "joined",
+                "participant_id": participant_id,
+                "room_id": self.room_id,
+                "roster": [p.describe() for p in self.participants.values()],
+            }
+        )
+        self.participants[participant_id] = participant
+        metrics.PARTICIPANTS.inc()
+        await self._broadcast(
+            {"type": "participant_joined", "participant": participant.describe()},
+            exclude=participant_id,
+        )
+        for kind in publish:
+            await self._publish(participant, kind)
+        peer.start(self._on_subscription_ready)
+        return participant
+
+    async def _publish(self, owner: Participant, kind: str) -> None:
+        track_id = "TR_" + secrets.token_urlsafe(9)
+        throttle = KeyframeThrottle(lambda: self._send_keyframe_request(track_id))
+        track = PublishedTrack(
+            track_id, kind, owner, TrackForwarder(kind, throttle.request), throttle
+        )
+        owner.tracks[track_id] = track
+        self.tracks[track_id] = track
+        await self._broadcast(
+            {
+                "type": "track_published",
+                "participant_id": owner.participant_id,
+                "track": track.describe(),
+            },
+            exclude=owner.participant_id,
+        )
+        for other in self.participants.values():
+            if other is not owner and other.can_subscribe:
+                other.peer.add_subscription(track_id, owner.participant_id, kind)
+
+    async def leave(self, participant_id: str) -> None:
+        """Remove a participant completely: tracks, subscriptions, peer connection."""
+        participant = self.participants.pop(participant_id, None)
+        if participant is None:
+            return
+        metrics.PARTICIPANTS.dec()
+        for track_id in list(participant.tracks):
+            published = self.tracks.pop(track_id)
+            published.throttle.cancel()
+            for other in self.participants.values():
+                other.peer.remove_subscription(track_id)
+            await self._broadcast(
+                {
+                    "type": "track_unpublished",
+                    "participant_id": participant_id,
+                    "track_id": track_id,
+                }
+            )
+        for sub in list(participant.peer.subscriptions.values()):
+            output = participant.peer.remove_subscription(sub.track_id)
+            track = self.tracks.get(sub.track_id)
+            if output is not None and track is not None:
+                track.forwarder.remove_subscriber(output)
+        await participant.peer.close()
+        await self._broadcast({"type": "participant_left", "participant_id": participant_id})
+
+    def roster(self) -> list[Participant]:
+        return list(self.participants.values())
+
+    async def close(self, reason: str) -> int:
+        """Tell everyone the meeting ended and disconnect them; returns how many."""
+        everyone = list(self.participants.values())
+        for participant in everyone:
+            await participant.disconnect(reason, 4000)
+        return len(everyone)
+
+    # -- media ------------------------------------------------------------
+
+    def _on_subscription_ready(self, sub: Subscription) -> None:
+        track = self.tracks.get(sub.track_id)
+        if track is not None and sub.output is not None:
+            track.forwarder.add_subscriber(sub.output)
+
+    async def _on_media(
+        self, peer: ParticipantPeer, kind: str, header: RtpHeader, data: bytes
+    ) -> None:
+        participant = self.participants.get(peer.participant_id)
+        if participant is None:
+            return
+        track = next((t for t in participant.tracks.values() if t.kind == kind), None)
+        if track is None:
+            metrics.PACKETS_DROPPED.labels(reason="not_published").inc()
+            return
+        metrics.PACKETS_RECEIVED.inc()
+        outputs = track.forwarder.forward(data, header)
+        for output, packet in outputs:
+            await output.sink.send_rtp(packet)
+        metrics.PACKETS_FORWARDED.inc(len(outputs))
+
+    def _on_keyframe_request(self, track_id: str) -> None:
+        track = self.tracks.get(track_id)
+        if track is not None and track.kind == "video":
+            track.throttle.request()
+
+    def _send_keyframe_request(self, track_id: str) -> None:
+        track = self.tracks.get(track_id)
+        if track is None:
+            return
+        peer = track.owner.peer
+        ssrc = peer.publish_ssrc.get(track.kind)
+        if ssrc is None:
+            return  # nothing received yet; the first keyframe comes unasked
+        metrics.KEYFRAME_REQUESTS.inc()
+        asyncio.get_running_loop().create_task(peer.send_rtp(pli(peer.rtcp_ssrc, ssrc)))
+
+    async def _broadcast(self, message: dict[str, Any], exclude: str | None = None) -> None:
+        for participant in list(self.participants.values()):
+            if participant.participant_id != exclude:
+                try:
+                    await participant.signal(message)
+                except Exception as exc:  # one broken socket must not stop the others
+                    log.debug("signal to a participant failed: %s", exc)

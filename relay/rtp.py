@@ -1,0 +1,144 @@
+"""RTP header access for forwarding: read and rewrite, never decode media.
+
+RFC 3550 §5.1 (fixed header), RFC 8285 (header extensions), RFC 7741 §4 (VP8
+payload descriptor). Functions take `bytes` and return offsets or values so the
+forwarder can rewrite packets without building Python objects per packet.
+"""
+
+from __future__ import annotations
+
+import struct
+
+RTP_VERSION = 2
+FIXED_HEADER = 12
+ONE_BYTE_PROFILE = 0xBEDE
+
+_header = struct.Struct("!BBHII")
+
+
+class RtpHeader:
+    """The fields of one packet the relay needs; `parse` raises ValueError."""
+
+    __slots__ = (
+        "extensions",
+        "marker",
+        "payload_offset",
+        "payload_type",
+        "sequence",
+        "ssrc",
+        "timestamp",
+    )
+
+    def __init__(self) -> None:
+        self.marker = 0
+        self.payload_type = 0
+        self.sequence = 0
+        self.timestamp = 0
+        self.ssrc = 0
+        self.payload_offset = FIXED_HEADER
+        # One-byte-profile elements as (id, data); other profiles are kept opaque.
+        self.extensions: list[tuple[int, bytes]] = []
+
+    @classmethod
+    def parse(cls, data: bytes) -> RtpHeader:
+        if len(data) < FIXED_HEADER:
+            raise ValueError("RTP packet shorter than its fixed header")
+        first, second, sequence, timestamp, ssrc = _header.unpack_from(data)
+        if first >> 6 != RTP_VERSION:
+            raise ValueError("RTP version is not 2")
+        header = cls()
+        header.marker = second >> 7
+        header.payload_type = second & 0x7F
+        header.sequence = sequence
+        header.timestamp = timestamp
+        header.ssrc = ssrc
+        offset = FIXED_HEADER + 4 * (first & 0x0F)
+        if first & 0x10:
+            offset = header._parse_extensions(data, offset)
+        end = len(data)
+        if first & 0x20:  # padding: the last byte counts the padding bytes
+            if data[-1] == 0:
+                raise ValueError("RTP padding length is zero")
+            end -= data[-1]
+        if offset > end:
+            raise ValueError("RTP header runs past the end of the packet")
+        header.payload_offset = offset
+        return header
+
+    def _parse_extensions(self, data: bytes, offset: int) -> int:
+        if offset + 4 > len(data):
+            raise ValueError("RTP extension header truncated")
+        profile, words = struct.unpack_from("!HH", data, offset)
+        start = offset + 4
+        end = start + 4 * int(words)
+        if end > len(data):
+            raise ValueError("RTP extension block truncated")
+        if profile == ONE_BYTE_PROFILE:
+            self.extensions = parse_one_byte_extensions(data[start:end])
+        return end
+
+
+def parse_one_byte_extensions(block: bytes) -> list[tuple[int, bytes]]:
+    """RFC 8285 §4.2 elements; stops at id 15, skips padding bytes."""
+    elements: list[tuple[int, bytes]] = []
+    i = 0
+    while i < len(block):
+        byte = block[i]
+        if byte == 0:
+            i += 1
+            continue
+        ext_id, length = byte >> 4, (byte & 0x0F) + 1
+        if ext_id == 15:
+            break
+        if i + 1 + length > len(block):
+            raise ValueError("RTP extension element truncated")
+        elements.append((ext_id, block[i + 1 : i + 1 + length]))
+        i += 1 + length
+    return elements
+
+
+def one_byte_element(ext_id: int, value: bytes) -> bytes:
+    """Encode one RFC 8285 one-byte element (1..16 bytes of data)."""
+    if not 1 <= ext_id <= 14 or not 1 <= len(value) <= 16:
+        raise ValueError("extension id or length out of range for the one-byte form")
+    return bytes([(ext_id << 4) | (len(value) - 1)]) + value
+
+
+def extension_block(elements: bytes) -> bytes:
+    """Wrap encoded one-byte elements in the RFC 8285 header, padded to 32 bits."""
+    if not elements:
+        return b""
+    padded = elements + b"\x00" * (-len(elements) % 4)
+    return struct.pack("!HH", ONE_BYTE_PROFILE, len(padded) // 4) + padded
+
+
+def is_vp8_keyframe_start(payload: bytes | memoryview) -> bool:
+    """True when this VP8 packet starts a key frame (RFC 7741 §4.2, §4.3).
+
+    Only the payload descriptor and the first byte of the frame tag are read; with
+    SFrame those bytes stay in clear as authenticated metadata.
+    """
+    if len(payload) < 1:
+        return False
+    first = payload[0]
+    start_of_partition = first & 0x10
+    partition_index = first & 0x07
+    if not start_of_partition or partition_index != 0:
+        return False
+    offset = 1
+    if first & 0x80:  # X: extended control bits present
+        if len(payload) < 2:
+            return False
+        ext = payload[1]
+        offset = 2
+        if ext & 0x80:  # I: picture id, 7 or 15 bits
+            if len(payload) <= offset:
+                return False
+            offset += 2 if payload[offset] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            offset += 1
+        if ext & 0x30:  # T or K: TID/Y/KEYIDX byte
+            offset += 1
+    if len(payload) <= offset:
+        return False
+    return not payload[offset] & 0x01  # frame tag P bit: 0 means key frame

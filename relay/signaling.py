@@ -1,0 +1,166 @@
+"""WebSocket signalling (docs/signaling.md): one session per participant.
+
+Every message is validated before it touches a room; a bad one gets an `error`
+reply and changes nothing, so a misbehaving client cannot hurt the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from protos.grants import GrantError
+from relay import metrics
+from relay.errors import SignalingError
+from relay.node import RelayNode
+from relay.room import MEDIA_KINDS, Participant, Room
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024
+CLOSE_GRANT_REFUSED = 4001
+CLOSE_NOT_ALLOWED = 4003
+
+
+def _require(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = message.get(name)
+    if not isinstance(value, kind):
+        raise SignalingError("malformed", f"field {name!r} is missing or has the wrong type")
+    return value
+
+
+class SignalingSession:
+    """The signalling side of one participant, from `join` to disconnect."""
+
+    def __init__(self, node: RelayNode, ws: web.WebSocketResponse) -> None:
+        self.node = node
+        self.ws = ws
+        self.room: Room | None = None
+        self.participant: Participant | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            if not self.ws.closed:
+                await self.ws.send_str(json.dumps(message))
+
+    async def disconnect(self, reason: str, code: int) -> None:
+        """Called by the room (meeting ended, node draining) to end this session."""
+        with contextlib.suppress(Exception):
+            await self.send({"type": "room_closed", "reason": reason})
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+    async def run(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type != WSMsgType.TEXT:
+                    await self._refuse(SignalingError("malformed", "messages must be JSON text"))
+                    continue
+                try:
+                    await self.handle(self._parse(msg.data))
+                except SignalingError as exc:
+                    await self._refuse(exc)
+                except Exception as exc:  # a bug or etcd outage: refuse, keep the node up
+                    log.warning("signalling message failed: %s", type(exc).__name__)
+                    log.debug("signalling failure detail", exc_info=True)
+                    await self._refuse(SignalingError("internal", "the relay could not do that"))
+                if self.ws.closed:
+                    break
+        finally:
+            await self._leave()
+
+    @staticmethod
+    def _parse(text: str) -> dict[str, Any]:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise SignalingError("malformed", "message is not valid JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise SignalingError("malformed", "message must be an object with a string 'type'")
+        return message
+
+    async def _refuse(self, error: SignalingError) -> None:
+        metrics.SIGNALING_ERRORS.labels(code=error.code).inc()
+        await self.send({"type": "error", "code": error.code, "message": error.message})
+        if error.close_code is not None or (error.code == "malformed" and self.room is None):
+            await self.ws.close(
+                code=error.close_code or CLOSE_GRANT_REFUSED, message=error.code.encode()
+            )
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "join":
+            await self._join(message)
+            return
+        if self.participant is None:
+            if kind in ("answer", "ice", "leave"):
+                raise SignalingError("not_joined", "send 'join' first")
+            raise SignalingError("malformed", f"unknown message type {kind!r}")
+        if kind == "answer":
+            self.participant.peer.apply_answer(_require(message, "sdp", str))
+        elif kind == "ice":
+            candidate = message.get("candidate")
+            if candidate is not None and not isinstance(candidate, dict):
+                raise SignalingError("malformed", "field 'candidate' must be an object or null")
+            await self.participant.peer.add_ice_candidate(candidate)
+        elif kind == "leave":
+            await self.ws.close()
+        else:
+            raise SignalingError("malformed", f"unknown message type {kind!r}")
+
+    async def _join(self, message: dict[str, Any]) -> None:
+        if self.participant is not None:
+            raise SignalingError("already_joined", "this session has already joined")
+        token = _require(message, "grant", str)
+        publish = message.get("publish", [])
+        if not isinstance(publish, list) or any(k not in MEDIA_KINDS for k in publish):
+            raise SignalingError("malformed", "'publish' must be a list of 'audio'/'video'")
+        try:
+            grant = await self.node.grants.check(token)
+        except GrantError as exc:
+            raise SignalingError(f"grant_{exc.code}", str(exc), CLOSE_GRANT_REFUSED) from None
+        if publish and not grant.can_publish:
+            raise SignalingError(
+                "not_allowed", "this grant does not allow publishing", CLOSE_NOT_ALLOWED
+            )
+        room = await self.node.open_room(grant.room_id)
+        self.participant = await room.join(
+            grant.participant_id,
+            grant.display_name,
+            list(dict.fromkeys(publish)),
+            grant.can_subscribe,
+            self.send,
+            self.disconnect,
+        )
+        self.room = room
+        self.node.participants_changed(room.room_id)
+        asyncio.get_running_loop().create_task(self._watch_peer(self.participant))
+
+    async def _watch_peer(self, participant: Participant) -> None:
+        """A participant whose negotiation failed (for example no answer in time) is
+        disconnected rather than left half-connected."""
+        await participant.peer.failed.wait()
+        if self.participant is participant:
+            await self.disconnect("negotiation_failed", 4008)
+
+    async def _leave(self) -> None:
+        if self.room is not None and self.participant is not None:
+            room, participant = self.room, self.participant
+            self.participant = None
+            await room.leave(participant.participant_id)
+            self.node.participants_changed(room.room_id)
+
+
+def routes(node: RelayNode) -> list[web.RouteDef]:
+    async def websocket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30)
+        await ws.prepare(request)
+        await SignalingSession(node, ws).run()
+        return ws
+
+    return [web.get("/ws", websocket)]
