@@ -141,7 +141,8 @@ class ParticipantPeer:
             while True:
                 await self._needed.wait()
                 self._needed.clear()
-                await self._negotiate_once()
+                if self.pc.getTransceivers():  # nothing to offer until there is media
+                    await self._negotiate_once()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

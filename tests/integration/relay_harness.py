@@ -1,0 +1,121 @@
+"""A real relay process on the test etcd, and grants signed by a test key.
+
+Used by tests that exercise the relay's signalling directly, without a control
+plane in between, so that they can forge, expire and replay grants at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from conclave.processes import free_port, terminate, wait_for_line
+from conclave.store import GRANT_KEYS_PREFIX, ROOMS_PREFIX, EtcdStore
+from protos import grants, rooms_pb2
+from protos.grant_pb2 import JoinGrant
+
+
+@dataclass
+class RelayProcess:
+    node_id: str
+    etcd_endpoint: str
+    http_port: int = field(default_factory=free_port)
+    rpc_port: int = field(default_factory=free_port)
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def signal_url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/ws"
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "--etcd", self.etcd_endpoint,
+            "--node-id", self.node_id, "--http-port", str(self.http_port),
+            "--rpc-port", str(self.rpc_port), "--ice-address", "127.0.0.1",
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        await wait_for_line(self.process.stdout, "relay ready", timeout=30)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+
+    def metric(self, name: str) -> float:
+        """Sum of every sample of one metric on the relay's /metrics page."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+class GrantMinter:
+    """Publishes a grant-signing key in etcd, as a control plane would, and signs."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self.store = store
+        self.key = Ed25519PrivateKey.generate()
+
+    async def publish(self) -> None:
+        public = self.key.public_key()
+        await self.store.put(
+            GRANT_KEYS_PREFIX + grants.key_id_for(public), grants.encode_public_key(public)
+        )
+
+    async def create_room(self, room_id: str, max_participants: int = 100) -> None:
+        value = {"room_id": room_id, "name": "", "max_participants": max_participants}
+        await self.store.put(ROOMS_PREFIX + room_id, json.dumps(value).encode())
+
+    def token(
+        self,
+        room_id: str,
+        participant_id: str,
+        node_id: str,
+        *,
+        name: str = "",
+        can_publish: bool = True,
+        lifetime_s: float = 30.0,
+        key: Ed25519PrivateKey | None = None,
+    ) -> str:
+        grant = JoinGrant(
+            room_id=room_id,
+            participant_id=participant_id,
+            node_id=node_id,
+            display_name=name or participant_id,
+            can_publish=can_publish,
+            can_subscribe=True,
+            expires_at_ms=int((time.time() + lifetime_s) * 1000),
+        )
+        return grants.sign(grant, key or self.key)
+
+    def join_response(
+        self, relay: RelayProcess, room_id: str, participant_id: str, name: str
+    ) -> rooms_pb2.JoinRoomResponse:
+        """What JoinRoom would have returned, for `client.sdk.Session`."""
+        return rooms_pb2.JoinRoomResponse(
+            room_id=room_id,
+            participant_id=participant_id,
+            node_id=relay.node_id,
+            signal_url=relay.signal_url,
+            grant=self.token(room_id, participant_id, relay.node_id, name=name),
+        )

@@ -1,0 +1,183 @@
+"""Grant checks and bad input at a real relay process (real etcd, real WebSocket)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from conclave.store import EtcdStore
+from tests.integration.relay_harness import GrantMinter, RelayProcess
+
+
+@pytest.fixture
+async def relay(etcd_endpoint: str) -> AsyncIterator[RelayProcess]:
+    process = RelayProcess(f"relay-{uuid.uuid4().hex[:8]}", etcd_endpoint)
+    await process.start()
+    yield process
+    await process.stop()
+
+
+@pytest.fixture
+async def minter(store: EtcdStore) -> GrantMinter:
+    minter = GrantMinter(store)
+    await minter.publish()
+    return minter
+
+
+async def exchange(
+    relay: RelayProcess, *messages: Any, read: int = 1
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Send raw frames, read `read` JSON replies, report the close code if closed."""
+    replies: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(relay.signal_url) as ws:
+        for message in messages:
+            if isinstance(message, bytes):
+                await ws.send_bytes(message)
+            elif isinstance(message, str):
+                await ws.send_str(message)
+            else:
+                await ws.send_str(json.dumps(message))
+        async with asyncio.timeout(10):
+            while len(replies) < read:
+                frame = await ws.receive()
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    break
+                replies.append(json.loads(frame.data))
+            if len(replies) >= read:
+                await ws.close()
+            else:
+                await ws.receive()
+        return replies, ws.close_code
+
+
+async def join(relay: RelayProcess, token: str, publish: list[str]) -> dict[str, Any]:
+    replies, _ = await exchange(relay, {"type": "join", "grant": token, "publish": publish})
+    return replies[0]
+
+
+async def test_valid_grant_joins_once_then_replay_is_refused(
+    relay: RelayProcess, minter: GrantMinter
+) -> None:
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    await minter.create_room(room)
+    token = minter.token(room, "p_alice", relay.node_id)
+    first = await join(relay, token, [])
+    assert first["type"] == "joined" and first["participant_id"] == "p_alice"
+    replies, close_code = await exchange(relay, {"type": "join", "grant": token, "publish": []})
+    assert replies[0]["code"] == "grant_replayed"
+    assert close_code == 4001
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("other_key", "grant_unknown_key"),
+        ("tampered", "grant_bad_signature"),
+        ("expired", "grant_expired"),
+        ("wrong_node", "grant_wrong_node"),
+        ("garbage", "grant_malformed"),
+    ],
+)
+async def test_bad_grants_are_refused_with_a_clear_code(
+    relay: RelayProcess, minter: GrantMinter, case: str, code: str
+) -> None:
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    await minter.create_room(room)
+    token = {
+        "other_key": lambda: minter.token(
+            room, "p_x", relay.node_id, key=Ed25519PrivateKey.generate()
+        ),
+        "tampered": lambda: _tamper(minter.token(room, "p_x", relay.node_id)),
+        "expired": lambda: minter.token(room, "p_x", relay.node_id, lifetime_s=-1),
+        "wrong_node": lambda: minter.token(room, "p_x", "some-other-node"),
+        "garbage": lambda: "not-a-grant!",
+    }[case]()
+    replies, close_code = await exchange(relay, {"type": "join", "grant": token, "publish": []})
+    assert replies[0]["type"] == "error"
+    assert replies[0]["code"] == code, replies[0]
+    assert replies[0]["message"]
+    assert close_code == 4001
+
+
+def _tamper(token: str) -> str:
+    """Change the display name inside a signed grant: the signature must break."""
+    import base64
+
+    from protos.grant_pb2 import JoinGrant, SignedGrant
+
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    envelope = SignedGrant.FromString(raw)
+    grant = JoinGrant.FromString(envelope.grant)
+    grant.display_name = "mallory"
+    envelope.grant = grant.SerializeToString()
+    return base64.urlsafe_b64encode(envelope.SerializeToString()).decode().rstrip("=")
+
+
+async def test_publish_without_permission_is_refused(
+    relay: RelayProcess, minter: GrantMinter
+) -> None:
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    await minter.create_room(room)
+    token = minter.token(room, "p_viewer", relay.node_id, can_publish=False)
+    replies, close_code = await exchange(
+        relay, {"type": "join", "grant": token, "publish": ["video"]}
+    )
+    assert replies[0]["code"] == "not_allowed"
+    assert close_code == 4003
+
+
+async def test_malformed_messages_get_errors_and_the_session_survives(
+    relay: RelayProcess, minter: GrantMinter
+) -> None:
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    await minter.create_room(room)
+    token = minter.token(room, "p_fuzz", relay.node_id)
+    bad = [
+        "{not json",
+        "[1, 2, 3]",
+        {"type": 42},
+        {"type": "no-such-type"},
+        {"type": "answer"},
+        {"type": "answer", "sdp": "v=0 garbage"},
+        {"type": "ice", "candidate": "nope"},
+        {"type": "ice", "candidate": {"candidate": "candidate:garbage"}},
+        {"type": "join", "grant": token},
+        b"\x00\x01binary",
+    ]
+    replies, close_code = await exchange(
+        relay,
+        {"type": "join", "grant": token, "publish": []},
+        *bad,
+        read=1 + len(bad),
+    )
+    kinds = [r["type"] for r in replies]
+    assert kinds[0] == "joined"
+    errors = [r for r in replies if r["type"] == "error"]
+    assert [e["code"] for e in errors] == [
+        "malformed",
+        "malformed",
+        "malformed",
+        "malformed",
+        "malformed",
+        "bad_sdp",
+        "malformed",
+        "bad_candidate",
+        "already_joined",
+        "malformed",
+    ]
+    assert close_code is None or close_code == 1000  # closed by us, not by the relay
+
+
+async def test_messages_before_join_are_refused(relay: RelayProcess) -> None:
+    replies, close_code = await exchange(relay, {"type": "answer", "sdp": "x"})
+    assert replies[0]["code"] == "not_joined"
+    replies, close_code = await exchange(relay, "{broken")
+    assert replies[0]["code"] == "malformed"
+    assert close_code == 4001
