@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -90,7 +90,7 @@ async def test_bad_grants_are_refused_with_a_clear_code(
 ) -> None:
     room = f"room-{uuid.uuid4().hex[:6]}"
     await minter.create_room(room)
-    token = {
+    makers: dict[str, Callable[[], str]] = {
         "other_key": lambda: minter.token(
             room, "p_x", relay.node_id, key=Ed25519PrivateKey.generate()
         ),
@@ -98,7 +98,8 @@ async def test_bad_grants_are_refused_with_a_clear_code(
         "expired": lambda: minter.token(room, "p_x", relay.node_id, lifetime_s=-1),
         "wrong_node": lambda: minter.token(room, "p_x", "some-other-node"),
         "garbage": lambda: "not-a-grant!",
-    }[case]()
+    }
+    token = makers[case]()
     replies, close_code = await exchange(relay, {"type": "join", "grant": token, "publish": []})
     assert replies[0]["type"] == "error"
     assert replies[0]["code"] == code, replies[0]

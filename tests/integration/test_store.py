@@ -33,14 +33,20 @@ async def test_prefix_cache_follows_changes(store: EtcdStore) -> None:
     prefix = f"/test/{uuid.uuid4()}/"
     await store.put(prefix + "a", b"1")
     seen: list[tuple[str, bytes | None]] = []
-    cache = PrefixCache(store, prefix, lambda k, v: seen.append((k, v)))
+    two_changes = asyncio.Event()
+
+    def record(key: str, value: bytes | None) -> None:
+        seen.append((key, value))
+        if len(seen) == 2:
+            two_changes.set()
+
+    cache = PrefixCache(store, prefix, record)
     await cache.start()
     assert cache.items == {"a": b"1"}
     await store.put(prefix + "b", b"2")
     await store.delete(prefix + "a")
     async with asyncio.timeout(5):
-        while len(seen) < 2:
-            await asyncio.sleep(0.02)
+        await two_changes.wait()
     assert cache.items == {"b": b"2"}
     assert seen == [("b", b"2"), ("a", None)]
     await cache.stop()

@@ -1,0 +1,1 @@
+"""Conclave's Python client: the SDK (`client.sdk`), synthetic media and `conclave join`."""

@@ -1,0 +1,370 @@
+"""`conclave dev`: a whole cluster on loopback, for trying Conclave on one machine.
+
+Starts one etcd, one control plane and N relays as child processes, prints one
+`ready ...` line on stdout when every one of them is serving, and then only waits.
+Ctrl-C or SIGTERM stops them all (SIGTERM, SIGKILL after a grace period); if any
+child dies on its own, the rest are stopped too and the exit code is 1, because a
+half-running cluster is more confusing than none.
+
+Output: the control plane's and relays' stdout and stderr go to this process's
+stderr, each line prefixed with `[name]`; etcd logs (errors only) to `etcd.log` in
+a temporary directory whose path is printed at start-up and which is removed on a
+clean exit. Stdout carries only the `ready` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvloop
+
+from conclave.processes import EtcdServer, die_with_parent, free_port
+
+HOST = "127.0.0.1"
+GRACE_S = 5.0
+
+
+class StartupError(Exception):
+    """The cluster could not be brought up; the message says which part and why."""
+
+
+@dataclass
+class Child:
+    """One server process and the task copying its output to our stderr."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    ready_prefix: str
+    ready: asyncio.Future[str]
+    pump: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Cluster:
+    relays: int
+    grpc_port: int
+    http_port: int
+    etcd_port: int | None
+    ready_timeout: float
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="conclave-dev-")))
+    etcd: EtcdServer | None = None
+    children: list[Child] = field(default_factory=list)
+    _etcd_started: asyncio.Future[None] | None = None
+
+    @property
+    def etcd_url(self) -> str:
+        assert self.etcd is not None
+        return f"http://{HOST}:{self.etcd.client_port}"
+
+    async def start(self) -> None:
+        """etcd, then the control plane, then the relays (they need both)."""
+        busy = [p for p in self._fixed_ports() if not _port_free(p)]
+        if busy:
+            raise StartupError(f"port(s) already in use on {HOST}: {', '.join(map(str, busy))}")
+        log_path = self.workdir / "etcd.log"
+        _say(f"logs: etcd -> {log_path}; servers -> stderr, prefixed")
+        self.etcd = EtcdServer(client_port=self.etcd_port or free_port())
+        try:
+            # Shielded and remembered: if we are interrupted mid-start, stop() waits
+            # for Popen to return, so the etcd it made is stopped, not orphaned.
+            self._etcd_started = asyncio.ensure_future(asyncio.to_thread(self.etcd.start, log_path))
+            await asyncio.shield(self._etcd_started)
+            await asyncio.to_thread(self.etcd.wait_ready)
+        except RuntimeError as exc:
+            raise StartupError(f"etcd: {exc} (see {log_path})") from None
+
+        control_plane = await self._spawn(
+            "control-plane",
+            [
+                "-m",
+                "control_plane",
+                "--etcd",
+                self.etcd_url,
+                "--listen",
+                f"{HOST}:{self.grpc_port}",
+            ],
+            "control-plane ready",
+        )
+        await self._wait_ready([control_plane])
+        relays = [
+            await self._spawn(
+                f"relay-{i}",
+                [
+                    "-m",
+                    "relay",
+                    "--etcd",
+                    self.etcd_url,
+                    "--node-id",
+                    f"relay-{i}",
+                    "--http-port",
+                    str(self.http_port + i),
+                    "--rpc-port",
+                    str(free_port()),
+                    "--ice-address",
+                    HOST,
+                ],
+                "relay ready",
+            )
+            for i in range(self.relays)
+        ]
+        await self._wait_ready(relays)
+
+    async def wait_for_exit(self) -> str:
+        """Until some child exits; returns a sentence saying which and how."""
+        waits: dict[asyncio.Task[int], str] = {
+            asyncio.create_task(child.process.wait()): child.name for child in self.children
+        }
+        waits[asyncio.create_task(self._wait_etcd())] = "etcd"
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            task = next(iter(done))
+            return f"{waits[task]} exited unexpectedly with code {task.result()}"
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Relays first (they deregister), then the control plane, then etcd."""
+        relays = [c for c in self.children if c.name.startswith("relay-")]
+        others = [c for c in self.children if not c.name.startswith("relay-")]
+        await asyncio.gather(*(_terminate(c) for c in relays))
+        await asyncio.gather(*(_terminate(c) for c in others))
+        if self._etcd_started is not None:
+            await asyncio.gather(self._etcd_started, return_exceptions=True)
+        if self.etcd is not None:
+            await asyncio.to_thread(self.etcd.stop)
+
+    def _fixed_ports(self) -> list[int]:
+        ports = [self.grpc_port, *(self.http_port + i for i in range(self.relays))]
+        return [*ports, self.etcd_port] if self.etcd_port else ports
+
+    async def _wait_etcd(self) -> int:
+        """etcd is a Popen (conclave.processes): wait for it in a thread; `stop()`
+        reaps it, which also ends this thread."""
+        assert self.etcd is not None and self.etcd.process is not None
+        return await asyncio.to_thread(self.etcd.process.wait)
+
+    async def _spawn(self, name: str, args: list[str], ready_prefix: str) -> Child:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")  # readiness lines must not sit in a buffer
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
+            preexec_fn=die_with_parent,
+        )
+        child = Child(name, process, ready_prefix, asyncio.get_running_loop().create_future())
+        child.pump = asyncio.create_task(_pump(child), name=f"pump-{name}")
+        self.children.append(child)
+        return child
+
+    async def _wait_ready(self, children: list[Child]) -> None:
+        try:
+            async with asyncio.timeout(self.ready_timeout):
+                await asyncio.gather(*(c.ready for c in children))
+        except TimeoutError:
+            late = [c.name for c in children if not c.ready.done()]
+            raise StartupError(
+                f"{', '.join(late)} not ready within {self.ready_timeout:g} s"
+            ) from None
+
+
+async def _pump(child: Child) -> None:
+    """Copy the child's output to stderr, prefixed, and notice its ready line."""
+    stream = child.process.stdout
+    assert stream is not None
+    prefix = f"[{child.name}] "
+    try:
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip("\n")
+            sys.stderr.write(prefix + text + "\n")
+            sys.stderr.flush()
+            if not child.ready.done() and text.strip().startswith(child.ready_prefix):
+                child.ready.set_result(text.strip())
+    finally:
+        if not child.ready.done():
+            code = await child.process.wait()
+            child.ready.set_exception(
+                StartupError(f"{child.name} exited with code {code} before it was ready")
+            )
+
+
+async def _terminate(child: Child) -> None:
+    """SIGTERM the child's process group, SIGKILL it after GRACE_S; always reap."""
+    process = child.process
+    if process.returncode is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(GRACE_S):
+                await process.wait()
+        except TimeoutError:
+            _say(f"{child.name} did not stop within {GRACE_S:g} s: killing it")
+            _signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+    else:
+        _signal_group(process.pid, signal.SIGKILL)  # leftovers of its group, if any
+    if child.pump is not None:
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(child.pump)
+        child.pump.cancel()
+    if not child.ready.done():
+        child.ready.cancel()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _say(message: str) -> None:
+    print(f"conclave dev: {message}", file=sys.stderr, flush=True)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    cluster = Cluster(
+        relays=args.relays,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        etcd_port=args.etcd_port,
+        ready_timeout=args.ready_timeout,
+    )
+    stop_task = asyncio.create_task(stop.wait())
+    tasks: list[asyncio.Task[object]] = [stop_task]
+    code = 1
+    try:
+        start_task = asyncio.create_task(cluster.start())
+        tasks.append(start_task)
+        await asyncio.wait({start_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if not start_task.done():
+            _say("interrupted during start-up")
+            code = 0
+            return code
+        start_task.result()  # StartupError -> reported below
+        print(
+            f"ready control-plane={HOST}:{args.grpc_port} http=http://{HOST}:{args.http_port}",
+            flush=True,
+        )
+        exit_task = asyncio.create_task(cluster.wait_for_exit())
+        tasks.append(exit_task)
+        await asyncio.wait({exit_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if exit_task.done():
+            _say(f"{exit_task.result()}; stopping the cluster")
+            code = 1
+        else:
+            _say("stopping")
+            code = 0
+        return code
+    except StartupError as exc:
+        _say(f"error: {exc}; stopping the cluster")
+        return 1
+    finally:
+        # Whatever got us here (signal, failure, cancellation), nothing may still be
+        # spawning while we stop, and every child that exists gets stopped.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await cluster.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if code == 0 or not any(cluster.workdir.iterdir()):
+            shutil.rmtree(cluster.workdir, ignore_errors=True)
+        else:
+            _say(f"logs kept in {cluster.workdir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conclave dev",
+        description="Run etcd, a control plane and N relays on 127.0.0.1 until Ctrl-C.",
+    )
+    parser.add_argument(
+        "--relays",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="number of relay nodes (default 2)",
+    )
+    parser.add_argument(
+        "--grpc-port", type=_port, default=50051, help="control-plane gRPC port (default 50051)"
+    )
+    parser.add_argument(
+        "--http-port",
+        type=_port,
+        default=8080,
+        help="first relay's HTTP/signalling port; relay i uses PORT+i (default 8080)",
+    )
+    parser.add_argument(
+        "--etcd-port", type=_port, default=None, help="etcd client port (default: a free port)"
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long each server may take to become ready (default 60)",
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """`conclave dev [--relays N] [--grpc-port P] [--http-port P] [--etcd-port P]`."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.http_port + args.relays - 1 > 65535:
+        print("conclave dev: error: --http-port + --relays exceeds 65535", file=sys.stderr)
+        return 2
+    return uvloop.run(_run(args))
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return number
+
+
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1-65535)")
+    return number
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,391 @@
+"""`conclave room ...` / `conclave join ...`: parsing, the JSON they print, exit
+codes, and a clear error when the control plane cannot be reached. The SDK is
+replaced by fakes here; the real thing is exercised end to end elsewhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+import client.cli as cli
+from client.errors import ConclaveError
+from client.sdk import RemoteStats
+from conclave import cli as conclave_cli
+from conclave.processes import free_port
+from protos import rooms_pb2
+
+# ------------------------------------------------------------------- fakes
+
+
+class FakeRooms:
+    """Stands in for RoomsClient; records what the CLI asked."""
+
+    calls: list[tuple[str, Any]] = []
+    fail: ConclaveError | None = None
+
+    def __init__(self, target: str | None = None) -> None:
+        self.calls.append(("target", target))
+
+    async def __aenter__(self) -> FakeRooms:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def create_room(self, name: str, max_participants: int) -> rooms_pb2.Room:
+        self.calls.append(("create_room", (name, max_participants)))
+        if self.fail:
+            raise self.fail
+        return rooms_pb2.Room(room_id="room-1", name=name, node_id="relay-0", created_at_ms=5)
+
+    async def join_room(
+        self, room_id: str, display_name: str, publish: bool
+    ) -> rooms_pb2.JoinRoomResponse:
+        self.calls.append(("join_room", (room_id, display_name, publish)))
+        if self.fail:
+            raise self.fail
+        return rooms_pb2.JoinRoomResponse(
+            room_id=room_id,
+            participant_id="p-self",
+            node_id="relay-0",
+            signal_url="ws://127.0.0.1:1/ws",
+            grant="g",
+        )
+
+    async def list_participants(self, room_id: str) -> list[rooms_pb2.Participant]:
+        return [
+            rooms_pb2.Participant(
+                participant_id="p-1",
+                display_name="bob",
+                joined_at_ms=7,
+                tracks=[rooms_pb2.Track(track_id="t", kind="audio", muted=False)],
+            )
+        ]
+
+    async def end_room(self, room_id: str) -> None:
+        self.calls.append(("end_room", room_id))
+
+
+class FakeSession:
+    """Stands in for Session: a meeting with bob (publishing) and carol (not)."""
+
+    instances: list[FakeSession] = []
+    start_error: ConclaveError | None = None
+    close_reason: str | None = None
+    drop: bool = False
+
+    def __init__(
+        self, join: rooms_pb2.JoinRoomResponse, display_name: str, publish: list[str]
+    ) -> None:
+        self.join, self.display_name, self.publish = join, display_name, publish
+        self.participant_id = join.participant_id
+        self.node_id = join.node_id
+        self.room_id = join.room_id
+        self.closed_reason: str | None = None
+        self.closed = False
+        self.left = False
+        self.instances.append(self)
+
+    async def start(self) -> None:
+        if self.start_error:
+            raise self.start_error
+
+    async def wait_closed(self) -> None:
+        if self.close_reason is not None or self.drop:
+            self.closed_reason = self.close_reason
+            self.closed = True
+            return
+        import asyncio
+
+        await asyncio.Event().wait()
+
+    async def leave(self) -> None:
+        self.left = True
+
+    @property
+    def seen(self) -> dict[str, str]:
+        return {"p-self": self.display_name, "p-bob": "bob", "p-carol": "carol"}
+
+    def stats(self) -> dict[str, RemoteStats]:
+        return {
+            "carol": {"audio_packets": 0, "video_frames_decoded": 0},
+            "bob": {"audio_packets": 250, "video_frames_decoded": 140},
+        }
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeRooms.calls = []
+    FakeRooms.fail = None
+    FakeSession.instances = []
+    FakeSession.start_error = None
+    FakeSession.close_reason = None
+    FakeSession.drop = False
+    monkeypatch.setattr(cli, "RoomsClient", FakeRooms)
+    monkeypatch.setattr(cli, "Session", FakeSession)
+
+
+# ----------------------------------------------------------------- parsing
+
+
+def test_join_defaults() -> None:
+    args = cli.build_parser().parse_args(["join", "room-1"])
+    assert args.room_id == "room-1"
+    assert args.publish == ["audio", "video"]
+    assert args.duration == 10.0
+    assert args.name is None
+    assert args.control_plane is None
+    assert args.json is False
+
+
+@pytest.mark.parametrize(
+    ("value", "kinds"),
+    [
+        ("audio,video", ["audio", "video"]),
+        ("video,audio", ["video", "audio"]),
+        ("audio", ["audio"]),
+        ("video", ["video"]),
+        ("none", []),
+        ("NONE", []),
+    ],
+)
+def test_publish_values(value: str, kinds: list[str]) -> None:
+    args = cli.build_parser().parse_args(["join", "r", "--publish", value])
+    assert args.publish == kinds
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["join", "r", "--publish", "screen"],
+        ["join", "r", "--publish", "audio,audio"],
+        ["join", "r", "--duration", "-1"],
+        ["join", "r", "--duration", "soon"],
+        ["join"],
+        ["room", "create", "--max-participants", "-3"],
+        ["room"],
+        ["room", "get"],
+        ["leave"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["join", "--help"]) == 0
+    assert "--publish" in capsys.readouterr().out
+
+
+def test_room_create_options() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "room",
+            "create",
+            "--control-plane",
+            "10.0.0.1:9",
+            "--name",
+            "standup",
+            "--max-participants",
+            "8",
+            "--json",
+        ]
+    )
+    assert (args.control_plane, args.name, args.max_participants, args.json) == (
+        "10.0.0.1:9",
+        "standup",
+        8,
+        True,
+    )
+
+
+# -------------------------------------------------------------- JSON output
+
+
+def test_room_create_prints_compact_json(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(
+        [
+            "room",
+            "create",
+            "--name",
+            "standup",
+            "--max-participants",
+            "4",
+            "--control-plane",
+            "h:1",
+            "--json",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("\n") == 1 and " " not in out.strip()
+    assert json.loads(out) == {"room_id": "room-1", "name": "standup", "node_id": "relay-0"}
+    assert ("target", "h:1") in FakeRooms.calls
+    assert ("create_room", ("standup", 4)) in FakeRooms.calls
+
+
+def test_room_create_pretty_by_default_with_generated_name(
+    fakes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["room", "create"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") > 1
+    room = json.loads(out)
+    assert room["name"].startswith("meeting-")
+    assert set(room) == {"room_id", "name", "node_id"}
+
+
+def test_join_prints_report(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["join", "room-1", "--name", "alice", "--duration", "0.05", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report == {
+        "participant_id": "p-self",
+        "node_id": "relay-0",
+        "room_id": "room-1",
+        "roster": ["alice", "bob", "carol"],
+        "remote": {
+            "bob": {"audio_packets": 250, "video_frames_decoded": 140},
+            "carol": {"audio_packets": 0, "video_frames_decoded": 0},
+        },
+    }
+    assert ("join_room", ("room-1", "alice", True)) in FakeRooms.calls
+    (session,) = FakeSession.instances
+    assert session.publish == ["audio", "video"] and session.left
+
+
+def test_join_without_publishing_asks_for_no_publish_grant(
+    fakes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["join", "room-1", "--publish", "none", "--duration", "0"]) == 0
+    (_, (_, name, publish)) = next(c for c in FakeRooms.calls if c[0] == "join_room")
+    assert publish is False
+    assert name.startswith("guest-") and len(name) == len("guest-") + 4
+    assert FakeSession.instances[0].publish == []
+    json.loads(capsys.readouterr().out)
+
+
+def test_join_ends_early_when_meeting_is_closed(
+    fakes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FakeSession.close_reason = "ended"
+    start = time.monotonic()
+    assert cli.main(["join", "room-1", "--duration", "30"]) == 0
+    assert time.monotonic() - start < 5
+    captured = capsys.readouterr()
+    assert "meeting closed: ended" in captured.err
+    assert json.loads(captured.out)["room_id"] == "room-1"
+
+
+def test_join_reports_dropped_connection(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
+    FakeSession.drop = True
+    assert cli.main(["join", "room-1", "--duration", "30"]) == 1
+    captured = capsys.readouterr()
+    assert "error: the relay closed the connection" in captured.err
+    json.loads(captured.out)  # the report is still printed
+
+
+def test_session_error_is_one_line_exit_1(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
+    FakeSession.start_error = ConclaveError("the relay refused the join: room_full: full")
+    assert cli.main(["join", "room-1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "conclave: error: the relay refused the join: room_full: full\n"
+
+
+def test_control_plane_error_is_one_line_exit_1(
+    fakes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FakeRooms.fail = ConclaveError("JoinRoom failed: no such room (NOT_FOUND)", "NOT_FOUND")
+    assert cli.main(["join", "nope"]) == 1
+    assert capsys.readouterr().err.strip().endswith("no such room (NOT_FOUND)")
+
+
+def test_thin_room_subcommands(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["room", "end", "room-1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"room_id": "room-1", "ended": True}
+    assert cli.main(["room", "participants", "room-1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "room_id": "room-1",
+        "participants": [
+            {
+                "participant_id": "p-1",
+                "display_name": "bob",
+                "joined_at_ms": 7,
+                "tracks": [{"track_id": "t", "kind": "audio", "muted": False}],
+            }
+        ],
+    }
+
+
+# ------------------------------------------------ real gRPC, nothing listening
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["room", "create"], ["join", "room-1", "--duration", "1"], ["room", "get", "room-1"]],
+)
+def test_unreachable_control_plane_fails_fast(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = f"127.0.0.1:{free_port()}"  # bound once, now closed
+    start = time.monotonic()
+    assert cli.main([*argv, "--control-plane", target]) == 1
+    assert time.monotonic() - start < 5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"conclave: error: cannot reach the control plane at {target}")
+
+
+def test_control_plane_from_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("CONCLAVE_CONTROL_PLANE", target)
+    assert cli.main(["room", "create"]) == 1
+    assert target in capsys.readouterr().err
+
+
+def test_conclave_command_end_to_end_process() -> None:
+    """The real entry point, as a process: dispatch, exit code and stderr."""
+    target = f"127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [sys.executable, "-m", "conclave.cli", "room", "create", "--control-plane", target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("conclave: error: cannot reach the control plane")
+
+
+# ----------------------------------------------------- the conclave dispatcher
+
+
+def test_conclave_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert conclave_cli.run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("dev", "control-plane", "relay", "room", "join"):
+        assert f"  {command} " in out
+
+
+@pytest.mark.parametrize("argv", [[], ["bogus"]])
+def test_conclave_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert conclave_cli.run(argv) == 2
+    assert "usage: conclave" in capsys.readouterr().err
+
+
+def test_conclave_dispatches_client_commands_with_command_word(
+    fakes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert conclave_cli.run(["room", "create", "--json", "--name", "x"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "x"
