@@ -58,15 +58,19 @@ class RelayProcess:
         self.process.kill()
 
     def metric(self, name: str) -> float:
-        """Sum of every sample of one metric on the relay's /metrics page."""
-        url = f"http://127.0.0.1:{self.http_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return scrape_metric(self.http_port, name)
+
+
+def scrape_metric(http_port: int, name: str) -> float:
+    """Sum of every sample of one metric on a relay's /metrics page."""
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
 
 
 class GrantMinter:

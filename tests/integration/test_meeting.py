@@ -1,0 +1,140 @@
+"""The walking skeleton end to end: `conclave dev`, then `conclave` CLI clients.
+
+Everything here is real: etcd, the control plane, two relay processes, and aiortc
+clients in their own processes exchanging synthetic audio and video.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from conclave.processes import free_port, wait_for_line
+from tests.integration.relay_harness import scrape_metric
+
+CONCLAVE = [sys.executable, "-m", "conclave.cli"]
+
+
+@dataclass
+class DevCluster:
+    process: asyncio.subprocess.Process
+    control_plane: str
+    http_ports: list[int]
+
+    def metric(self, port: int, name: str) -> float:
+        return scrape_metric(port, name)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc (children may use new sessions)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster() -> AsyncIterator[DevCluster]:
+    grpc_port, http_port = free_port(), free_port()
+    process = await asyncio.create_subprocess_exec(
+        *CONCLAVE, "dev", "--relays", "2", "--grpc-port", str(grpc_port),
+        "--http-port", str(http_port),
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = await wait_for_line(process.stdout, "ready", timeout=90)
+    assert line == f"ready control-plane=127.0.0.1:{grpc_port} http=http://127.0.0.1:{http_port}"
+    yield DevCluster(process, f"127.0.0.1:{grpc_port}", [http_port, http_port + 1])
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
+
+
+async def conclave(*args: str, timeout: float = 60) -> dict[str, Any]:
+    """Run one `conclave` command; return its JSON output (it must succeed)."""
+    process = await asyncio.create_subprocess_exec(
+        *CONCLAVE, *args, "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "CONCLAVE_ICE_ADDRESSES": "127.0.0.1"},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) -> None:
+    room = await conclave("room", "create", "--control-plane", cluster.control_plane)
+    names = ["alice", "bob", "carol"]
+    reports = await asyncio.gather(
+        *(
+            conclave("join", room["room_id"], "--control-plane", cluster.control_plane,
+                     "--name", name, "--duration", "12")
+            for name in names
+        )
+    )  # fmt: skip
+    for name, report in zip(names, reports, strict=True):
+        assert report["node_id"] == room["node_id"]
+        assert report["roster"] == names
+        others = sorted(set(names) - {name})
+        assert sorted(report["remote"]) == others
+        for other in others:
+            figures = report["remote"][other]
+            assert figures["video_frames_decoded"] >= 30, (name, other, figures)
+            assert figures["audio_packets"] > 0, (name, other, figures)
+    for port in cluster.http_ports:  # forwarded packets, and never a decoder, on any relay
+        assert cluster.metric(port, "conclave_relay_decoders_created_total") == 0
+    forwarded = sum(
+        cluster.metric(port, "conclave_packets_forwarded_total") for port in cluster.http_ports
+    )
+    assert forwarded > 1000
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_meetings_created_back_to_back_land_on_different_relays(
+    cluster: DevCluster,
+) -> None:
+    first = await conclave("room", "create", "--control-plane", cluster.control_plane)
+    second = await conclave("room", "create", "--control-plane", cluster.control_plane)
+    assert first["node_id"] and second["node_id"]
+    assert first["node_id"] != second["node_id"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_dev_stops_every_child_on_sigterm(cluster: DevCluster) -> None:
+    children = descendants(cluster.process.pid)
+    assert len(children) >= 4  # etcd, control plane, two relays
+    cluster.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(cluster.process.wait(), 30) == 0
+    await asyncio.sleep(0.5)
+    assert not [pid for pid in children if alive(pid)]
