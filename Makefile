@@ -25,8 +25,11 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 
 deps: system-deps $(STAMP)
 
+# Extra flags for `conclave dev`, e.g. make run DEV_ARGS="--relays 3"
+DEV_ARGS ?=
+
 run: deps
-	$(BIN)/conclave dev
+	$(BIN)/conclave dev $(DEV_ARGS)
 
 test: system-deps $(TEST_STAMP)
 	$(BIN)/python -m pytest -q

@@ -24,6 +24,7 @@ from conclave.processes import free_port, wait_for_line
 from tests.integration.relay_harness import scrape_metric
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -92,6 +93,19 @@ async def conclave(*args: str, timeout: float = 60) -> dict[str, Any]:
     return result
 
 
+# Runs first, on an empty cluster: placement then has both relays to choose from.
+@pytest.mark.asyncio(loop_scope="module")
+async def test_meetings_created_back_to_back_land_on_different_relays(
+    cluster: DevCluster,
+) -> None:
+    first = await conclave("room", "create", "--control-plane", cluster.control_plane)
+    second = await conclave("room", "create", "--control-plane", cluster.control_plane)
+    assert first["node_id"] and second["node_id"]
+    assert first["node_id"] != second["node_id"]
+    for room in (first, second):
+        await conclave("room", "end", room["room_id"], "--control-plane", cluster.control_plane)
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) -> None:
     room = await conclave("room", "create", "--control-plane", cluster.control_plane)
@@ -118,16 +132,7 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
         cluster.metric(port, "conclave_packets_forwarded_total") for port in cluster.http_ports
     )
     assert forwarded > 1000
-
-
-@pytest.mark.asyncio(loop_scope="module")
-async def test_meetings_created_back_to_back_land_on_different_relays(
-    cluster: DevCluster,
-) -> None:
-    first = await conclave("room", "create", "--control-plane", cluster.control_plane)
-    second = await conclave("room", "create", "--control-plane", cluster.control_plane)
-    assert first["node_id"] and second["node_id"]
-    assert first["node_id"] != second["node_id"]
+    await conclave("room", "end", room["room_id"], "--control-plane", cluster.control_plane)
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -136,5 +141,28 @@ async def test_dev_stops_every_child_on_sigterm(cluster: DevCluster) -> None:
     assert len(children) >= 4  # etcd, control plane, two relays
     cluster.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(cluster.process.wait(), 30) == 0
+    await asyncio.sleep(0.5)
+    assert not [pid for pid in children if alive(pid)]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_make_run_reaches_ready() -> None:
+    grpc_port, http_port = free_port(), free_port()
+    process = await asyncio.create_subprocess_exec(
+        "make", "--no-print-directory", "run",
+        f"DEV_ARGS=--grpc-port {grpc_port} --http-port {http_port}",
+        cwd=REPO_ROOT, stdout=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        line = await wait_for_line(process.stdout, "ready", timeout=120)
+        assert (
+            line == f"ready control-plane=127.0.0.1:{grpc_port} http=http://127.0.0.1:{http_port}"
+        )
+        children = descendants(process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
     await asyncio.sleep(0.5)
     assert not [pid for pid in children if alive(pid)]

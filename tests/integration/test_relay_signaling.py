@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.sdk import Session
+from conclave.ice import use_host_addresses
 from conclave.store import EtcdStore
 from tests.integration.relay_harness import GrantMinter, RelayProcess
 
@@ -182,3 +184,41 @@ async def test_messages_before_join_are_refused(relay: RelayProcess) -> None:
     replies, close_code = await exchange(relay, "{broken")
     assert replies[0]["code"] == "malformed"
     assert close_code == 4001
+
+
+async def test_a_misbehaving_participant_does_not_disturb_the_others(
+    relay: RelayProcess, minter: GrantMinter
+) -> None:
+    use_host_addresses(["127.0.0.1"])
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    await minter.create_room(room)
+    ann = Session(minter.join_response(relay, room, "p_ann", "ann"), "ann", ["video"])
+    ben = Session(minter.join_response(relay, room, "p_ben", "ben"), "ben", [])
+    async with ann, ben:
+        await _wait_for_frames(ben, "ann", 10)
+        token = minter.token(room, "p_mallory", relay.node_id)
+        garbage: list[Any] = [
+            {"type": "join", "grant": token, "publish": ["audio"]},
+            {"type": "answer", "sdp": "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\n"},
+            {"type": "ice", "candidate": {"candidate": "candidate:1 1 udp x y z"}},
+            "\x00" * 1000,
+            {"type": "join"},
+            b"\xff" * 64,
+        ]
+        replies, _ = await exchange(relay, *garbage, read=6)
+        assert [r["type"] for r in replies].count("error") >= 4
+        before = _frames(ben, "ann")
+        await _wait_for_frames(ben, "ann", before + 20)
+        assert not ann.errors and not ben.errors
+        assert relay.metric("conclave_relay_decoders_created_total") == 0
+
+
+def _frames(session: Session, name: str) -> int:
+    figures = session.stats().get(name)
+    return figures["video_frames_decoded"] if figures else 0
+
+
+async def _wait_for_frames(session: Session, name: str, count: int) -> None:
+    async with asyncio.timeout(20):
+        while _frames(session, name) < count:
+            await asyncio.sleep(0.1)
