@@ -83,7 +83,7 @@ class Participant:
     peer: ParticipantPeer
     disconnect: Disconnect
     joined_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    tracks: dict[str, PublishedTrack] = field(default_factory=dict)
+    tracks: dict[str, PublishedTrack] = field(default_factory=dict)  # by kind: one each
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -148,7 +148,7 @@ class Room:
         track = PublishedTrack(
             track_id, kind, owner, TrackForwarder(kind, throttle.request), throttle
         )
-        owner.tracks[track_id] = track
+        owner.tracks[kind] = track
         self.tracks[track_id] = track
         await self._broadcast(
             {
@@ -168,7 +168,7 @@ class Room:
         if participant is None:
             return
         metrics.PARTICIPANTS.dec()
-        for track_id in list(participant.tracks):
+        for track_id in [t.track_id for t in participant.tracks.values()]:
             published = self.tracks.pop(track_id)
             published.throttle.cancel()
             for other in self.participants.values():
@@ -211,7 +211,7 @@ class Room:
         participant = self.participants.get(peer.participant_id)
         if participant is None:
             return
-        track = next((t for t in participant.tracks.values() if t.kind == kind), None)
+        track = participant.tracks.get(kind)
         if track is None:
             metrics.PACKETS_DROPPED.labels(reason="not_published").inc()
             return

@@ -132,6 +132,13 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
         cluster.metric(port, "conclave_packets_forwarded_total") for port in cluster.http_ports
     )
     assert forwarded > 1000
+    # Everyone left: nothing of the meeting remains on any relay.
+    listing = await conclave("room", "participants", room["room_id"],
+                             "--control-plane", cluster.control_plane)  # fmt: skip
+    assert listing["participants"] == []
+    for port in cluster.http_ports:
+        assert cluster.metric(port, "conclave_participants") == 0
+        assert cluster.metric(port, "conclave_rooms") == 0
     await conclave("room", "end", room["room_id"], "--control-plane", cluster.control_plane)
 
 
