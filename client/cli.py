@@ -21,6 +21,7 @@ import uvloop
 
 from client.errors import ConclaveError
 from client.sdk import KINDS, RoomsClient, Session, control_plane_target
+from conclave.arguments import int_between, non_negative_float
 from conclave.ice import addresses_from_env, use_host_addresses
 
 PROG = "conclave"
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default=None, help="meeting name (default: meeting-XXXX)")
     create.add_argument(
         "--max-participants",
-        type=_non_negative_int,
+        type=int_between(0),
         default=0,
         metavar="N",
         help="participant limit (default 0: the server's default)",
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     join.add_argument(
         "--duration",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=10.0,
         metavar="SECONDS",
         help="how long to stay (default 10)",
@@ -218,26 +219,6 @@ def _publish_kinds(value: str) -> list[str]:
     if bad or len(set(kinds)) != len(kinds):
         raise argparse.ArgumentTypeError(f"{value!r}: expected audio,video | audio | video | none")
     return kinds
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must not be negative")
-    return number
-
-
-def _non_negative_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not number >= 0 or number == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r} must be a finite number >= 0")
-    return number
 
 
 __all__ = ["build_parser", "control_plane_target", "main"]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import uvloop
 
+from conclave.arguments import int_between, port
 from conclave.processes import EtcdServer, die_with_parent, free_port
 
 HOST = "127.0.0.1"
@@ -307,22 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--relays",
-        type=_positive_int,
+        type=int_between(1),
         default=2,
         metavar="N",
         help="number of relay nodes (default 2)",
     )
     parser.add_argument(
-        "--grpc-port", type=_port, default=50051, help="control-plane gRPC port (default 50051)"
+        "--grpc-port", type=port, default=50051, help="control-plane gRPC port (default 50051)"
     )
     parser.add_argument(
         "--http-port",
-        type=_port,
+        type=port,
         default=8080,
         help="first relay's HTTP/signalling port; relay i uses PORT+i (default 8080)",
     )
     parser.add_argument(
-        "--etcd-port", type=_port, default=None, help="etcd client port (default: a free port)"
+        "--etcd-port", type=port, default=None, help="etcd client port (default: a free port)"
     )
     parser.add_argument(
         "--ready-timeout",
@@ -344,26 +345,6 @@ def main(argv: list[str]) -> int:
         print("conclave dev: error: --http-port + --relays exceeds 65535", file=sys.stderr)
         return 2
     return uvloop.run(_run(args))
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
-    return number
-
-
-def _port(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1-65535)")
-    return number
 
 
 if __name__ == "__main__":
