@@ -146,7 +146,8 @@ class ParticipantPeer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.info("negotiation failed: %s", exc)
+            log.info("negotiation failed: %s", type(exc).__name__)
+            log.debug("negotiation failure detail", exc_info=True)
             self.failed.set()
 
     async def _negotiate_once(self) -> None:
