@@ -1,18 +1,46 @@
-"""Which local addresses aiortc offers as ICE host candidates.
+"""Which local addresses and ports aiortc uses for ICE, and what it advertises.
 
 aioice leaves out 127.0.0.1, which a single-machine cluster needs, and offers
 every interface, which a relay behind a firewall must not. Both ends call
 `use_host_addresses` once at start-up, before any peer connection exists.
+
+A relay may also need its sockets inside a fixed UDP port range (firewalls,
+Kubernetes hostNetwork: `use_port_range`) and may have to advertise another
+address than the one it binds (1:1 NAT, like LiveKit's `rtc.node_ip` or
+mediasoup's `announcedAddress`: `advertise_address`). aioice binds every host
+candidate's socket to port 0 and builds the candidate from that socket's own
+address, so both are done by replacing `aioice.ice.Connection
+.get_component_candidates` with a version that binds inside the range and names
+the advertised address. It is installed while either setting is active and
+aioice's own method is restored when both are off again. See docs/operations.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import ipaddress
+import logging
 import os
+import random
+import re
+import socket
+from dataclasses import dataclass
 
 import aioice.ice
+import aioice.turn
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aioice.ice import Connection, StunProtocol
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "CONCLAVE_ICE_ADDRESSES"
+MIN_PORT = 1024  # below are privileged ports, which a relay has no business using
+MAX_PORT = 65535
+_YIELD_EVERY = 256  # bind attempts between two yields to the event loop
+
 _system_host_addresses = aioice.ice.get_host_addresses
+_aioice_get_component_candidates = aioice.ice.Connection.get_component_candidates
 
 
 def use_host_addresses(addresses: list[str] | None, include_loopback: bool = True) -> None:
@@ -34,3 +62,216 @@ def addresses_from_env() -> list[str] | None:
     """`CONCLAVE_ICE_ADDRESSES=127.0.0.1,::1` restricts candidates (tests, dev)."""
     value = os.environ.get(ENV_VAR, "").strip()
     return [a.strip() for a in value.split(",") if a.strip()] or None
+
+
+# ----------------------------------------------------------------- port range
+
+
+class PortRangeExhausted(OSError):
+    """Every port of the configured range is in use on an address: the peer
+    connection being gathered cannot get a socket (the others are unaffected)."""
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """UDP ports `low` to `high`, both included."""
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not MIN_PORT <= self.low <= self.high <= MAX_PORT:
+            raise ValueError(
+                f"port range {self.low}-{self.high} must satisfy "
+                f"{MIN_PORT} <= LOW <= HIGH <= {MAX_PORT}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        """`"50000-50100"` -> PortRange(50000, 50100); ValueError with a clear message."""
+        match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", text, re.ASCII)
+        if match is None:
+            raise ValueError(f"{text!r} is not a port range: expected LOW-HIGH, e.g. 50000-50100")
+        return cls(int(match[1]), int(match[2]))
+
+    def __len__(self) -> int:
+        return self.high - self.low + 1
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+def parse_advertised_address(text: str) -> str:
+    """A unicast IPv4/IPv6 literal in canonical form; ValueError otherwise."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"{text!r} cannot be advertised: it is not a unicast address")
+    return str(address)
+
+
+@dataclass
+class _Settings:
+    ports: PortRange | None = None
+    advertised: str | None = None
+    next_offset: int = 0  # where the next search in `ports` starts (round robin)
+
+
+_settings = _Settings()
+
+
+def use_port_range(ports: PortRange | None) -> None:
+    """Bind every ICE host candidate's UDP socket to a free port in `ports`
+    (None: any port, aioice's default).
+
+    Each socket takes the next free port, round robin from a random start, so
+    ports that other processes hold are skipped and ports freed by closed peer
+    connections are reused. When no port of the range is free on an address,
+    gathering raises `PortRangeExhausted`. Call at start-up, before any peer
+    connection exists.
+    """
+    _settings.ports = ports
+    _settings.next_offset = random.randrange(len(ports)) if ports is not None else 0
+    _install()
+
+
+def advertise_address(address: str | None) -> None:
+    """Put `address` into host candidates instead of the address their socket is
+    bound to (None: the bound address, aioice's default).
+
+    It applies to sockets of the same IP version as `address`; the socket still
+    binds the interface address (`use_host_addresses`), and a 1:1 NAT must forward
+    `address`:port to it. Call at start-up, before any peer connection exists.
+    """
+    _settings.advertised = parse_advertised_address(address) if address is not None else None
+    _install()
+
+
+def _install() -> None:
+    if _settings.ports is None and _settings.advertised is None:
+        aioice.ice.Connection.get_component_candidates = (  # type: ignore[method-assign]
+            _aioice_get_component_candidates
+        )
+    else:
+        aioice.ice.Connection.get_component_candidates = (  # type: ignore[method-assign]
+            _get_component_candidates
+        )
+
+
+async def _bind(address: str) -> socket.socket:
+    """A non-blocking UDP socket bound to `address` and a port of the range.
+
+    The socket is bound here, not by `loop.create_datagram_endpoint(local_addr=...)`,
+    because uvloop reports every bind failure as an OSError without errno, and only
+    "address in use" means "try the next port".
+    """
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        ports = _settings.ports
+        if ports is None:
+            sock.bind((address, 0))
+            return sock
+        start = _settings.next_offset
+        for attempt in range(len(ports)):
+            offset = (start + attempt) % len(ports)
+            try:
+                sock.bind((address, ports.low + offset))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                if attempt % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
+                continue
+            _settings.next_offset = (offset + 1) % len(ports)
+            return sock
+        raise PortRangeExhausted(
+            errno.EADDRINUSE,
+            f"no free UDP port in {ports} on {address}: all {len(ports)} are in use",
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _candidate_host(bound: str) -> str:
+    advertised = _settings.advertised
+    if advertised is None:
+        return bound
+    same_version = ipaddress.ip_address(advertised).version == ipaddress.ip_address(bound).version
+    return advertised if same_version else bound
+
+
+async def _get_component_candidates(
+    self: Connection, component: int, addresses: list[str], timeout: int = 5
+) -> list[Candidate]:
+    """`aioice.ice.Connection.get_component_candidates` with host sockets bound in
+    the port range and host candidates naming the advertised address.
+
+    Server-reflexive candidates (STUN) are gathered from those sockets as aioice
+    does; relayed candidates (TURN) are left to aioice itself, called without
+    addresses: their socket talks to the TURN server only and is outside the range.
+    """
+    loop = asyncio.get_running_loop()
+    host_protocols: list[StunProtocol] = []
+    try:
+        for address in addresses:
+            try:
+                sock = await _bind(address)
+            except PortRangeExhausted:
+                raise
+            except (OSError, ValueError) as exc:  # like aioice: such an address is skipped
+                log.debug("ICE: cannot bind %s: %s", address, exc)
+                continue
+            try:
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE
+                )
+                _, protocol = await loop.create_datagram_endpoint(
+                    lambda: StunProtocol(self), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
+            host_protocols.append(protocol)
+            bound_host, port = protocol.transport.get_extra_info("sockname")[:2]
+            host = _candidate_host(bound_host)
+            protocol.local_candidate = Candidate(
+                foundation=candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, "host"),
+                host=host,
+                port=port,
+                type="host",
+            )
+    except BaseException:
+        for protocol in host_protocols:
+            await protocol.close()
+        raise
+    self._protocols += host_protocols
+    candidates = [p.local_candidate for p in host_protocols]
+
+    async def reflexive() -> list[Candidate]:
+        stun_server = self.stun_server
+        if not stun_server:
+            return []
+        tasks = [
+            asyncio.create_task(aioice.ice.server_reflexive_candidate(p, stun_server))
+            for p in host_protocols
+            if ipaddress.ip_address(p.transport.get_extra_info("sockname")[0]).version == 4
+        ]
+        if not tasks:
+            return []
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        return [t.result()[0] for t in done if t.exception() is None]
+
+    reflexive_candidates, relayed_candidates = await asyncio.gather(
+        reflexive(), _aioice_get_component_candidates(self, component, [], timeout)
+    )
+    return candidates + reflexive_candidates + relayed_candidates

@@ -101,6 +101,7 @@ class EtcdServer:
             stdout=out,
             stderr=out,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:

@@ -14,7 +14,13 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from conclave.ice import use_host_addresses
+from conclave.ice import (
+    PortRange,
+    advertise_address,
+    parse_advertised_address,
+    use_host_addresses,
+    use_port_range,
+)
 from conclave.store import EtcdStore
 from protos import relay_pb2_grpc
 from relay import signaling
@@ -50,9 +56,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="offer only this local address as ICE host candidate (repeatable); "
         "default: every interface",
     )
+    parser.add_argument(
+        "--udp-ports",
+        type=_port_range,
+        default=None,
+        metavar="LOW-HIGH",
+        help="bind every ICE socket to a UDP port in this range, e.g. 50000-50100 "
+        "(one port per participant and ICE address; docs/operations.md); default: any port",
+    )
+    parser.add_argument(
+        "--public-ip",
+        type=_public_ip,
+        default=None,
+        metavar="IP",
+        help="address to advertise in ICE host candidates instead of the bound one "
+        "(1:1 NAT; sockets still bind --ice-address); default: the bound address",
+    )
     parser.add_argument("--capacity", type=int, default=200, help="participant limit of the node")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
+
+
+def _port_range(value: str) -> PortRange:
+    try:
+        return PortRange.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _public_ip(value: str) -> str:
+    try:
+        return parse_advertised_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def configure_ice(args: argparse.Namespace) -> None:
+    """Host addresses, port range and advertised address of every peer connection."""
+    # Behind a 1:1 NAT only the interface the NAT forwards to is reachable: the
+    # loopback socket would be advertised under the public address and never answer.
+    use_host_addresses(args.ice_address, include_loopback=args.public_ip is None)
+    use_port_range(args.udp_ports)
+    advertise_address(args.public_ip)
+    ports = args.udp_ports
+    log.info("ICE UDP ports: %s", f"{ports} ({len(ports)} ports)" if ports is not None else "any")
+    if args.public_ip is not None:
+        # docs/privacy.md: no IP address in log lines above DEBUG, not even our own.
+        log.info("ICE host candidates advertise the --public-ip address")
+        log.debug("ICE advertised address: %s", args.public_ip)
+        if args.ice_address is None:
+            log.warning(
+                "--public-ip without --ice-address: every interface is advertised as the "
+                "public address; give the address the NAT forwards to as --ice-address"
+            )
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -67,13 +123,13 @@ async def health_handler(request: web.Request) -> web.Response:
 
 async def serve(args: argparse.Namespace) -> None:
     install_decoder_guard()
-    use_host_addresses(args.ice_address, include_loopback=True)
+    configure_ice(args)
     host = args.advertise_host or args.http_host
     store = EtcdStore(args.etcd.split(","))
     await store.connect()
     grants = GrantChecker(store, args.node_id)
     await grants.start()
-    node = RelayNode(args.node_id, store, grants)
+    node = RelayNode(args.node_id, store, grants, args.capacity)
 
     app = web.Application()
     app.add_routes(

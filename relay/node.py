@@ -21,14 +21,17 @@ class RelayNode:
     """Rooms by id: opened on first join (settings read from etcd), dropped when
     the last participant leaves."""
 
-    def __init__(self, node_id: str, store: EtcdStore, grants: GrantChecker) -> None:
+    def __init__(self, node_id: str, store: EtcdStore, grants: GrantChecker, capacity: int) -> None:
         self.node_id = node_id
+        self.capacity = capacity
         self.store = store
         self.grants = grants
         self.rooms: dict[str, Room] = {}
         self.on_participants_changed: Callable[[int], None] = lambda count: None
 
     async def open_room(self, room_id: str) -> Room:
+        if self.participant_count() >= self.capacity:
+            raise SignalingError("node_full", "this relay is at capacity; join again", 4004)
         room = self.rooms.get(room_id)
         if room is not None:
             return room

@@ -232,6 +232,15 @@ class ParticipantPeer:
         )
 
     async def _handle_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        """Replaces aiortc's handler, so it runs inside the transport's receive loop:
+        nothing may escape, or the participant's whole connection would end."""
+        try:
+            await self._route_rtp(data)
+        except Exception as exc:
+            metrics.PACKETS_DROPPED.labels(reason="internal_error").inc()
+            log.debug("RTP handling failed: %s", exc, exc_info=True)
+
+    async def _route_rtp(self, data: bytes) -> None:
         try:
             header = RtpHeader.parse(data)
         except ValueError:
@@ -246,6 +255,13 @@ class ParticipantPeer:
         await self._on_media(self, kind, header, data)
 
     async def _handle_rtcp(self, data: bytes) -> None:
+        try:
+            self._route_rtcp(data)
+        except Exception as exc:
+            metrics.PACKETS_DROPPED.labels(reason="internal_error").inc()
+            log.debug("RTCP handling failed: %s", exc, exc_info=True)
+
+    def _route_rtcp(self, data: bytes) -> None:
         for media_ssrc in keyframe_requests(data):
             sub = self._by_output_ssrc.get(media_ssrc)
             if sub is not None:
@@ -260,6 +276,9 @@ class ParticipantPeer:
             await transport._send_rtp(packet)
         except ConnectionError:
             metrics.PACKETS_DROPPED.labels(reason="not_connected").inc()
+        except Exception as exc:  # SRTP or socket failure on this leg only
+            metrics.PACKETS_DROPPED.labels(reason="send_failed").inc()
+            log.debug("send to a participant failed: %s", exc)
 
     async def close(self) -> None:
         if self._task is not None:

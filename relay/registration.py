@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 
 from conclave.store import NODES_PREFIX, EtcdStore, Lease
+from conclave.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class NodeRegistration:
         load = round(min(count / max(self._info.capacity, 1), 1.0), 1)
         if load != self._load:
             self._load = load
-            asyncio.get_running_loop().create_task(self._write_quietly())
+            spawn(self._write_quietly(), "node-load-update")
 
     async def _write_quietly(self) -> None:
         try:

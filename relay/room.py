@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conclave.tasks import spawn
 from relay import metrics
 from relay.errors import RoomFull, SignalingError
 from relay.forwarder import TrackForwarder
@@ -218,7 +219,7 @@ class Room:
         metrics.PACKETS_RECEIVED.inc()
         outputs = track.forwarder.forward(data, header)
         for output, packet in outputs:
-            await output.sink.send_rtp(packet)
+            await output.sink.send_rtp(packet)  # never raises: one subscriber can't stop others
         metrics.PACKETS_FORWARDED.inc(len(outputs))
 
     def _on_keyframe_request(self, track_id: str) -> None:
@@ -235,7 +236,7 @@ class Room:
         if ssrc is None:
             return  # nothing received yet; the first keyframe comes unasked
         metrics.KEYFRAME_REQUESTS.inc()
-        asyncio.get_running_loop().create_task(peer.send_rtp(pli(peer.rtcp_ssrc, ssrc)))
+        spawn(peer.send_rtp(pli(peer.rtcp_ssrc, ssrc)), "keyframe-request")
 
     async def _broadcast(self, message: dict[str, Any], exclude: str | None = None) -> None:
         for participant in list(self.participants.values()):

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from conclave.tasks import spawn
 from protos.grants import GrantError
 from relay import metrics
 from relay.errors import SignalingError
@@ -43,6 +44,7 @@ class SignalingSession:
         self.room: Room | None = None
         self.participant: Participant | None = None
         self._send_lock = asyncio.Lock()
+        self._peer_watch: asyncio.Task[None] | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -139,7 +141,7 @@ class SignalingSession:
         )
         self.room = room
         self.node.participants_changed(room.room_id)
-        asyncio.get_running_loop().create_task(self._watch_peer(self.participant))
+        self._peer_watch = spawn(self._watch_peer(self.participant), "peer-watch")
 
     async def _watch_peer(self, participant: Participant) -> None:
         """A participant whose negotiation failed (for example no answer in time) is
@@ -149,6 +151,8 @@ class SignalingSession:
             await self.disconnect("negotiation_failed", 4008)
 
     async def _leave(self) -> None:
+        if self._peer_watch is not None:
+            self._peer_watch.cancel()
         if self.room is not None and self.participant is not None:
             room, participant = self.room, self.participant
             self.participant = None

@@ -28,6 +28,7 @@ class RelayProcess:
     etcd_endpoint: str
     http_port: int = field(default_factory=free_port)
     rpc_port: int = field(default_factory=free_port)
+    extra_args: list[str] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
 
     @property
@@ -38,7 +39,7 @@ class RelayProcess:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay", "--etcd", self.etcd_endpoint,
             "--node-id", self.node_id, "--http-port", str(self.http_port),
-            "--rpc-port", str(self.rpc_port), "--ice-address", "127.0.0.1",
+            "--rpc-port", str(self.rpc_port), "--ice-address", "127.0.0.1", *self.extra_args,
             stdout=subprocess.PIPE,
         )  # fmt: skip
         assert self.process.stdout is not None

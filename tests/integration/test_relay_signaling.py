@@ -222,3 +222,25 @@ async def _wait_for_frames(session: Session, name: str, count: int) -> None:
     async with asyncio.timeout(20):
         while _frames(session, name) < count:
             await asyncio.sleep(0.1)
+
+
+async def test_a_full_node_refuses_joins(etcd_endpoint: str, minter: GrantMinter) -> None:
+    relay = RelayProcess(
+        f"relay-{uuid.uuid4().hex[:8]}", etcd_endpoint, extra_args=["--capacity", "1"]
+    )
+    await relay.start()
+    try:
+        room = f"room-{uuid.uuid4().hex[:6]}"
+        await minter.create_room(room)
+        async with aiohttp.ClientSession() as http, http.ws_connect(relay.signal_url) as first:
+            token = minter.token(room, "p_first", relay.node_id)
+            await first.send_json({"type": "join", "grant": token, "publish": []})
+            assert (await first.receive_json(timeout=10))["type"] == "joined"
+            second = minter.token(room, "p_second", relay.node_id)
+            replies, close_code = await exchange(
+                relay, {"type": "join", "grant": second, "publish": []}
+            )
+            assert replies[0]["code"] == "node_full"
+            assert close_code == 4004
+    finally:
+        await relay.stop()
