@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from relay.rtcp import sender_report
 from relay.rtp import FIXED_HEADER, RtpHeader, extension_block, is_vp8_keyframe_start
 
 _fixed = struct.Struct("!BBHII")
@@ -23,14 +24,22 @@ _fixed = struct.Struct("!BBHII")
 MID_EXTENSION_ID = 1
 
 
+CACHE_SIZE = 1024  # packets kept per video track for retransmission (~4 s at 2 Mbit/s)
+
+
 class SubscriberOutput:
-    """One subscriber's view of one track: its SSRC, payload type, MID, offsets."""
+    """One subscriber's view of one track: its SSRCs, payload types, MID, offsets."""
 
     __slots__ = (
         "mid_element",
         "next_sequence",
+        "octets",
         "packets",
         "payload_type",
+        "retransmitted",
+        "rtx_payload_type",
+        "rtx_sequence",
+        "rtx_ssrc",
         "seq_offset",
         "sink",
         "ssrc",
@@ -39,17 +48,29 @@ class SubscriberOutput:
         "ts_offset",
     )
 
-    def __init__(self, ssrc: int, payload_type: int, mid_element: bytes, sink: Any = None) -> None:
+    def __init__(
+        self,
+        ssrc: int,
+        payload_type: int,
+        mid_element: bytes,
+        sink: Any = None,
+        rtx: tuple[int, int] | None = None,
+    ) -> None:
         self.sink = sink  # whatever sends this subscriber's packets; opaque here
         self.ssrc = ssrc
         self.payload_type = payload_type
         self.mid_element = mid_element
+        # RFC 4588 retransmission stream (SSRC, payload type), when negotiated.
+        self.rtx_ssrc, self.rtx_payload_type = rtx or (0, 0)
+        self.rtx_sequence = random.getrandbits(16)
         self.started = False
         self.seq_offset = 0
         self.ts_offset = 0
         self.next_sequence = random.getrandbits(16)
         self.timestamp_base = random.getrandbits(32)
         self.packets = 0
+        self.octets = 0
+        self.retransmitted = 0
 
     def start(self, sequence: int, timestamp: int) -> None:
         """Pin offsets so this subscriber's numbering starts where it left off."""
@@ -62,10 +83,12 @@ class TrackForwarder:
     """Fans one published track out to its subscribers.
 
     Video subscribers receive packets from the first key frame after they were
-    added; `request_keyframe` is called when one is needed.
+    added; `request_keyframe` is called when one is needed. Video packets are kept
+    in a ring (parsed once) so that subscribers' NACKs can be answered.
     """
 
     __slots__ = (
+        "cache",
         "forwarded",
         "is_video",
         "received",
@@ -81,6 +104,10 @@ class TrackForwarder:
         self.waiting_for_keyframe = 0
         self.received = 0
         self.forwarded = 0
+        # (sequence, timestamp, marker bit, padding bit, extensions, payload) by seq.
+        self.cache: list[tuple[int, int, int, int, bytes, bytes] | None] = (
+            [None] * CACHE_SIZE if self.is_video else []
+        )
 
     def add_subscriber(self, output: SubscriberOutput) -> None:
         output.started = False
@@ -98,12 +125,7 @@ class TrackForwarder:
     def forward(self, data: bytes, header: RtpHeader) -> list[tuple[SubscriberOutput, bytes]]:
         """Rewrite `data` once per subscriber; returns what to send to whom."""
         self.received += 1
-        if not self.subscribers:
-            return []
         payload = data[header.payload_offset :]
-        keyframe = (
-            self.is_video and self.waiting_for_keyframe > 0 and is_vp8_keyframe_start(payload)
-        )
         shared_extensions = b"".join(
             bytes([(ext_id << 4) | (len(value) - 1)]) + value
             for ext_id, value in header.extensions
@@ -111,6 +133,15 @@ class TrackForwarder:
         )
         padding_bit = data[0] & 0x20
         marker = header.marker << 7
+        if self.is_video:
+            self.cache[header.sequence % CACHE_SIZE] = (
+                header.sequence, header.timestamp, marker, padding_bit, shared_extensions, payload
+            )  # fmt: skip
+        if not self.subscribers:
+            return []
+        keyframe = (
+            self.is_video and self.waiting_for_keyframe > 0 and is_vp8_keyframe_start(payload)
+        )
         out: list[tuple[SubscriberOutput, bytes]] = []
         for sub in self.subscribers:
             if not sub.started:
@@ -120,26 +151,63 @@ class TrackForwarder:
                 if self.is_video:
                     self.waiting_for_keyframe -= 1
             sequence = (header.sequence + sub.seq_offset) & 0xFFFF
-            block = extension_block(sub.mid_element + shared_extensions)
-            first = 0x80 | padding_bit | (0x10 if block else 0)
-            packet = b"".join(
-                (
-                    _fixed.pack(
-                        first,
-                        marker | sub.payload_type,
-                        sequence,
-                        (header.timestamp + sub.ts_offset) & 0xFFFFFFFF,
-                        sub.ssrc,
-                    ),
-                    block,
-                    payload,
-                )
-            )
+            out.append((sub, _rewrite(sub, marker | sub.payload_type, sequence,
+                                      header.timestamp, sub.ssrc, padding_bit,
+                                      shared_extensions, payload)))  # fmt: skip
             sub.next_sequence = (sequence + 1) & 0xFFFF
             sub.packets += 1
-            out.append((sub, packet))
+            sub.octets += len(payload)
         self.forwarded += len(out)
         return out
+
+    def retransmit(self, sub: SubscriberOutput, lost: list[int]) -> list[bytes]:
+        """Answer a subscriber's NACK from the cache: RTX when negotiated (RFC 4588
+        §4, original sequence number first in the payload), else the packet again."""
+        if not sub.started or not self.cache:
+            return []
+        packets: list[bytes] = []
+        for out_sequence in lost:
+            entry = self.cache[((out_sequence - sub.seq_offset) & 0xFFFF) % CACHE_SIZE]
+            if entry is None or entry[0] != (out_sequence - sub.seq_offset) & 0xFFFF:
+                continue  # too old, or never received
+            _, timestamp, marker, padding_bit, extensions, payload = entry
+            if sub.rtx_ssrc:
+                packet = _rewrite(sub, marker | sub.rtx_payload_type, sub.rtx_sequence,
+                                  timestamp, sub.rtx_ssrc, padding_bit, extensions,
+                                  struct.pack("!H", out_sequence) + payload)  # fmt: skip
+                sub.rtx_sequence = (sub.rtx_sequence + 1) & 0xFFFF
+            else:
+                packet = _rewrite(sub, marker | sub.payload_type, out_sequence, timestamp,
+                                  sub.ssrc, padding_bit, extensions, payload)  # fmt: skip
+            packets.append(packet)
+        sub.retransmitted += len(packets)
+        return packets
+
+    @staticmethod
+    def sender_report(sub: SubscriberOutput, ntp: int, rtp_timestamp: int) -> bytes | None:
+        """The publisher's NTP/RTP pair in this subscriber's timestamp space, so the
+        subscriber can keep audio and video in sync (RFC 3550 §6.4.1)."""
+        if not sub.started:
+            return None
+        return sender_report(sub.ssrc, ntp, (rtp_timestamp + sub.ts_offset) & 0xFFFFFFFF,
+                             sub.packets, sub.octets)  # fmt: skip
+
+
+def _rewrite(
+    sub: SubscriberOutput,
+    marker_and_type: int,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+    padding_bit: int,
+    shared_extensions: bytes,
+    payload: bytes,
+) -> bytes:
+    block = extension_block(sub.mid_element + shared_extensions)
+    first = 0x80 | padding_bit | (0x10 if block else 0)
+    fixed = _fixed.pack(first, marker_and_type, sequence,
+                        (timestamp + sub.ts_offset) & 0xFFFFFFFF, ssrc)  # fmt: skip
+    return b"".join((fixed, block, payload))
 
 
 assert FIXED_HEADER == _fixed.size

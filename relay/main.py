@@ -27,6 +27,7 @@ from relay import signaling
 from relay.admission import GrantChecker
 from relay.no_decode import install_decoder_guard
 from relay.node import RelayNode
+from relay.peer import set_test_video_loss
 from relay.registration import NodeInfo, NodeRegistration
 from relay.rpc import RelayServicer
 
@@ -73,6 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(1:1 NAT; sockets still bind --ice-address); default: the bound address",
     )
     parser.add_argument("--capacity", type=int, default=200, help="participant limit of the node")
+    parser.add_argument(
+        "--test-drop-video",
+        type=float,
+        default=0.0,
+        metavar="PERCENT",
+        help="testing only: drop this share of incoming video packets",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -123,6 +131,7 @@ async def health_handler(request: web.Request) -> web.Response:
 
 async def serve(args: argparse.Namespace) -> None:
     install_decoder_guard()
+    set_test_video_loss(args.test_drop_video / 100)
     configure_ice(args)
     host = args.advertise_host or args.http_host
     store = EtcdStore(args.etcd.split(","))

@@ -11,6 +11,10 @@ PACKETS_FORWARDED = Counter("conclave_packets_forwarded_total", "RTP packets sen
 PACKETS_RECEIVED = Counter(
     "conclave_packets_received_total", "RTP packets received from publishers"
 )
+RETRANSMISSIONS = Counter(
+    "conclave_retransmissions_total", "Packets resent to subscribers from the cache (NACK)"
+)
+NACKS_SENT = Counter("conclave_nacks_sent_total", "NACKs the relay sent to publishers")
 KEYFRAME_REQUESTS = Counter("conclave_keyframe_requests_total", "PLIs the relay sent to publishers")
 SIGNALING_ERRORS = Counter(
     "conclave_signaling_errors_total", "Client messages refused, by error code", ["code"]

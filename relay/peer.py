@@ -14,7 +14,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiortc import (
     MediaStreamTrack,
@@ -27,12 +27,13 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.sdp import candidate_from_sdp
 
-from relay import metrics
+from relay import metrics, rtcp
 from relay.errors import SignalingError
 from relay.forwarder import MID_EXTENSION_ID, SubscriberOutput
-from relay.rtcp import keyframe_requests
+from relay.reception import MissingPackets, ReceptionStats
 from relay.rtp import RtpHeader, one_byte_element
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,39 @@ ANSWER_TIMEOUT_S = 20.0
 # must agree. Opus and VP8 are what every WebRTC endpoint supports.
 CODECS = {"audio": "audio/opus", "video": "video/VP8"}
 
+RTCP_INTERVAL_S = 1.0
+CNAME = b"conclave-relay"
+CLOCK_RATES = {"audio": 48000, "video": 90000}
+
 Signal = Callable[[dict[str, Any]], Awaitable[None]]
-MediaHandler = Callable[["ParticipantPeer", str, RtpHeader, bytes], Awaitable[None]]
-KeyframeHandler = Callable[[str], None]
+
+# Fraction of incoming video packets to throw away, for loss-recovery tests only
+# (`conclave relay --test-drop-video PERCENT`); 0 in every real deployment.
+_test_video_loss = 0.0
+
+
+def set_test_video_loss(fraction: float) -> None:
+    global _test_video_loss
+    _test_video_loss = fraction
+
+
+class PeerEvents(Protocol):
+    """What a peer reports to its room; the room owns tracks and forwarding."""
+
+    async def on_media(self, peer: ParticipantPeer, kind: str, header: RtpHeader,
+                       data: bytes) -> None: ...  # fmt: skip
+
+    def on_keyframe_request(self, track_id: str) -> None: ...
+
+    async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None: ...
+
+    def on_remb(self, track_id: str, output: SubscriberOutput, bitrate: int) -> None: ...
+
+    async def on_sender_report(self, peer: ParticipantPeer, kind: str,
+                               report: rtcp.SenderReport) -> None: ...  # fmt: skip
+
+    def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
+        """What to ask this participant to send at most (REMB), if known."""
 
 
 class IdleTrack(MediaStreamTrack):
@@ -74,13 +105,7 @@ class Subscription:
 class ParticipantPeer:
     """Owns the peer connection; serialises offers; exposes packets in and out."""
 
-    def __init__(
-        self,
-        participant_id: str,
-        signal: Signal,
-        on_media: MediaHandler,
-        on_keyframe_request: KeyframeHandler,
-    ) -> None:
+    def __init__(self, participant_id: str, signal: Signal, events: PeerEvents) -> None:
         self.participant_id = participant_id
         # max-bundle: one ICE/DTLS transport per participant from the first m-line on,
         # also for m-lines added by later offers.
@@ -91,15 +116,17 @@ class ParticipantPeer:
         self.publish_ssrc: dict[str, int] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.rtcp_ssrc = random.getrandbits(32)
+        self.reception: dict[str, ReceptionStats] = {}
+        self.missing = MissingPackets()
         self._signal = signal
-        self._on_media = on_media
-        self._on_keyframe_request = on_keyframe_request
+        self._events = events
         self._publish_pt: dict[int, str] = {}
         self._by_output_ssrc: dict[int, Subscription] = {}
         self._transport: RTCDtlsTransport | None = None
         self._needed = asyncio.Event()
         self._answer: asyncio.Future[str] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._rtcp_task: asyncio.Task[None] | None = None
         self.failed = asyncio.Event()
 
     # -- session changes -------------------------------------------------
@@ -113,7 +140,10 @@ class ParticipantPeer:
 
     def add_subscription(self, track_id: str, publisher_id: str, kind: str) -> None:
         transceiver = self.pc.addTransceiver(IdleTrack(kind), direction="sendonly")
-        _prefer_codec(transceiver, kind)
+        _prefer_codec(transceiver, kind, rtx=True)
+        # The relay sends this m-line's RTP and RTCP itself; aiortc's sender must not
+        # start (it would send sender reports with zero timestamps, and BYE at stop).
+        transceiver.sender.send = _sender_stays_idle  # type: ignore[method-assign]
         self.subscriptions[track_id] = Subscription(track_id, publisher_id, kind, transceiver)
         self._needed.set()
 
@@ -133,6 +163,7 @@ class ParticipantPeer:
         self._on_ready = on_subscription_ready
         self._needed.set()
         self._task = asyncio.create_task(self._negotiate_forever(), name="negotiation")
+        self._rtcp_task = asyncio.create_task(self._report_forever(), name="rtcp-reports")
 
     # -- offer/answer ------------------------------------------------------
 
@@ -220,6 +251,26 @@ class ParticipantPeer:
             self._transport = transport
             transport._handle_rtp_data = self._handle_rtp  # type: ignore[method-assign]
             transport._handle_rtcp_data = self._handle_rtcp  # type: ignore[method-assign]
+            if _test_video_loss:
+                self._lose_video_before_srtp(transport)
+
+    def _lose_video_before_srtp(self, transport: RTCDtlsTransport) -> None:
+        """Testing only: drop a share of incoming video datagrams where the network
+        would, before SRTP (whose replay check would refuse the retransmission of a
+        packet dropped after decryption)."""
+        ice = transport.transport
+        receive = ice._recv
+
+        async def lossy_receive() -> bytes:
+            while True:
+                data: bytes = await receive()
+                video = len(data) > 1 and self._publish_pt.get(data[1] & 0x7F) == "video"
+                if video and not 192 <= data[1] <= 223 and random.random() < _test_video_loss:
+                    metrics.PACKETS_DROPPED.labels(reason="test_loss").inc()
+                    continue
+                return data
+
+        ice._recv = lossy_receive
 
     def _make_output(self, sub: Subscription) -> SubscriberOutput:
         transceiver = sub.transceiver
@@ -227,9 +278,16 @@ class ParticipantPeer:
         mid_element = b""
         if any(e.id == MID_EXTENSION_ID for e in transceiver._headerExtensions):
             mid_element = one_byte_element(MID_EXTENSION_ID, str(transceiver.mid).encode())
-        return SubscriberOutput(
-            sender._ssrc, _payload_type(transceiver._codecs[0]), mid_element, sink=self
+        primary = _payload_type(transceiver._codecs[0])
+        rtx = next(
+            (
+                (sender._rtx_ssrc, _payload_type(c))
+                for c in transceiver._codecs
+                if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == primary
+            ),
+            None,
         )
+        return SubscriberOutput(sender._ssrc, primary, mid_element, sink=self, rtx=rtx)
 
     async def _handle_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         """Replaces aiortc's handler, so it runs inside the transport's receive loop:
@@ -250,22 +308,69 @@ class ParticipantPeer:
         if kind is None:
             metrics.PACKETS_DROPPED.labels(reason="unknown_payload_type").inc()
             return
-        if self.publish_ssrc.get(kind) != header.ssrc:
-            self.publish_ssrc[kind] = header.ssrc  # learnt from the first packet
-        await self._on_media(self, kind, header, data)
+        stats = self.reception.get(kind)
+        if stats is None or stats.ssrc != header.ssrc:  # learnt from the first packet
+            self.publish_ssrc[kind] = header.ssrc
+            stats = self.reception[kind] = ReceptionStats(header.ssrc, CLOCK_RATES[kind])
+        now = asyncio.get_running_loop().time()
+        stats.update(header.sequence, header.timestamp, now)
+        if kind == "video" and (self.missing.update(header.sequence) or self.missing.missing):
+            lost = self.missing.due(now)
+            if lost:
+                metrics.NACKS_SENT.inc()
+                await self.send_rtp(rtcp.nack(self.rtcp_ssrc, header.ssrc, lost))
+        await self._events.on_media(self, kind, header, data)
 
     async def _handle_rtcp(self, data: bytes) -> None:
         try:
-            self._route_rtcp(data)
+            await self._route_rtcp(data)
         except Exception as exc:
             metrics.PACKETS_DROPPED.labels(reason="internal_error").inc()
             log.debug("RTCP handling failed: %s", exc, exc_info=True)
 
-    def _route_rtcp(self, data: bytes) -> None:
-        for media_ssrc in keyframe_requests(data):
-            sub = self._by_output_ssrc.get(media_ssrc)
-            if sub is not None:
-                self._on_keyframe_request(sub.track_id)
+    async def _route_rtcp(self, data: bytes) -> None:
+        for item in rtcp.parse(data):
+            if isinstance(item, rtcp.SenderReport):
+                await self._sender_report(item)
+            elif isinstance(item, rtcp.KeyframeRequest):
+                sub = self._by_output_ssrc.get(item.media_ssrc)
+                if sub is not None:
+                    self._events.on_keyframe_request(sub.track_id)
+            elif isinstance(item, rtcp.Nack):
+                sub = self._by_output_ssrc.get(item.media_ssrc)
+                if sub is not None and sub.output is not None and item.lost:
+                    await self._events.on_nack(sub.track_id, sub.output, item.lost)
+            else:
+                self._remb(item)
+
+    async def _sender_report(self, report: rtcp.SenderReport) -> None:
+        for kind, stats in self.reception.items():
+            if stats.ssrc == report.ssrc:
+                stats.sender_report(report.ntp, asyncio.get_running_loop().time())
+                await self._events.on_sender_report(self, kind, report)
+
+    def _remb(self, item: rtcp.Remb) -> None:
+        for ssrc in item.ssrcs:
+            sub = self._by_output_ssrc.get(ssrc)
+            if sub is not None and sub.output is not None:
+                self._events.on_remb(sub.track_id, sub.output, item.bitrate)
+
+    async def _report_forever(self) -> None:
+        """Receiver reports (and REMB) to this participant about what it publishes:
+        aiortc's receivers would have sent them, but the relay bypasses those."""
+        while True:
+            await asyncio.sleep(RTCP_INTERVAL_S * (0.5 + random.random()))
+            if not self.reception:
+                continue
+            now = asyncio.get_running_loop().time()
+            blocks = [stats.report(now) for stats in self.reception.values()]
+            compound = rtcp.receiver_report(self.rtcp_ssrc, blocks)
+            compound += rtcp.sdes_cname(self.rtcp_ssrc, CNAME)
+            bitrate = self._events.upstream_bitrate(self)
+            video = self.reception.get("video")
+            if bitrate is not None and video is not None:
+                compound += rtcp.remb(self.rtcp_ssrc, bitrate, [video.ssrc])
+            await self.send_rtp(compound)
 
     async def send_rtp(self, packet: bytes) -> None:
         """Send one already-rewritten RTP or RTCP packet, SRTP-protected."""
@@ -281,16 +386,24 @@ class ParticipantPeer:
             log.debug("send to a participant failed: %s", exc)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._rtcp_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.pc.close()
 
 
-def _prefer_codec(transceiver: RTCRtpTransceiver, kind: str) -> None:
+def _prefer_codec(transceiver: RTCRtpTransceiver, kind: str, rtx: bool = False) -> None:
+    """Offer only the meeting codec; on subscriber legs also RTX (RFC 4588), which
+    the relay answers from its packet cache. Publishers retransmit in-band."""
     codecs = RTCRtpSender.getCapabilities(kind).codecs
-    transceiver.setCodecPreferences([c for c in codecs if c.mimeType == CODECS[kind]])
+    wanted = {CODECS[kind], "video/rtx"} if rtx else {CODECS[kind]}
+    transceiver.setCodecPreferences([c for c in codecs if c.mimeType in wanted])
+
+
+async def _sender_stays_idle(parameters: RTCRtpSendParameters) -> None:
+    """Stands in for `RTCRtpSender.send` on relay-driven m-lines."""
 
 
 def _payload_type(codec: RTCRtpCodecParameters) -> int:

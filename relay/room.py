@@ -18,14 +18,15 @@ from typing import Any
 from conclave.tasks import spawn
 from relay import metrics
 from relay.errors import RoomFull, SignalingError
-from relay.forwarder import TrackForwarder
-from relay.peer import ParticipantPeer, Signal, Subscription
-from relay.rtcp import pli
+from relay.forwarder import SubscriberOutput, TrackForwarder
+from relay.peer import CNAME, ParticipantPeer, Signal, Subscription
+from relay.rtcp import SenderReport, pli, sdes_cname
 from relay.rtp import RtpHeader
 
 log = logging.getLogger(__name__)
 
 KEYFRAME_INTERVAL_S = 0.5
+MIN_UPSTREAM_BITRATE = 100_000  # never throttle a publisher below this (bit/s)
 MEDIA_KINDS = ("audio", "video")
 
 # Ends a participant's signalling connection: (reason, WebSocket close code).
@@ -70,6 +71,9 @@ class PublishedTrack:
     owner: Participant
     forwarder: TrackForwarder
     throttle: KeyframeThrottle
+    # Each subscriber's latest REMB for this track, by its SSRC: the publisher is
+    # asked to send no more than the slowest subscriber can take.
+    subscriber_bitrates: dict[int, int] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {"track_id": self.track_id, "kind": self.kind, "muted": False}
@@ -117,7 +121,7 @@ class Room:
             raise RoomFull(self.max_participants)
         if participant_id in self.participants:
             raise SignalingError("already_joined", "this participant is already connected", 4009)
-        peer = ParticipantPeer(participant_id, signal, self._on_media, self._on_keyframe_request)
+        peer = ParticipantPeer(participant_id, signal, self)
         participant = Participant(participant_id, name, can_subscribe, signal, peer, disconnect)
         for kind in publish:
             peer.add_publish(kind)
@@ -186,6 +190,7 @@ class Room:
             track = self.tracks.get(sub.track_id)
             if output is not None and track is not None:
                 track.forwarder.remove_subscriber(output)
+                track.subscriber_bitrates.pop(output.ssrc, None)
         await participant.peer.close()
         await self._broadcast({"type": "participant_left", "participant_id": participant_id})
 
@@ -206,7 +211,7 @@ class Room:
         if track is not None and sub.output is not None:
             track.forwarder.add_subscriber(sub.output)
 
-    async def _on_media(
+    async def on_media(
         self, peer: ParticipantPeer, kind: str, header: RtpHeader, data: bytes
     ) -> None:
         participant = self.participants.get(peer.participant_id)
@@ -222,10 +227,44 @@ class Room:
             await output.sink.send_rtp(packet)  # never raises: one subscriber can't stop others
         metrics.PACKETS_FORWARDED.inc(len(outputs))
 
-    def _on_keyframe_request(self, track_id: str) -> None:
+    def on_keyframe_request(self, track_id: str) -> None:
         track = self.tracks.get(track_id)
         if track is not None and track.kind == "video":
             track.throttle.request()
+
+    async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None:
+        track = self.tracks.get(track_id)
+        if track is None:
+            return
+        packets = track.forwarder.retransmit(output, lost)
+        for packet in packets:
+            await output.sink.send_rtp(packet)
+        metrics.RETRANSMISSIONS.inc(len(packets))
+
+    def on_remb(self, track_id: str, output: SubscriberOutput, bitrate: int) -> None:
+        track = self.tracks.get(track_id)
+        if track is not None:
+            track.subscriber_bitrates[output.ssrc] = bitrate
+
+    def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
+        participant = self.participants.get(peer.participant_id)
+        video = participant.tracks.get("video") if participant else None
+        if video is None or not video.subscriber_bitrates:
+            return None
+        return max(MIN_UPSTREAM_BITRATE, min(video.subscriber_bitrates.values()))
+
+    async def on_sender_report(
+        self, peer: ParticipantPeer, kind: str, report: SenderReport
+    ) -> None:
+        """Pass the publisher's clock mapping on to every subscriber, translated."""
+        participant = self.participants.get(peer.participant_id)
+        track = participant.tracks.get(kind) if participant else None
+        if track is None:
+            return
+        for output in track.forwarder.subscribers:
+            translated = track.forwarder.sender_report(output, report.ntp, report.rtp_timestamp)
+            if translated is not None:
+                await output.sink.send_rtp(translated + sdes_cname(output.ssrc, CNAME))
 
     def _send_keyframe_request(self, track_id: str) -> None:
         track = self.tracks.get(track_id)
