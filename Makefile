@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint protos deps clean system-deps bench
+.PHONY: run test lint protos deps clean system-deps bench fuzz
 
 system-deps:
 	@command -v etcd >/dev/null 2>&1 || { \
@@ -33,6 +33,14 @@ run: deps
 
 test: system-deps $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
+
+# The packet fuzzer for longer than `make test` runs it, on every core, with a fresh
+# seed unless FUZZ_SEED is given: make fuzz FUZZ_INPUTS=5000000 FUZZ_SEED=42
+FUZZ_INPUTS ?= 1000000
+FUZZ_SEED ?=
+
+fuzz: $(TEST_STAMP)
+	$(BIN)/python -m tests.fuzz --inputs $(FUZZ_INPUTS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypedDict
@@ -30,6 +30,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.stats import RTCInboundRtpStreamStats
+from av import AudioFrame
 
 from client.errors import ConclaveError
 from client.media import PatternVideoTrack, SineAudioTrack
@@ -156,13 +157,47 @@ class _Counters:
     video_frames: int = 0
 
 
+class _MutableAudioTrack(MediaStreamTrack):
+    """What a Session publishes for audio: the given track, or silence of the same
+    shape and timing while muted (as a browser does for a disabled track). The RTP
+    stream goes on, so nothing is renegotiated, and its RFC 6464 audio level reads
+    silence. Stopping it stops the source."""
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.source = source
+        self.muted = False
+
+    async def recv(self) -> Any:
+        frame = await self.source.recv()
+        if not self.muted or not isinstance(frame, AudioFrame):
+            return frame  # pre-encoded packets cannot be silenced here: sent as they are
+        silent = AudioFrame(
+            format=frame.format.name, layout=frame.layout.name, samples=frame.samples
+        )
+        for plane in silent.planes:
+            plane.update(bytes(plane.buffer_size))
+        silent.pts = frame.pts
+        silent.sample_rate = frame.sample_rate
+        silent.time_base = frame.time_base
+        return silent
+
+    def stop(self) -> None:
+        super().stop()
+        self.source.stop()
+
+
 class Session:
     """One participant's connection to its relay: a WebSocket for signalling and one
     RTCPeerConnection that answers the relay's offers.
 
     Publishes `publish` kinds (synthetic tracks unless `tracks` supplies them),
-    receives everyone else's media, keeps the roster and counts what arrives per
-    publisher. Use `async with Session(...)` or `start()` / `leave()`.
+    receives everyone else's media, keeps the roster, the active speakers and who
+    muted what, and counts what arrives per publisher. `on_active_speakers` is called
+    with the display names of the speakers (loudest first) whenever the relay sends
+    a new list. Use `async with Session(...)` or `start()` / `leave()`.
     """
 
     def __init__(
@@ -174,6 +209,7 @@ class Session:
         tracks: Mapping[str, MediaStreamTrack] | None = None,
         join_timeout: float = 10.0,
         stats_interval: float = 1.0,
+        on_active_speakers: Callable[[list[str]], None] | None = None,
     ) -> None:
         unknown = [kind for kind in publish if kind not in KINDS]
         if unknown:
@@ -191,6 +227,9 @@ class Session:
         self.errors: list[tuple[str, str]] = []
         #: why the meeting ended, when the relay sent `room_closed`
         self.closed_reason: str | None = None
+        #: our own mute state per published kind (`set_muted`)
+        self.muted: dict[str, bool] = {kind: False for kind in self.publish}
+        self.on_active_speakers = on_active_speakers
 
         self._tracks: dict[str, MediaStreamTrack] = {}
         self._own_tracks: list[MediaStreamTrack] = []
@@ -201,7 +240,7 @@ class Session:
                 self._own_tracks.append(track)
             if track.kind != kind:
                 raise ValueError(f"track for {kind!r} is a {track.kind} track")
-            self._tracks[kind] = track
+            self._tracks[kind] = _MutableAudioTrack(track) if kind == "audio" else track
 
         self._roster: dict[str, str] = {}  # present now, self included
         self._seen: dict[str, str] = {}  # everyone ever present, self included
@@ -210,6 +249,8 @@ class Session:
         self._publish_mids: dict[str, str] = {}  # kind -> mid, latest offer
         self._counters: dict[str, _Counters] = {}
         self._audio_rtp: dict[str, tuple[str, int]] = {}  # mid -> (pid, packetsReceived)
+        self._speakers: list[tuple[str, float]] = []  # (pid, level), loudest first
+        self._muted: dict[str, dict[str, bool]] = {}  # pid -> track_id -> muted
 
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -354,6 +395,47 @@ class Session:
         return {pid: dict(tracks) for pid, tracks in self._published.items()}
 
     @property
+    def active_speakers(self) -> list[str]:
+        """Display names of who is speaking now, dominant speaker first (self
+        included when speaking); empty in silence."""
+        return [self._seen.get(pid, pid) for pid, _ in self._speakers]
+
+    @property
+    def active_speaker_levels(self) -> list[tuple[str, float]]:
+        """The relay's latest list as (participant_id, level 0.0..1.0)."""
+        return list(self._speakers)
+
+    @property
+    def mute_state(self) -> dict[str, dict[str, bool]]:
+        """participant_id -> kind -> muted, for every track the relay announced."""
+        state: dict[str, dict[str, bool]] = {}
+        for pid, tracks in self._published.items():
+            muted = self._muted.get(pid, {})
+            state[pid] = {kind: muted.get(tid, False) for tid, kind in tracks.items()}
+        return state
+
+    def is_muted(self, participant_id: str, kind: str) -> bool:
+        """Whether that participant's `kind` track is muted (ours: `set_muted`)."""
+        if participant_id == self.participant_id:
+            return self.muted.get(kind, False)
+        return self.mute_state.get(participant_id, {}).get(kind, False)
+
+    async def set_muted(self, kind: str, muted: bool) -> None:
+        """Mute or unmute what we publish and tell the meeting (`mute` message).
+
+        Audio: from now on silence is sent in place of the track's samples (same
+        packet timing; the relay and everyone else see a silent level). Video: only
+        signalled; the frames keep flowing (pause or replace the source to stop them).
+        """
+        track = self._tracks.get(kind)
+        if track is None:
+            raise ValueError(f"this session does not publish {kind!r}")
+        if isinstance(track, _MutableAudioTrack):
+            track.muted = muted
+        self.muted[kind] = muted
+        await self._send({"type": "mute", "kind": kind, "muted": muted})
+
+    @property
     def connection_state(self) -> str:
         return self._pc.connectionState if self._pc is not None else "new"
 
@@ -463,13 +545,21 @@ class Session:
             pid = _text(message, "participant_id")
             self._roster.pop(pid, None)
             self._published.pop(pid, None)
+            self._muted.pop(pid, None)
         elif kind == "track_published":
-            track = message["track"]
-            pid = _text(message, "participant_id")
-            self._published.setdefault(pid, {})[_text(track, "track_id")] = _text(track, "kind")
+            self._add_track(_text(message, "participant_id"), message["track"])
         elif kind == "track_unpublished":
             pid = _text(message, "participant_id")
             self._published.get(pid, {}).pop(_text(message, "track_id"), None)
+            self._muted.get(pid, {}).pop(_text(message, "track_id"), None)
+        elif kind == "track_muted":
+            muted = message["muted"]
+            if not isinstance(muted, bool):
+                raise TypeError("'muted' must be a boolean")
+            pid = _text(message, "participant_id")
+            self._muted.setdefault(pid, {})[_text(message, "track_id")] = muted
+        elif kind == "active_speakers":
+            self._on_active_speakers(message["speakers"])
         elif kind == "room_closed":
             self.closed_reason = str(message.get("reason") or "closed")
             log.info("meeting closed: %s", self.closed_reason)
@@ -502,9 +592,24 @@ class Session:
         name = str(participant.get("name") or pid)
         self._roster[pid] = name
         self._seen[pid] = name
-        tracks = self._published.setdefault(pid, {})
+        self._published.setdefault(pid, {})
         for track in participant.get("tracks") or []:
-            tracks[_text(track, "track_id")] = _text(track, "kind")
+            self._add_track(pid, track)
+
+    def _add_track(self, pid: str, track: dict[str, Any]) -> None:
+        track_id = _text(track, "track_id")
+        self._published.setdefault(pid, {})[track_id] = _text(track, "kind")
+        self._muted.setdefault(pid, {})[track_id] = track.get("muted") is True
+
+    def _on_active_speakers(self, entries: list[dict[str, Any]]) -> None:
+        speakers = [(_text(e, "participant_id"), float(e.get("level") or 0.0)) for e in entries]
+        self._speakers = speakers
+        callback = self.on_active_speakers
+        if callback is not None:
+            try:
+                callback(self.active_speakers)
+            except Exception:  # the application's bug must not end the signalling
+                log.exception("on_active_speakers callback failed")
 
     async def _on_offer(self, message: dict[str, Any]) -> None:
         """Apply the relay's offer, attach our tracks on its `publish` m-lines, answer.

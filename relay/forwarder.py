@@ -162,11 +162,12 @@ class TrackForwarder:
 
     def retransmit(self, sub: SubscriberOutput, lost: list[int]) -> list[bytes]:
         """Answer a subscriber's NACK from the cache: RTX when negotiated (RFC 4588
-        §4, original sequence number first in the payload), else the packet again."""
+        §4, original sequence number first in the payload), else the packet again.
+        A number named twice (a NACK can repeat itself) is answered once."""
         if not sub.started or not self.cache:
             return []
         packets: list[bytes] = []
-        for out_sequence in lost:
+        for out_sequence in dict.fromkeys(lost):
             entry = self.cache[((out_sequence - sub.seq_offset) & 0xFFFF) % CACHE_SIZE]
             if entry is None or entry[0] != (out_sequence - sub.seq_offset) & 0xFFFF:
                 continue  # too old, or never received

@@ -21,6 +21,11 @@ SIGNALING_ERRORS = Counter(
 )
 PARTICIPANTS = Gauge("conclave_participants", "Participants connected to this relay")
 ROOMS = Gauge("conclave_rooms", "Meetings with at least one participant on this relay")
+ACTIVE_SPEAKER_UPDATES = Counter(
+    "conclave_active_speaker_updates_total",
+    "active_speakers messages broadcast (the speaker list of a meeting changed)",
+)
+MUTE_CHANGES = Counter("conclave_mute_changes_total", "Track mute state changes by publishers")
 DECODERS_CREATED = Counter(
     "conclave_relay_decoders_created_total",
     "Media decoders created in the relay process (must stay 0: relays never decode)",

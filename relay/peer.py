@@ -35,6 +35,7 @@ from relay.errors import SignalingError
 from relay.forwarder import MID_EXTENSION_ID, SubscriberOutput
 from relay.reception import MissingPackets, ReceptionStats
 from relay.rtp import RtpHeader, one_byte_element
+from relay.speaker import AUDIO_LEVEL_URI
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ class PeerEvents(Protocol):
 
 
 class IdleTrack(MediaStreamTrack):
-    """A track that never yields a frame: it keeps aiortc's sender task parked
-    instead of polling every 20 ms, while the relay sends the RTP itself."""
+    """The placeholder track of a relay-driven m-line: it gives the m-line its
+    stream and track ids in the SDP; nothing ever reads it (the sender never starts)."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -114,6 +115,9 @@ class ParticipantPeer:
         )
         self.publish: dict[str, RTCRtpTransceiver] = {}
         self.publish_ssrc: dict[str, int] = {}
+        # Negotiated id of the RFC 6464 audio-level extension on the publish audio
+        # m-line (None until an answer accepted it); ids are per connection.
+        self.audio_level_id: int | None = None
         self.subscriptions: dict[str, Subscription] = {}
         self.rtcp_ssrc = random.getrandbits(32)
         self.reception: dict[str, ReceptionStats] = {}
@@ -246,6 +250,12 @@ class ParticipantPeer:
         for kind, transceiver in self.publish.items():
             for codec in transceiver._codecs:
                 self._publish_pt[_payload_type(codec)] = kind
+        audio = self.publish.get("audio")
+        self.audio_level_id = (
+            next((e.id for e in audio._headerExtensions if e.uri == AUDIO_LEVEL_URI), None)
+            if audio is not None
+            else None
+        )
         transport = self.pc.getTransceivers()[0].sender.transport
         if self._transport is not transport:
             self._transport = transport

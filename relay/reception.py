@@ -19,6 +19,7 @@ class ReceptionStats:
     """Per-SSRC receive statistics and the reception report block built from them."""
 
     __slots__ = (
+        "bad_seq",
         "base_seq",
         "clock_rate",
         "cycles",
@@ -37,6 +38,7 @@ class ReceptionStats:
         self.ssrc = ssrc
         self.clock_rate = clock_rate
         self.base_seq = -1
+        self.bad_seq = -1
         self.max_seq = 0
         self.cycles = 0
         self.received = 0
@@ -55,6 +57,14 @@ class ReceptionStats:
             if sequence < self.max_seq:
                 self.cycles += 1 << 16
             self.max_seq = sequence
+        elif MAX_DROPOUT <= delta <= 0x10000 - MAX_DROPOUT:
+            # A jump either way (RFC 3550 A.1): the source restarted if the next packet
+            # follows this one; until then this one is ignored.
+            if sequence != self.bad_seq:
+                self.bad_seq = (sequence + 1) & 0xFFFF
+                return
+            self.base_seq = self.max_seq = sequence
+            self.cycles = self.received = self.expected_prior = self.received_prior = 0
         self.received += 1
         transit = arrival_s * self.clock_rate - timestamp
         if self.transit is not None:

@@ -22,6 +22,7 @@ from relay.forwarder import SubscriberOutput, TrackForwarder
 from relay.peer import CNAME, ParticipantPeer, Signal, Subscription
 from relay.rtcp import SenderReport, pli, sdes_cname
 from relay.rtp import RtpHeader
+from relay.speaker import INTERVAL_S, SpeakerDetector, VoiceLevel
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,11 @@ class PublishedTrack:
     # Each subscriber's latest REMB for this track, by its SSRC: the publisher is
     # asked to send no more than the slowest subscriber can take.
     subscriber_bitrates: dict[int, int] = field(default_factory=dict)
+    # What the publisher said with `mute`; the relay keeps forwarding regardless.
+    muted: bool = False
 
     def describe(self) -> dict[str, Any]:
-        return {"track_id": self.track_id, "kind": self.kind, "muted": False}
+        return {"track_id": self.track_id, "kind": self.kind, "muted": self.muted}
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Participant:
     disconnect: Disconnect
     joined_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     tracks: dict[str, PublishedTrack] = field(default_factory=dict)  # by kind: one each
+    voice: VoiceLevel | None = None  # audio level, while publishing audio
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -106,6 +110,10 @@ class Room:
         self.max_participants = max_participants
         self.participants: dict[str, Participant] = {}
         self.tracks: dict[str, PublishedTrack] = {}
+        self.speakers = SpeakerDetector()
+        # Runs while the room has participants: started by the first, cancelled
+        # when the last one leaves.
+        self._speaker_task: asyncio.Task[None] | None = None
 
     async def join(
         self,
@@ -138,10 +146,17 @@ class Room:
         )
         self.participants[participant_id] = participant
         metrics.PARTICIPANTS.inc()
+        if self._speaker_task is None:
+            self._speaker_task = spawn(self._speakers_forever(), "active-speakers")
         await self._broadcast(
             {"type": "participant_joined", "participant": participant.describe()},
             exclude=participant_id,
         )
+        if self.speakers.speakers:
+            try:  # the participant is on the roster now: a failure must not undo that
+                await signal(self._speakers_message(self.speakers.speakers))
+            except Exception as exc:
+                log.debug("signal to a participant failed: %s", exc)
         for kind in publish:
             await self._publish(participant, kind)
         peer.start(self._on_subscription_ready)
@@ -155,6 +170,8 @@ class Room:
         )
         owner.tracks[kind] = track
         self.tracks[track_id] = track
+        if kind == "audio":
+            owner.voice = self.speakers.add(owner.participant_id)
         await self._broadcast(
             {
                 "type": "track_published",
@@ -173,6 +190,11 @@ class Room:
         if participant is None:
             return
         metrics.PARTICIPANTS.dec()
+        self.speakers.remove(participant_id)
+        participant.voice = None
+        if not self.participants and self._speaker_task is not None:
+            self._speaker_task.cancel()
+            self._speaker_task = None
         for track_id in [t.track_id for t in participant.tracks.values()]:
             published = self.tracks.pop(track_id)
             published.throttle.cancel()
@@ -196,6 +218,28 @@ class Room:
 
     def roster(self) -> list[Participant]:
         return list(self.participants.values())
+
+    async def set_muted(self, participant: Participant, kind: str, muted: bool) -> None:
+        """Record a publisher's mute state and tell the others; repeating the
+        current state changes nothing. Forwarding is not affected."""
+        track = participant.tracks.get(kind)
+        if track is None:
+            raise SignalingError("not_published", f"this participant does not publish {kind}")
+        if track.muted == muted:
+            return
+        track.muted = muted
+        metrics.MUTE_CHANGES.inc()
+        if kind == "audio":
+            self.speakers.set_muted(participant.participant_id, muted)
+        await self._broadcast(
+            {
+                "type": "track_muted",
+                "participant_id": participant.participant_id,
+                "track_id": track.track_id,
+                "muted": muted,
+            },
+            exclude=participant.participant_id,
+        )
 
     async def close(self, reason: str) -> int:
         """Tell everyone the meeting ended and disconnect them; returns how many."""
@@ -222,10 +266,34 @@ class Room:
             metrics.PACKETS_DROPPED.labels(reason="not_published").inc()
             return
         metrics.PACKETS_RECEIVED.inc()
+        voice = participant.voice
+        if kind == "audio" and voice is not None and peer.audio_level_id is not None:
+            voice.observe(header.extensions, peer.audio_level_id)
         outputs = track.forwarder.forward(data, header)
         for output, packet in outputs:
             await output.sink.send_rtp(packet)  # never raises: one subscriber can't stop others
         metrics.PACKETS_FORWARDED.inc(len(outputs))
+
+    # -- active speakers ---------------------------------------------------
+
+    async def _speakers_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(INTERVAL_S)
+            try:
+                changed = self.speakers.decide(loop.time())
+                if changed is not None:
+                    metrics.ACTIVE_SPEAKER_UPDATES.inc()
+                    await self._broadcast(self._speakers_message(changed))
+            except Exception as exc:  # a bug here must not end speaker updates for good
+                log.debug("active-speaker update failed: %s", exc, exc_info=True)
+
+    @staticmethod
+    def _speakers_message(speakers: list[tuple[str, float]]) -> dict[str, Any]:
+        return {
+            "type": "active_speakers",
+            "speakers": [{"participant_id": pid, "level": level} for pid, level in speakers],
+        }
 
     def on_keyframe_request(self, track_id: str) -> None:
         track = self.tracks.get(track_id)

@@ -34,7 +34,7 @@ def _describe(participant: Participant) -> rooms_pb2.Participant:
         display_name=participant.name,
         joined_at_ms=participant.joined_at_ms,
         tracks=[
-            rooms_pb2.Track(track_id=t.track_id, kind=t.kind, muted=False)
+            rooms_pb2.Track(track_id=t.track_id, kind=t.kind, muted=t.muted)
             for t in participant.tracks.values()
         ],
     )

@@ -56,15 +56,20 @@ Feedback = SenderReport | KeyframeRequest | Nack | Remb
 
 
 def iter_packets(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(packet type, FMT/count, body after the 4-byte header) of each packet in a
-    compound RTCP datagram; stops quietly at the first malformed one."""
+    """(packet type, FMT/count, body after the 4-byte header, less any padding) of
+    each packet in a compound RTCP datagram; stops quietly at the first malformed one."""
     offset = 0
     while offset + 4 <= len(data):
         first, packet_type, words = _common.unpack_from(data, offset)
         end = offset + 4 + 4 * words
         if first >> 6 != 2 or end > len(data):
             return
-        yield packet_type, first & 0x1F, data[offset + 4 : end]
+        body = data[offset + 4 : end]
+        if first & 0x20:  # padding: the last byte counts the padding bytes
+            if not body or not 0 < body[-1] <= len(body):
+                return
+            body = body[: -body[-1]]
+        yield packet_type, first & 0x1F, body
         offset = end
 
 

@@ -100,7 +100,7 @@ class SignalingSession:
             await self._join(message)
             return
         if self.participant is None:
-            if kind in ("answer", "ice", "leave"):
+            if kind in ("answer", "ice", "leave", "mute"):
                 raise SignalingError("not_joined", "send 'join' first")
             raise SignalingError("malformed", f"unknown message type {kind!r}")
         if kind == "answer":
@@ -110,10 +110,20 @@ class SignalingSession:
             if candidate is not None and not isinstance(candidate, dict):
                 raise SignalingError("malformed", "field 'candidate' must be an object or null")
             await self.participant.peer.add_ice_candidate(candidate)
+        elif kind == "mute":
+            await self._mute(message)
         elif kind == "leave":
             await self.ws.close()
         else:
             raise SignalingError("malformed", f"unknown message type {kind!r}")
+
+    async def _mute(self, message: dict[str, Any]) -> None:
+        media = message.get("kind")
+        if media not in MEDIA_KINDS:
+            raise SignalingError("malformed", "field 'kind' must be 'audio' or 'video'")
+        muted = _require(message, "muted", bool)
+        assert self.room is not None and self.participant is not None
+        await self.room.set_muted(self.participant, str(media), muted)
 
     async def _join(self, message: dict[str, Any]) -> None:
         if self.participant is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -14,23 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.sdk import Session
 from conclave.ice import use_host_addresses
-from conclave.store import EtcdStore
 from tests.integration.relay_harness import GrantMinter, RelayProcess
-
-
-@pytest.fixture
-async def relay(etcd_endpoint: str) -> AsyncIterator[RelayProcess]:
-    process = RelayProcess(f"relay-{uuid.uuid4().hex[:8]}", etcd_endpoint)
-    await process.start()
-    yield process
-    await process.stop()
-
-
-@pytest.fixture
-async def minter(store: EtcdStore) -> GrantMinter:
-    minter = GrantMinter(store)
-    await minter.publish()
-    return minter
 
 
 async def exchange(

@@ -1,0 +1,1 @@
+"""Seeded mutation fuzzing of the relay's packet handling (`make fuzz` for long runs)."""
