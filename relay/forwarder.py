@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from relay.rtcp import sender_report
@@ -18,9 +18,10 @@ from relay.rtp import FIXED_HEADER, RtpHeader, extension_block, is_vp8_keyframe_
 
 _fixed = struct.Struct("!BBHII")
 
-# Header-extension ids the relay itself offers on every peer connection (aiortc's
-# fixed assignment); because the relay is always the offerer they are the same on
-# the publisher's and on every subscriber's leg, so only the MID value changes.
+# The MID header extension (RFC 8843 §15.2) carries the m-line, which differs per
+# leg, so it is never copied: each subscriber gets its own. Its id is 1 in aiortc's
+# offers, the default until a leg's negotiated ids are known.
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 MID_EXTENSION_ID = 1
 
 
@@ -31,6 +32,8 @@ class SubscriberOutput:
     """One subscriber's view of one track: its SSRCs, payload types, MID, offsets."""
 
     __slots__ = (
+        "extension_ids",
+        "extension_map",
         "mid_element",
         "next_sequence",
         "octets",
@@ -55,8 +58,14 @@ class SubscriberOutput:
         mid_element: bytes,
         sink: Any = None,
         rtx: tuple[int, int] | None = None,
+        extension_ids: Mapping[str, int] | None = None,
     ) -> None:
         self.sink = sink  # whatever sends this subscriber's packets; opaque here
+        # Header-extension ids negotiated on this subscriber's leg, by URI (None:
+        # the same as the publisher's), and the source-id -> own-id map derived from
+        # them (None: copy the publisher's elements unchanged).
+        self.extension_ids = extension_ids
+        self.extension_map: dict[int, int] | None = None
         self.ssrc = ssrc
         self.payload_type = payload_type
         self.mid_element = mid_element
@@ -93,6 +102,8 @@ class TrackForwarder:
         "is_video",
         "received",
         "request_keyframe",
+        "source_extensions",
+        "source_mid_id",
         "subscribers",
         "waiting_for_keyframe",
     )
@@ -104,13 +115,38 @@ class TrackForwarder:
         self.waiting_for_keyframe = 0
         self.received = 0
         self.forwarded = 0
-        # (sequence, timestamp, marker bit, padding bit, extensions, payload) by seq.
-        self.cache: list[tuple[int, int, int, int, bytes, bytes] | None] = (
+        self.source_extensions: dict[int, str] = {}
+        self.source_mid_id = MID_EXTENSION_ID
+        # (sequence, timestamp, marker bit, padding bit, extension elements, payload).
+        self.cache: list[tuple[int, int, int, int, list[tuple[int, bytes]], bytes] | None] = (
             [None] * CACHE_SIZE if self.is_video else []
         )
 
+    def set_source_extensions(self, ids: Mapping[int, str]) -> None:
+        """The header-extension ids negotiated on the publisher's leg (id -> URI)."""
+        self.source_extensions = dict(ids)
+        self.source_mid_id = next((i for i, uri in ids.items() if uri == MID_URI), 0)
+        for sub in self.subscribers:
+            sub.extension_map = self._extension_map(sub)
+
+    def _extension_map(self, sub: SubscriberOutput) -> dict[int, int] | None:
+        """How to renumber the publisher's extensions for `sub`; None when the ids
+        agree (always so when the relay offered both legs)."""
+        if sub.extension_ids is None or not self.source_extensions:
+            return None
+        mapping = {
+            source_id: sub.extension_ids[uri]
+            for source_id, uri in self.source_extensions.items()
+            if uri != MID_URI and uri in sub.extension_ids
+        }
+        wanted = {i for i, uri in self.source_extensions.items() if uri != MID_URI}
+        if set(mapping) == wanted and all(k == v for k, v in mapping.items()):
+            return None
+        return mapping
+
     def add_subscriber(self, output: SubscriberOutput) -> None:
         output.started = False
+        output.extension_map = self._extension_map(output)
         self.subscribers.append(output)
         if self.is_video:
             self.waiting_for_keyframe += 1
@@ -126,16 +162,12 @@ class TrackForwarder:
         """Rewrite `data` once per subscriber; returns what to send to whom."""
         self.received += 1
         payload = data[header.payload_offset :]
-        shared_extensions = b"".join(
-            bytes([(ext_id << 4) | (len(value) - 1)]) + value
-            for ext_id, value in header.extensions
-            if ext_id != MID_EXTENSION_ID
-        )
+        shared_extensions = _without(header.extensions, self.source_mid_id)
         padding_bit = data[0] & 0x20
         marker = header.marker << 7
         if self.is_video:
             self.cache[header.sequence % CACHE_SIZE] = (
-                header.sequence, header.timestamp, marker, padding_bit, shared_extensions, payload
+                header.sequence, header.timestamp, marker, padding_bit, header.extensions, payload
             )  # fmt: skip
         if not self.subscribers:
             return []
@@ -151,9 +183,14 @@ class TrackForwarder:
                 if self.is_video:
                     self.waiting_for_keyframe -= 1
             sequence = (header.sequence + sub.seq_offset) & 0xFFFF
+            extensions = (
+                shared_extensions
+                if sub.extension_map is None
+                else _renumbered(header.extensions, sub.extension_map)
+            )
             out.append((sub, _rewrite(sub, marker | sub.payload_type, sequence,
                                       header.timestamp, sub.ssrc, padding_bit,
-                                      shared_extensions, payload)))  # fmt: skip
+                                      extensions, payload)))  # fmt: skip
             sub.next_sequence = (sequence + 1) & 0xFFFF
             sub.packets += 1
             sub.octets += len(payload)
@@ -171,7 +208,12 @@ class TrackForwarder:
             entry = self.cache[((out_sequence - sub.seq_offset) & 0xFFFF) % CACHE_SIZE]
             if entry is None or entry[0] != (out_sequence - sub.seq_offset) & 0xFFFF:
                 continue  # too old, or never received
-            _, timestamp, marker, padding_bit, extensions, payload = entry
+            _, timestamp, marker, padding_bit, elements, payload = entry
+            extensions = (
+                _without(elements, self.source_mid_id)
+                if sub.extension_map is None
+                else _renumbered(elements, sub.extension_map)
+            )
             if sub.rtx_ssrc:
                 packet = _rewrite(sub, marker | sub.rtx_payload_type, sub.rtx_sequence,
                                   timestamp, sub.rtx_ssrc, padding_bit, extensions,
@@ -192,6 +234,24 @@ class TrackForwarder:
             return None
         return sender_report(sub.ssrc, ntp, (rtp_timestamp + sub.ts_offset) & 0xFFFFFFFF,
                              sub.packets, sub.octets)  # fmt: skip
+
+
+def _without(elements: list[tuple[int, bytes]], skip_id: int) -> bytes:
+    """One-byte elements as they came, except `skip_id` (the publisher's MID)."""
+    return b"".join(
+        bytes([(ext_id << 4) | (len(value) - 1)]) + value
+        for ext_id, value in elements
+        if ext_id != skip_id
+    )
+
+
+def _renumbered(elements: list[tuple[int, bytes]], mapping: dict[int, int]) -> bytes:
+    """One-byte elements with the subscriber's ids; ones it did not negotiate dropped."""
+    return b"".join(
+        bytes([(mapping[ext_id] << 4) | (len(value) - 1)]) + value
+        for ext_id, value in elements
+        if ext_id in mapping
+    )
 
 
 def _rewrite(

@@ -32,7 +32,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from relay import metrics, rtcp
 from relay.errors import SignalingError
-from relay.forwarder import MID_EXTENSION_ID, SubscriberOutput
+from relay.forwarder import MID_URI, SubscriberOutput
 from relay.reception import MissingPackets, ReceptionStats
 from relay.rtp import RtpHeader, one_byte_element
 from relay.speaker import AUDIO_LEVEL_URI
@@ -77,6 +77,11 @@ class PeerEvents(Protocol):
 
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         """What to ask this participant to send at most (REMB), if known."""
+
+    def on_publish_negotiated(
+        self, peer: ParticipantPeer, kind: str, extensions: dict[int, str]
+    ) -> None:
+        """The header-extension ids (id -> URI) of this participant's `kind` leg."""  # fmt: skip
 
 
 class IdleTrack(MediaStreamTrack):
@@ -250,6 +255,8 @@ class ParticipantPeer:
         for kind, transceiver in self.publish.items():
             for codec in transceiver._codecs:
                 self._publish_pt[_payload_type(codec)] = kind
+            extensions = {e.id: e.uri for e in transceiver._headerExtensions}
+            self._events.on_publish_negotiated(self, kind, extensions)
         audio = self.publish.get("audio")
         self.audio_level_id = (
             next((e.id for e in audio._headerExtensions if e.uri == AUDIO_LEVEL_URI), None)
@@ -285,9 +292,9 @@ class ParticipantPeer:
     def _make_output(self, sub: Subscription) -> SubscriberOutput:
         transceiver = sub.transceiver
         sender: RTCRtpSender = transceiver.sender
-        mid_element = b""
-        if any(e.id == MID_EXTENSION_ID for e in transceiver._headerExtensions):
-            mid_element = one_byte_element(MID_EXTENSION_ID, str(transceiver.mid).encode())
+        extension_ids = {e.uri: e.id for e in transceiver._headerExtensions}
+        mid_id = extension_ids.get(MID_URI)
+        mid_element = one_byte_element(mid_id, str(transceiver.mid).encode()) if mid_id else b""
         primary = _payload_type(transceiver._codecs[0])
         rtx = next(
             (
@@ -297,7 +304,9 @@ class ParticipantPeer:
             ),
             None,
         )
-        return SubscriberOutput(sender._ssrc, primary, mid_element, sink=self, rtx=rtx)
+        return SubscriberOutput(
+            sender._ssrc, primary, mid_element, sink=self, rtx=rtx, extension_ids=extension_ids
+        )
 
     async def _handle_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         """Replaces aiortc's handler, so it runs inside the transport's receive loop:

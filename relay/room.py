@@ -314,6 +314,14 @@ class Room:
         if track is not None:
             track.subscriber_bitrates[output.ssrc] = bitrate
 
+    def on_publish_negotiated(
+        self, peer: ParticipantPeer, kind: str, extensions: dict[int, str]
+    ) -> None:
+        participant = self.participants.get(peer.participant_id)
+        track = participant.tracks.get(kind) if participant else None
+        if track is not None:
+            track.forwarder.set_source_extensions(extensions)
+
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         participant = self.participants.get(peer.participant_id)
         video = participant.tracks.get("video") if participant else None

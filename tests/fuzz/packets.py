@@ -1011,6 +1011,11 @@ class FuzzRoom:
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         return None
 
+    def on_publish_negotiated(
+        self, peer: ParticipantPeer, kind: str, extensions: dict[int, str]
+    ) -> None:
+        raise AssertionError("the fuzzer applies no descriptions")
+
 
 class SentPackets:
     """Stands in for the DTLS transport: keeps what the peer sends (NACKs)."""

@@ -8,11 +8,13 @@ import struct
 import pytest
 from aiortc.rtp import RtpPacket
 
-from relay.forwarder import SubscriberOutput, TrackForwarder
+from relay.forwarder import MID_URI, SubscriberOutput, TrackForwarder
 from relay.room import KeyframeThrottle
 from relay.rtcp import keyframe_requests, pli
 from relay.rtp import RtpHeader, is_vp8_keyframe_start, one_byte_element
 
+LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 VP8_KEY = bytes([0x90, 0x80, 0x05]) + bytes([0x50, 0x01, 0x00, 0x9D, 0x01, 0x2A])  # X,S + I
 VP8_DELTA = bytes([0x90, 0x80, 0x06]) + bytes([0x31, 0x02, 0x00])
 
@@ -127,3 +129,20 @@ async def test_keyframe_throttle_coalesces_within_window() -> None:
     await asyncio.sleep(0.3)
     assert len(sent) == 2  # the coalesced request went out when the window ended
     assert sent[1] - sent[0] >= 0.19
+
+
+async def test_extensions_are_renumbered_for_a_leg_with_other_ids() -> None:
+    forwarder = TrackForwarder("audio", lambda: None)
+    forwarder.set_source_extensions({1: MID_URI, 2: LEVEL_URI, 3: SEND_TIME_URI})
+    same = SubscriberOutput(1, 96, one_byte_element(1, b"4"),
+                            extension_ids={MID_URI: 1, LEVEL_URI: 2, SEND_TIME_URI: 3})  # fmt: skip
+    other = SubscriberOutput(2, 96, one_byte_element(5, b"9"),
+                             extension_ids={MID_URI: 5, LEVEL_URI: 7})  # fmt: skip
+    forwarder.add_subscriber(same)
+    forwarder.add_subscriber(other)
+    assert same.extension_map is None
+    ext = one_byte_element(1, b"0") + one_byte_element(2, b"\x85") + one_byte_element(3, b"abc")
+    out = dict(send(forwarder, rtp(96, 1, 960, 9, b"opus", ext)))
+    assert RtpHeader.parse(out[same]).extensions == [(1, b"4"), (2, b"\x85"), (3, b"abc")]
+    # other leg: its own MID id, audio level renumbered 2 -> 7, abs-send-time dropped
+    assert RtpHeader.parse(out[other]).extensions == [(5, b"9"), (7, b"\x85")]
