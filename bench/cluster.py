@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conclave.processes import EtcdServer, die_with_parent, free_port
+from conclave.processes import EtcdServer, die_with_parent, free_port, signal_group, stop_group
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -107,24 +107,9 @@ async def _pump(child: Child, stream: asyncio.StreamReader, echo: bool) -> None:
             print(f"[{child.name}] {text}", file=sys.stderr, flush=True)
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 async def stop_child(child: Child) -> None:
     """SIGTERM its process group, SIGKILL after GRACE_S; always reaps it."""
-    process = child.process
-    if process.returncode is None:
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(GRACE_S):
-                await process.wait()
-        except TimeoutError:
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
-    else:
-        _signal_group(process.pid, signal.SIGKILL)  # anything left in its group
+    await stop_group(child.process, GRACE_S)
     if child.pump is not None:
         child.pump.cancel()
         await asyncio.gather(child.pump, return_exceptions=True)
@@ -223,7 +208,7 @@ class Cluster:
         for child in self.children:
             if child.process.returncode is not None:
                 continue  # reaped: its pid may belong to someone else by now
-            _signal_group(child.pid, signal.SIGKILL)
+            signal_group(child.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(child.pid, 0)
         if self.etcd is not None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import uvloop
 
 from conclave.arguments import int_between, port
-from conclave.processes import EtcdServer, die_with_parent, free_port
+from conclave.processes import EtcdServer, die_with_parent, free_port, stop_group
 
 HOST = "127.0.0.1"
 GRACE_S = 5.0
@@ -206,18 +206,8 @@ async def _pump(child: Child) -> None:
 
 async def _terminate(child: Child) -> None:
     """SIGTERM the child's process group, SIGKILL it after GRACE_S; always reap."""
-    process = child.process
-    if process.returncode is None:
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(GRACE_S):
-                await process.wait()
-        except TimeoutError:
-            _say(f"{child.name} did not stop within {GRACE_S:g} s: killing it")
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
-    else:
-        _signal_group(process.pid, signal.SIGKILL)  # leftovers of its group, if any
+    if await stop_group(child.process, GRACE_S):
+        _say(f"{child.name} did not stop within {GRACE_S:g} s: killed it")
     if child.pump is not None:
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             async with asyncio.timeout(1.0):
@@ -225,11 +215,6 @@ async def _terminate(child: Child) -> None:
         child.pump.cancel()
     if not child.ready.done():
         child.ready.cancel()
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 def _port_free(port: int) -> bool:

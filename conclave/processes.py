@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import shutil
 import signal
 import socket
@@ -37,6 +38,30 @@ def die_with_parent() -> None:
     so that no server outlives the `conclave dev` or test that started it."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal a child's whole process group (children start their own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def stop_group(process: asyncio.subprocess.Process, grace: float) -> bool:
+    """SIGTERM the process group, SIGKILL it after `grace` seconds; always reaps.
+    Returns True when it had to kill."""
+    killed = False
+    if process.returncode is None:
+        signal_group(process.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                await process.wait()
+        except TimeoutError:
+            killed = True
+            signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+    else:
+        signal_group(process.pid, signal.SIGKILL)  # leftovers of its group, if any
+    return killed
 
 
 def free_port(host: str = "127.0.0.1") -> int:

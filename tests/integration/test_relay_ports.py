@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import re
-import socket
 import subprocess
 import sys
 import uuid
@@ -26,6 +24,7 @@ from conclave.ice import use_host_addresses
 from conclave.processes import wait_for_line
 from conclave.store import EtcdStore
 from tests.integration.relay_harness import GrantMinter, RelayProcess
+from tests.ports import free_udp_range
 
 CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ host", re.MULTILINE)
 
@@ -68,28 +67,6 @@ class PortRelay(RelayProcess):
                     await asyncio.sleep(0.05)
         except TimeoutError:
             raise AssertionError(f"relay never logged {text!r}: {self.log_lines}") from None
-
-
-def free_udp_range(size: int, host: str = "127.0.0.1") -> tuple[int, int]:
-    """`size` consecutive UDP ports free on `host` right now, outside the kernel's
-    ephemeral range when possible (so no port-0 socket grabs one meanwhile)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            ephemeral_low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 0
-    low, high = (10000, ephemeral_low - size) if ephemeral_low > 11000 else (40000, 59000)
-    for _ in range(100):
-        base = random.randrange(low, high)
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(base, base + size):
-                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-                    sock.bind((host, port))
-            except OSError:
-                continue
-        return base, base + size - 1
-    raise RuntimeError("no free UDP port range found")
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ aiortc peer connections and real sockets (the relay's configuration, max-bundle)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import random
 import re
 import socket
 from collections.abc import Iterator
@@ -17,30 +15,9 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection
 from conclave import ice
 from conclave.ice import PortRange, PortRangeExhausted
 from relay.main import parse_args
+from tests.ports import free_udp_range
 
 CANDIDATE = re.compile(r"^a=candidate:\S+ 1 udp \d+ (\S+) (\d+) typ host", re.MULTILINE)
-
-
-def free_udp_range(size: int, host: str = "127.0.0.1") -> PortRange:
-    """`size` consecutive UDP ports free on `host` right now, outside the kernel's
-    ephemeral range when possible (so no port-0 socket grabs one meanwhile)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            ephemeral_low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 0
-    low, high = (10000, ephemeral_low - size) if ephemeral_low > 11000 else (40000, 59000)
-    for _ in range(100):
-        base = random.randrange(low, high)
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(base, base + size):
-                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-                    sock.bind((host, port))
-            except OSError:
-                continue
-        return PortRange(base, base + size - 1)
-    raise RuntimeError("no free UDP port range found")
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +56,7 @@ def bound_addresses(pc: RTCPeerConnection) -> list[tuple[str, int]]:
 
 async def test_port_range_is_exhausted_cleanly_and_ports_are_reused() -> None:
     ice.use_host_addresses(["127.0.0.1"])
-    ports = free_udp_range(2)
+    ports = PortRange(*free_udp_range(2))
     ice.use_port_range(ports)
     pcs = [relay_pc() for _ in range(4)]
     try:
@@ -106,7 +83,7 @@ async def test_port_range_is_exhausted_cleanly_and_ports_are_reused() -> None:
 
 async def test_ports_held_by_others_are_skipped() -> None:
     ice.use_host_addresses(["127.0.0.1"])
-    ports = free_udp_range(3)
+    ports = PortRange(*free_udp_range(3))
     ice.use_port_range(ports)
     pcs = [relay_pc() for _ in range(3)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
@@ -123,7 +100,7 @@ async def test_ports_held_by_others_are_skipped() -> None:
 
 async def test_advertised_address_replaces_the_bound_one_in_candidates_only() -> None:
     ice.use_host_addresses(["127.0.0.1", "::1"])
-    ports = free_udp_range(10)
+    ports = PortRange(*free_udp_range(10))
     ice.use_port_range(ports)
     ice.advertise_address("127.0.0.2")
     pc = relay_pc()
