@@ -1,0 +1,5 @@
+"""End-to-end media encryption: SFrame (RFC 9605) with keys the servers never see.
+
+`client.e2ee.sframe` holds the stateless RFC functions (header, key derivation, AEAD);
+`client.e2ee.context` the stateful sender/receiver used on the media path.
+"""
