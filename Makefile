@@ -6,12 +6,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint protos deps clean system-deps bench fuzz
+.PHONY: run test lint protos deps clean system-deps test-system-deps bench fuzz
 
+# etcd for the cluster and the integration tests.
 system-deps:
 	@command -v etcd >/dev/null 2>&1 || { \
 		echo "installing Debian etcd-server (etcd not on PATH)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client; }
+
+# Debian's Chromium for the browser tests (tests/e2e), which Playwright drives at
+# /usr/bin/chromium (never `playwright install`).
+test-system-deps: system-deps
+	@test -x /usr/bin/chromium || { \
+		echo "installing Debian chromium (/usr/bin/chromium missing, tests/e2e need it)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +39,7 @@ DEV_ARGS ?=
 run: deps
 	$(BIN)/conclave dev $(DEV_ARGS)
 
-test: system-deps $(TEST_STAMP)
+test: test-system-deps $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 # The packet fuzzer for longer than `make test` runs it, on every core, with a fresh
