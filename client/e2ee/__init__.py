@@ -2,4 +2,6 @@
 
 `client.e2ee.sframe` holds the stateless RFC functions (header, key derivation, AEAD);
 `client.e2ee.context` the stateful sender/receiver used on the media path.
+`client.e2ee.group` agrees the keys (identity bindings, leader, hash-chained roster,
+epochs, security code); see docs/e2ee.md.
 """
