@@ -27,7 +27,7 @@ from relay import signaling
 from relay.admission import GrantChecker
 from relay.no_decode import install_decoder_guard
 from relay.node import RelayNode
-from relay.peer import set_test_video_loss
+from relay.peer import set_simulcast_offer, set_test_video_loss
 from relay.registration import NodeInfo, NodeRegistration
 from relay.rpc import RelayServicer
 
@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(1:1 NAT; sockets still bind --ice-address); default: the bound address",
     )
     parser.add_argument("--capacity", type=int, default=200, help="participant limit of the node")
+    parser.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="experimental: ask browser publishers for three simulcast layers "
+        "(the lowest is forwarded to everyone; docs/simulcast.md)",
+    )
     parser.add_argument(
         "--test-drop-video",
         type=float,
@@ -132,6 +138,7 @@ async def health_handler(request: web.Request) -> web.Response:
 async def serve(args: argparse.Namespace) -> None:
     install_decoder_guard()
     set_test_video_loss(args.test_drop_video / 100)
+    set_simulcast_offer(args.simulcast)
     configure_ice(args)
     host = args.advertise_host or args.http_host
     store = EtcdStore(args.etcd.split(","))

@@ -30,7 +30,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.sdp import candidate_from_sdp
 
-from relay import metrics, rtcp
+from relay import metrics, rtcp, simulcast
 from relay.errors import SignalingError
 from relay.forwarder import MID_URI, SubscriberOutput
 from relay.reception import MissingPackets, ReceptionStats
@@ -40,6 +40,7 @@ from relay.speaker import AUDIO_LEVEL_URI
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 20.0
+CONNECT_TIMEOUT_S = 20.0
 # The only codecs the relay offers: it cannot transcode, so every leg of a meeting
 # must agree. Opus and VP8 are what every WebRTC endpoint supports.
 CODECS = {"audio": "audio/opus", "video": "video/VP8"}
@@ -55,6 +56,17 @@ Signal = Callable[[dict[str, Any]], Awaitable[None]]
 _test_video_loss = 0.0
 
 
+# Ask browser publishers for three simulcast layers (`conclave relay --simulcast`).
+# Experimental until per-subscriber layer switching exists (docs/simulcast.md, step B):
+# today one layer, the lowest, goes to everyone.
+_offer_simulcast = False
+
+
+def set_simulcast_offer(enabled: bool) -> None:
+    global _offer_simulcast
+    _offer_simulcast = enabled
+
+
 def set_test_video_loss(fraction: float) -> None:
     global _test_video_loss
     _test_video_loss = fraction
@@ -64,7 +76,9 @@ class PeerEvents(Protocol):
     """What a peer reports to its room; the room owns tracks and forwarding."""
 
     async def on_media(self, peer: ParticipantPeer, kind: str, header: RtpHeader,
-                       data: bytes) -> None: ...  # fmt: skip
+                       data: bytes, rid: str = "") -> None:  # fmt: skip
+        """One packet of this participant's `kind` track; `rid` names its simulcast
+        layer ("" when the track has a single stream)."""
 
     def on_keyframe_request(self, track_id: str) -> None: ...
 
@@ -73,7 +87,7 @@ class PeerEvents(Protocol):
     def on_remb(self, track_id: str, output: SubscriberOutput, bitrate: int) -> None: ...
 
     async def on_sender_report(self, peer: ParticipantPeer, kind: str,
-                               report: rtcp.SenderReport) -> None: ...  # fmt: skip
+                               report: rtcp.SenderReport, rid: str = "") -> None: ...  # fmt: skip
 
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         """What to ask this participant to send at most (REMB), if known."""
@@ -94,6 +108,19 @@ class IdleTrack(MediaStreamTrack):
 
     async def recv(self) -> Any:
         await asyncio.Future()
+
+
+class IncomingStream:
+    """One SSRC a participant sends: which track and layer it is, its reception
+    statistics (RFC 3550 §6.4) and, for video, the gaps to NACK (RFC 4585)."""
+
+    __slots__ = ("kind", "missing", "rid", "stats")
+
+    def __init__(self, ssrc: int, kind: str, rid: str) -> None:
+        self.kind = kind
+        self.rid = rid
+        self.stats = ReceptionStats(ssrc, CLOCK_RATES[kind])
+        self.missing = MissingPackets() if kind == "video" else None
 
 
 @dataclass
@@ -119,14 +146,18 @@ class ParticipantPeer:
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
         self.publish: dict[str, RTCRtpTransceiver] = {}
-        self.publish_ssrc: dict[str, int] = {}
+        # Per kind, the SSRC currently carrying each layer (rid; "" without simulcast):
+        # learnt from packets, since browsers announce no SSRCs with simulcast.
+        self.publish_ssrc: dict[str, dict[str, int]] = {}
+        # Per kind, the layers the answer accepted (RFC 8853), best first; a kind
+        # absent here is sent as one stream.
+        self.simulcast: dict[str, simulcast.SimulcastAnswer] = {}
         # Negotiated id of the RFC 6464 audio-level extension on the publish audio
         # m-line (None until an answer accepted it); ids are per connection.
         self.audio_level_id: int | None = None
         self.subscriptions: dict[str, Subscription] = {}
         self.rtcp_ssrc = random.getrandbits(32)
-        self.reception: dict[str, ReceptionStats] = {}
-        self.missing = MissingPackets()
+        self.incoming: dict[int, IncomingStream] = {}  # by SSRC
         self._signal = signal
         self._events = events
         self._publish_pt: dict[int, str] = {}
@@ -191,6 +222,7 @@ class ParticipantPeer:
             self.failed.set()
 
     async def _negotiate_once(self) -> None:
+        # aiortc applies its own offer; the client gets it with the simulcast lines.
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offered = [s for s in self.subscriptions.values() if s.transceiver.mid is not None]
         pending = [s for s in offered if s.output is None]
@@ -201,6 +233,7 @@ class ParticipantPeer:
             sdp = await asyncio.wait_for(self._answer, ANSWER_TIMEOUT_S)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+                self._read_simulcast(sdp)
                 break
             except Exception as exc:
                 self._answer = loop.create_future()
@@ -209,18 +242,47 @@ class ParticipantPeer:
                 )
         self._answer = None
         self._after_answer()
+        if pending:
+            await self._connected()
         for sub in pending:
             if not sub.removed and sub.track_id in self.subscriptions:
                 sub.output = self._make_output(sub)
                 self._by_output_ssrc[sub.output.ssrc] = sub
                 self._on_ready(sub)
 
+    async def _connected(self) -> None:
+        """Wait until DTLS is up before attaching new subscriptions: packets sent
+        earlier are dropped, and a video subscriber whose first keyframe is lost
+        decodes nothing until the next one."""
+        transport = self._transport
+        if transport is None or transport.state == "connected":
+            return
+        changed = asyncio.Event()
+        transport.on("statechange", changed.set)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                while transport.state not in ("connected", "closed", "failed"):
+                    await changed.wait()
+                    changed.clear()
+        finally:
+            transport.remove_listener("statechange", changed.set)
+        if transport.state != "connected":
+            raise ConnectionError("the participant's DTLS transport did not connect")
+
+    def _simulcast_mids(self) -> list[str]:
+        video = self.publish.get("video")
+        if not _offer_simulcast or video is None or video.mid is None:
+            return []
+        return [video.mid]
+
     def _offer_message(self, offered: list[Subscription]) -> dict[str, Any]:
-        sdp = self.pc.localDescription.sdp
+        mids = self._simulcast_mids()
+        sdp = simulcast.offer_with_layers(self.pc.localDescription.sdp, mids)
         return {
             "type": "offer",
             "sdp": sdp,
             "publish": {kind: t.mid for kind, t in self.publish.items()},
+            "simulcast": {mid: simulcast.offer_layers() for mid in mids},
             "streams": [
                 {
                     "mid": s.transceiver.mid,
@@ -231,6 +293,35 @@ class ParticipantPeer:
                 for s in offered
             ],
         }
+
+    def _read_simulcast(self, sdp: str) -> None:
+        """Which layers the answer sends (aiortc does not read rid lines). A client
+        without simulcast (aiortc) answers without them: one stream, as before."""
+        video = self.publish.get("video")
+        answer = (
+            simulcast.parse_answer(sdp, video.mid)
+            if video is not None and video.mid is not None
+            else None
+        )
+        if answer is None:
+            self.simulcast.pop("video", None)
+        elif self.simulcast.get("video") != answer:
+            self.simulcast["video"] = answer
+            # Layers and their ids may differ from the previous answer: relearn.
+            self._forget("video")
+
+    def forwarded_layer(self, kind: str) -> str | None:
+        """The one simulcast layer forwarded to every subscriber (step A of
+        docs/simulcast.md), None without simulcast: the lowest, because it is the
+        only one a browser keeps sending when bandwidth is short (the relay asks
+        publishers, with REMB, for what the slowest subscriber takes), and the
+        forwarder cannot switch layers yet, so a paused layer would freeze video."""
+        layers = self.simulcast.get(kind)
+        return layers.rids[-1] if layers is not None else None
+
+    def _forget(self, kind: str) -> None:
+        for ssrc in self.publish_ssrc.pop(kind, {}).values():
+            self.incoming.pop(ssrc, None)
 
     def apply_answer(self, sdp: str) -> None:
         """Hand the client's answer to the negotiation in progress."""
@@ -256,6 +347,9 @@ class ParticipantPeer:
             for codec in transceiver._codecs:
                 self._publish_pt[_payload_type(codec)] = kind
             extensions = {e.id: e.uri for e in transceiver._headerExtensions}
+            layers = self.simulcast.get(kind)
+            if layers is not None:  # negotiated outside aiortc: not to be forwarded
+                extensions[layers.rid_extension_id] = simulcast.RID_URI
             self._events.on_publish_negotiated(self, kind, extensions)
         audio = self.publish.get("audio")
         self.audio_level_id = (
@@ -327,18 +421,44 @@ class ParticipantPeer:
         if kind is None:
             metrics.PACKETS_DROPPED.labels(reason="unknown_payload_type").inc()
             return
-        stats = self.reception.get(kind)
-        if stats is None or stats.ssrc != header.ssrc:  # learnt from the first packet
-            self.publish_ssrc[kind] = header.ssrc
-            stats = self.reception[kind] = ReceptionStats(header.ssrc, CLOCK_RATES[kind])
+        stream = self.incoming.get(header.ssrc)
+        if stream is None or stream.kind != kind:
+            stream = self._bind(kind, header)
+            if stream is None:
+                metrics.PACKETS_DROPPED.labels(reason="unknown_layer").inc()
+                return
         now = asyncio.get_running_loop().time()
-        stats.update(header.sequence, header.timestamp, now)
-        if kind == "video" and (self.missing.update(header.sequence) or self.missing.missing):
-            lost = self.missing.due(now)
+        stream.stats.update(header.sequence, header.timestamp, now)
+        missing = stream.missing
+        if missing is not None and (missing.update(header.sequence) or missing.missing):
+            lost = missing.due(now)
             if lost:
                 metrics.NACKS_SENT.inc()
                 await self.send_rtp(rtcp.nack(self.rtcp_ssrc, header.ssrc, lost))
-        await self._events.on_media(self, kind, header, data)
+        await self._events.on_media(self, kind, header, data, stream.rid)
+
+    def _bind(self, kind: str, header: RtpHeader) -> IncomingStream | None:
+        """Bind a new SSRC to its layer: with simulcast, the rid its packets carry
+        (RFC 8852 rtp-stream-id, under the negotiated id); without, the single stream
+        of the kind. A layer's previous SSRC is forgotten (the sender restarted it).
+        None for a simulcast packet naming no negotiated rid: it cannot be placed."""
+        rid = ""
+        layers = self.simulcast.get(kind)
+        if layers is not None:
+            value = next((v for i, v in header.extensions if i == layers.rid_extension_id), b"")
+            rid = value.decode("ascii", "replace")
+            if rid not in layers.rids:
+                return None
+        ssrcs = self.publish_ssrc.setdefault(kind, {})
+        previous = ssrcs.get(rid)
+        if previous is not None:
+            self.incoming.pop(previous, None)
+        stale = self.incoming.pop(header.ssrc, None)  # it moved to another kind
+        if stale is not None:
+            self.publish_ssrc.get(stale.kind, {}).pop(stale.rid, None)
+        ssrcs[rid] = header.ssrc
+        stream = self.incoming[header.ssrc] = IncomingStream(header.ssrc, kind, rid)
+        return stream
 
     async def _handle_rtcp(self, data: bytes) -> None:
         try:
@@ -363,10 +483,10 @@ class ParticipantPeer:
                 self._remb(item)
 
     async def _sender_report(self, report: rtcp.SenderReport) -> None:
-        for kind, stats in self.reception.items():
-            if stats.ssrc == report.ssrc:
-                stats.sender_report(report.ntp, asyncio.get_running_loop().time())
-                await self._events.on_sender_report(self, kind, report)
+        stream = self.incoming.get(report.ssrc)
+        if stream is not None:
+            stream.stats.sender_report(report.ntp, asyncio.get_running_loop().time())
+            await self._events.on_sender_report(self, stream.kind, report, stream.rid)
 
     def _remb(self, item: rtcp.Remb) -> None:
         for ssrc in item.ssrcs:
@@ -379,17 +499,20 @@ class ParticipantPeer:
         aiortc's receivers would have sent them, but the relay bypasses those."""
         while True:
             await asyncio.sleep(RTCP_INTERVAL_S * (0.5 + random.random()))
-            if not self.reception:
-                continue
-            now = asyncio.get_running_loop().time()
-            blocks = [stats.report(now) for stats in self.reception.values()]
-            compound = rtcp.receiver_report(self.rtcp_ssrc, blocks)
-            compound += rtcp.sdes_cname(self.rtcp_ssrc, CNAME)
-            bitrate = self._events.upstream_bitrate(self)
-            video = self.reception.get("video")
-            if bitrate is not None and video is not None:
-                compound += rtcp.remb(self.rtcp_ssrc, bitrate, [video.ssrc])
-            await self.send_rtp(compound)
+            if self.incoming:
+                await self.send_rtp(self.receiver_reports(asyncio.get_running_loop().time()))
+
+    def receiver_reports(self, now: float) -> bytes:
+        """RR with one block per incoming SSRC, every simulcast layer included (at
+        most 5 of the 31 an RR holds), SDES, and REMB naming every video SSRC."""
+        blocks = [stream.stats.report(now) for stream in self.incoming.values()]
+        compound = rtcp.receiver_report(self.rtcp_ssrc, blocks)
+        compound += rtcp.sdes_cname(self.rtcp_ssrc, CNAME)
+        bitrate = self._events.upstream_bitrate(self)
+        video = [ssrc for ssrc, s in self.incoming.items() if s.kind == "video"]
+        if bitrate is not None and video:
+            compound += rtcp.remb(self.rtcp_ssrc, bitrate, video)
+        return compound
 
     async def send_rtp(self, packet: bytes) -> None:
         """Send one already-rewritten RTP or RTCP packet, SRTP-protected."""

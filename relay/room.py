@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 KEYFRAME_INTERVAL_S = 0.5
 MIN_UPSTREAM_BITRATE = 100_000  # never throttle a publisher below this (bit/s)
 MEDIA_KINDS = ("audio", "video")
+# Packets of simulcast layers that are not the one forwarded (docs/simulcast.md).
+_LAYER_DROPPED = metrics.PACKETS_DROPPED.labels(reason="simulcast_layer")
 
 # Ends a participant's signalling connection: (reason, WebSocket close code).
 Disconnect = Callable[[str, int], Awaitable[None]]
@@ -256,7 +258,7 @@ class Room:
             track.forwarder.add_subscriber(sub.output)
 
     async def on_media(
-        self, peer: ParticipantPeer, kind: str, header: RtpHeader, data: bytes
+        self, peer: ParticipantPeer, kind: str, header: RtpHeader, data: bytes, rid: str = ""
     ) -> None:
         participant = self.participants.get(peer.participant_id)
         if participant is None:
@@ -266,6 +268,9 @@ class Room:
             metrics.PACKETS_DROPPED.labels(reason="not_published").inc()
             return
         metrics.PACKETS_RECEIVED.inc()
+        if rid and rid != peer.forwarded_layer(kind):
+            _LAYER_DROPPED.inc()
+            return
         voice = participant.voice
         if kind == "audio" and voice is not None and peer.audio_level_id is not None:
             voice.observe(header.extensions, peer.audio_level_id)
@@ -330,12 +335,13 @@ class Room:
         return max(MIN_UPSTREAM_BITRATE, min(video.subscriber_bitrates.values()))
 
     async def on_sender_report(
-        self, peer: ParticipantPeer, kind: str, report: SenderReport
+        self, peer: ParticipantPeer, kind: str, report: SenderReport, rid: str = ""
     ) -> None:
-        """Pass the publisher's clock mapping on to every subscriber, translated."""
+        """Pass the publisher's clock mapping on to every subscriber, translated;
+        only the forwarded layer's (each simulcast SSRC has its own RTP clock base)."""
         participant = self.participants.get(peer.participant_id)
         track = participant.tracks.get(kind) if participant else None
-        if track is None:
+        if track is None or (rid and rid != peer.forwarded_layer(kind)):
             return
         for output in track.forwarder.subscribers:
             translated = track.forwarder.sender_report(output, report.ntp, report.rtp_timestamp)
@@ -347,7 +353,8 @@ class Room:
         if track is None:
             return
         peer = track.owner.peer
-        ssrc = peer.publish_ssrc.get(track.kind)
+        layer = peer.forwarded_layer(track.kind) or ""
+        ssrc = peer.publish_ssrc.get(track.kind, {}).get(layer)
         if ssrc is None:
             return  # nothing received yet; the first keyframe comes unasked
         metrics.KEYFRAME_REQUESTS.inc()

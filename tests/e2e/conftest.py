@@ -116,7 +116,7 @@ async def open_participant(
     participant_id: str,
     publish: list[str],
     *,
-    simulcast: str = "",
+    camera: str = "640x360",
 ) -> BrowserParticipant:
     context = await browser.new_context()
     page = await context.new_page()
@@ -125,7 +125,7 @@ async def open_participant(
             "signal_url": relay.signal_url,
             "grant": minter.token(room, participant_id, relay.node_id, name=participant_id),
             "publish": ",".join(publish),
-            "simulcast": simulcast,
+            "camera": camera,
         }
     )
     participant = BrowserParticipant(page, participant_id)

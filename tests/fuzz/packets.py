@@ -972,13 +972,17 @@ class FuzzRoom:
         self.counts = self.harness.counts
 
     async def on_media(self, peer: ParticipantPeer, kind: str, header: RtpHeader,
-                       data: bytes) -> None:  # fmt: skip
+                       data: bytes, rid: str = "") -> None:  # fmt: skip
         assert isinstance(data, bytes) and kind in ("audio", "video")
         assert peer._publish_pt[header.payload_type] == kind
         again = RtpHeader.parse(data)
         assert (again.sequence, again.timestamp, again.ssrc, again.payload_offset) == (
             header.sequence, header.timestamp, header.ssrc, header.payload_offset)  # fmt: skip
-        assert peer.publish_ssrc[kind] == header.ssrc == peer.reception[kind].ssrc
+        # Without simulcast each kind is one stream, bound to the latest SSRC.
+        stream = peer.incoming[header.ssrc]
+        assert rid == stream.rid == "" and stream.kind == kind, (rid, stream.kind, kind)
+        assert peer.publish_ssrc[kind] == {"": header.ssrc} and stream.stats.ssrc == header.ssrc
+        assert len(peer.incoming) <= 2 and (stream.missing is None) == (kind == "audio")
         self.harness.forward(kind, data, header, self.index)
         self.counts["on_media"] += 1
 
@@ -1000,8 +1004,10 @@ class FuzzRoom:
         self.counts["on_remb"] += 1
 
     async def on_sender_report(self, peer: ParticipantPeer, kind: str,
-                               report: rtcp.SenderReport) -> None:  # fmt: skip
-        stats = peer.reception[kind]
+                               report: rtcp.SenderReport, rid: str = "") -> None:  # fmt: skip
+        stream = peer.incoming[report.ssrc]
+        assert stream.kind == kind and stream.rid == rid == ""
+        stats = stream.stats
         assert stats.ssrc == report.ssrc
         assert stats.last_sr == (report.ntp >> 16) & 0xFFFFFFFF
         for output in self.harness.outputs():
@@ -1110,7 +1116,7 @@ async def _drive_peer(
     harness = room.harness
 
     def compound() -> bytes:
-        senders = list(peer.publish_ssrc.values()) + [s.ssrc for s in sources.values()]
+        senders = list(peer.incoming) + [s.ssrc for s in sources.values()]
         return rtcp_compound(rng, senders, outputs, harness.newest)
 
     def donor() -> bytes:
@@ -1142,12 +1148,13 @@ async def _drive_peer(
         try:
             _check_peer_sent(peer, sent.packets, counts)
             sent.packets.clear()
-            if len(peer.missing.missing) > MAX_MISSING:
-                raise AssertionError(f"{len(peer.missing.missing)} sequence numbers missing")
-            if index % 200 == 0 and peer.reception:
+            for stream in peer.incoming.values():
+                if stream.missing is not None and len(stream.missing.missing) > MAX_MISSING:
+                    raise AssertionError(f"{len(stream.missing.missing)} sequence numbers missing")
+            if index % 200 == 0 and peer.incoming:
                 now = asyncio.get_running_loop().time()
-                blocks = [stats.report(now) for stats in peer.reception.values()]
-                check_report_blocks(blocks, {s.ssrc for s in peer.reception.values()})
+                blocks = [s.stats.report(now) for s in peer.incoming.values()]
+                check_report_blocks(blocks, set(peer.incoming))
             if index % 997 == 0:
                 harness.churn()
         except Exception as exc:
@@ -1165,13 +1172,16 @@ def _check_peer_sent(peer: ParticipantPeer, packets: list[bytes], counts: Counts
     for packet in packets:
         counts["nacks_sent"] += 1
         (nack,) = rtcp.parse(packet)
-        assert isinstance(nack, rtcp.Nack) and nack.media_ssrc == peer.publish_ssrc["video"]
+        assert isinstance(nack, rtcp.Nack), nack
+        stream = peer.incoming[nack.media_ssrc]
+        assert stream.kind == "video" and peer.publish_ssrc["video"] == {"": nack.media_ssrc}
         assert len(set(nack.lost)) == len(nack.lost) <= MAX_MISSING, nack
         (theirs,) = RtcpPacket.parse(packet)
         assert isinstance(theirs, RtcpRtpfbPacket)
         assert sorted(s & 0xFFFF for s in theirs.lost) == sorted(nack.lost)
         for sequence in nack.lost:
-            entry = peer.missing.missing.get(sequence)
+            assert stream.missing is not None
+            entry = stream.missing.missing.get(sequence)
             assert entry is not None and 1 <= entry[1] <= NACK_MAX_TRIES, (sequence, entry)
 
 

@@ -24,50 +24,19 @@ function configFromQuery() {
     signal_url: q.get("signal_url"),
     grant: q.get("grant"),
     publish: (q.get("publish") || "").split(",").filter((k) => k),
-    simulcast: q.get("simulcast") || "",  // "", "pre" or "offer"
+    camera: q.get("camera") || "640x360",  // fake camera size, WIDTHxHEIGHT
   };
 }
 
-// Simulcast research (docs/simulcast.md): make the publish video m-line of the
-// relay's offer ask for three rid layers, as an SFU offering to receive simulcast
-// would. The relay itself does not do this.
-function mungeSimulcast(sdp, videoMid) {
-  const used = new Set();
-  for (const m of sdp.matchAll(/a=extmap:(\d+)/g)) used.add(Number(m[1]));
-  const free = [];
-  for (let id = 1; id <= 14 && free.length < 2; id++) if (!used.has(id)) free.push(id);
-  const extra = [
-    `a=extmap:${free[0]} urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id`,
-    `a=extmap:${free[1]} urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id`,
-    "a=rid:h recv", "a=rid:m recv", "a=rid:l recv", "a=simulcast:recv h;m;l",
-  ];
-  const lines = sdp.split("\r\n").filter((l) => l);
-  const out = [];
-  let target = false;
-  for (const line of lines) {
-    if (line.startsWith("m=")) {
-      if (target) out.push(...extra);
-      target = false;
-    }
-    if (line === `a=mid:${videoMid}`) target = true;
-    out.push(line);
-  }
-  if (target) out.push(...extra);
-  return out.join("\r\n") + "\r\n";
-}
-
 async function start(config) {
-  log(`start publish=${config.publish} simulcast=${config.simulcast || "no"}`);
+  log(`start publish=${config.publish} camera=${config.camera}`);
+  const [width, height] = (config.camera || "640x360").split("x").map(Number);
   const publish = config.publish || [];
   let stream = null;
   if (publish.length) {
     stream = await navigator.mediaDevices.getUserMedia({
       audio: publish.includes("audio"),
-      video: publish.includes("video")
-        ? config.simulcast
-          ? { width: 1280, height: 720, frameRate: 30 }
-          : { width: 640, height: 360, frameRate: 30 }
-        : false,
+      video: publish.includes("video") ? { width, height, frameRate: 30 } : false,
     });
   }
   const tracks = {};
@@ -75,20 +44,6 @@ async function start(config) {
 
   const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers: [] });
   window.conclavePc = pc;
-  let simulcastTransceiver = null;
-  if (config.simulcast === "pre" && tracks.video) {
-    // Created before the offer arrives; setRemoteDescription may pair it with
-    // the relay's publish video m-line (or create a new one: see the research).
-    simulcastTransceiver = pc.addTransceiver(tracks.video, {
-      direction: "sendonly",
-      sendEncodings: [
-        { rid: "h" },
-        { rid: "m", scaleResolutionDownBy: 2 },
-        { rid: "l", scaleResolutionDownBy: 4 },
-      ],
-    });
-    window.conclaveSimulcastTransceiver = simulcastTransceiver;
-  }
   let streams = {}; // mid -> {participant_id, track_id, kind}
   window.conclaveStreams = () => streams;
 
@@ -113,10 +68,7 @@ async function start(config) {
   let chain = Promise.resolve();
   async function onOffer(message) {
     window.conclaveState.offers += 1;
-    let sdp = message.sdp;
-    if (config.simulcast && message.publish.video !== undefined) {
-      sdp = mungeSimulcast(sdp, message.publish.video);
-    }
+    const sdp = message.sdp;
     window.conclaveSdp.offers.push(sdp);
     streams = {};
     for (const s of message.streams) streams[s.mid] = s;
@@ -135,21 +87,24 @@ async function start(config) {
         await transceiver.sender.replaceTrack(tracks[kind]);
       }
       transceiver.direction = "sendonly";
-      if (kind === "video" && config.simulcast === "offer") {
-        // The encodings came from the offer's rid list; give them the usual
-        // resolution ladder (h full, m half, l quarter).
-        const scale = { h: 1, m: 2, l: 4 };
-        const parameters = transceiver.sender.getParameters();
-        for (const encoding of parameters.encodings) {
-          if (encoding.rid in scale) encoding.scaleResolutionDownBy = scale[encoding.rid];
-        }
-        await transceiver.sender.setParameters(parameters);
-      }
     }
     const answer = await pc.createAnswer();
     await pc.setLocalDescription(answer);
     window.conclaveSdp.answers.push(pc.localDescription.sdp);
     send({ type: "answer", sdp: pc.localDescription.sdp });
+    // Simulcast (docs/signaling.md): the encodings came from the offer's rid list
+    // without scaling, and Chromium's default ladder runs the wrong way round.
+    for (const [mid, layers] of Object.entries(message.simulcast || {})) {
+      const transceiver = pc.getTransceivers().find((t) => t.mid === mid);
+      if (!transceiver) continue;
+      const scale = {};
+      for (const layer of layers) scale[layer.rid] = layer.scale;
+      const parameters = transceiver.sender.getParameters();
+      for (const encoding of parameters.encodings) {
+        if (encoding.rid in scale) encoding.scaleResolutionDownBy = scale[encoding.rid];
+      }
+      await transceiver.sender.setParameters(parameters);
+    }
     window.conclaveState.answers += 1;
     log(`answered offer ${window.conclaveState.offers}`);
   }
