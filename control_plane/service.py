@@ -149,6 +149,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             display_name,
             can_publish=request.publish,
             can_subscribe=True,
+            node_lease=node.lease,
         )
         log.debug("grant for room %s on node %s", room_id, node.node_id)
         return rooms_pb2.JoinRoomResponse(

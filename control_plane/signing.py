@@ -75,8 +75,10 @@ class GrantSigner:
         display_name: str,
         can_publish: bool,
         can_subscribe: bool,
+        node_lease: int = 0,
     ) -> tuple[str, int]:
-        """A signed grant for one join on one node: (token, expires_at_ms)."""
+        """A signed grant for one join on one node, and on that node's current run
+        (its etcd lease): (token, expires_at_ms)."""
         expires_at_ms = int(self._clock() * 1000) + self._lifetime_ms
         grant = JoinGrant(
             room_id=room_id,
@@ -86,6 +88,7 @@ class GrantSigner:
             can_publish=can_publish,
             can_subscribe=can_subscribe,
             expires_at_ms=expires_at_ms,
+            node_lease=node_lease,
         )
         return sign(grant, self._private_key), expires_at_ms
 

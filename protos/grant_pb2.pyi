@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinGrant(_message.Message):
-    __slots__ = ("room_id", "participant_id", "node_id", "display_name", "can_publish", "can_subscribe", "expires_at_ms", "nonce", "key_id")
+    __slots__ = ("room_id", "participant_id", "node_id", "display_name", "can_publish", "can_subscribe", "expires_at_ms", "nonce", "key_id", "node_lease")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class JoinGrant(_message.Message):
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_LEASE_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     participant_id: str
     node_id: str
@@ -24,7 +25,8 @@ class JoinGrant(_message.Message):
     expires_at_ms: int
     nonce: bytes
     key_id: str
-    def __init__(self, room_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., node_id: _Optional[str] = ..., display_name: _Optional[str] = ..., can_publish: _Optional[bool] = ..., can_subscribe: _Optional[bool] = ..., expires_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
+    node_lease: int
+    def __init__(self, room_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., node_id: _Optional[str] = ..., display_name: _Optional[str] = ..., can_publish: _Optional[bool] = ..., can_subscribe: _Optional[bool] = ..., expires_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., key_id: _Optional[str] = ..., node_lease: _Optional[int] = ...) -> None: ...
 
 class SignedGrant(_message.Message):
     __slots__ = ("grant", "signature")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -23,6 +24,8 @@ class GrantChecker:
 
     def __init__(self, store: EtcdStore, node_id: str) -> None:
         self.node_id = node_id
+        # The lease this node is registered under now (0 until registered).
+        self.current_lease: Callable[[], int] = lambda: 0
         self._keys_cache = PrefixCache(store, GRANT_KEYS_PREFIX)
         self._seen_nonces: dict[bytes, int] = {}
 
@@ -47,6 +50,9 @@ class GrantChecker:
             await self._keys_cache.refresh()  # a key published a moment ago
         now_ms = int(time.time() * 1000)
         grant = grants.verify(token, self._keys(), self.node_id, now_ms)
+        if grant.node_lease != self.current_lease():
+            # Issued for an earlier run of this node id, whose nonces we never saw.
+            raise grants.GrantError("stale_node", "grant is for an earlier run of this node")
         self._forget_expired(now_ms)
         if grant.nonce in self._seen_nonces:
             raise grants.GrantError("replayed", "grant was already used")

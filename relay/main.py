@@ -176,6 +176,7 @@ async def serve(args: argparse.Namespace) -> None:
         ),
     )
     await registration.start()
+    grants.current_lease = lambda: registration.lease_id
     node.on_participants_changed = registration.participants_changed
 
     stop = asyncio.Event()

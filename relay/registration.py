@@ -38,6 +38,11 @@ class NodeRegistration:
         self._lease: Lease | None = None
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def lease_id(self) -> int:
+        """The lease this node is registered under now (0 before the first one)."""
+        return self._lease.id if self._lease is not None else 0
+
     async def start(self) -> None:
         await self._register()
         self._task = asyncio.create_task(self._renew_when_lost(), name="node-registration")

@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from conclave.processes import free_port, wait_for_line
-from conclave.store import GRANT_KEYS_PREFIX, ROOMS_PREFIX, EtcdStore
+from conclave.store import GRANT_KEYS_PREFIX, NODES_PREFIX, ROOMS_PREFIX, EtcdStore
 from protos import grants, rooms_pb2
 from protos.grant_pb2 import JoinGrant
+
+# node id -> the lease its relay process registered under (what a control plane
+# reads from the node key and puts into grants).
+NODE_LEASES: dict[str, int] = {}
 
 
 @dataclass
@@ -36,14 +40,32 @@ class RelayProcess:
         return f"ws://127.0.0.1:{self.http_port}/ws"
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
+        self.process = await self._spawn()
+        assert self.process.stdout is not None
+        await wait_for_line(self.process.stdout, "relay ready", timeout=30)
+        await self._record_lease()
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay", "--etcd", self.etcd_endpoint,
             "--node-id", self.node_id, "--http-port", str(self.http_port),
             "--rpc-port", str(self.rpc_port), "--ice-address", "127.0.0.1", *self.extra_args,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr(),
         )  # fmt: skip
-        assert self.process.stdout is not None
-        await wait_for_line(self.process.stdout, "relay ready", timeout=30)
+
+    def _stderr(self) -> int | None:
+        return None  # inherited: the relay's log goes to the test's stderr
+
+    async def _record_lease(self) -> None:
+        """Note the lease the relay registered under, for the grants minted for it."""
+        store = EtcdStore([self.etcd_endpoint])
+        await store.connect()
+        try:
+            value = await store.get(NODES_PREFIX + self.node_id)
+        finally:
+            await store.close()
+        assert value is not None, "a ready relay has registered"
+        NODE_LEASES[self.node_id] = int(json.loads(value)["lease"])
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -101,6 +123,7 @@ class GrantMinter:
         can_publish: bool = True,
         lifetime_s: float = 30.0,
         key: Ed25519PrivateKey | None = None,
+        node_lease: int | None = None,
     ) -> str:
         grant = JoinGrant(
             room_id=room_id,
@@ -110,6 +133,7 @@ class GrantMinter:
             can_publish=can_publish,
             can_subscribe=True,
             expires_at_ms=int((time.time() + lifetime_s) * 1000),
+            node_lease=NODE_LEASES.get(node_id, 0) if node_lease is None else node_lease,
         )
         return grants.sign(grant, key or self.key)
 

@@ -449,6 +449,7 @@ async def test_join_grant_verifies_with_the_published_key(
     assert grant.room_id == room.room_id
     assert grant.participant_id == response.participant_id
     assert grant.display_name == "Grace Hopper"
+    assert grant.node_lease == relays.leases[response.node_id].id  # this run of the node
     assert grant.can_subscribe and not grant.can_publish
     assert grant.expires_at_ms == response.grant_expires_at_ms
     assert before + 29_000 <= grant.expires_at_ms <= int(time.time() * 1000) + 31_000

@@ -10,7 +10,6 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ import pytest
 
 from client.sdk import Session
 from conclave.ice import use_host_addresses
-from conclave.processes import wait_for_line
 from conclave.store import EtcdStore
 from tests.integration.relay_harness import GrantMinter, RelayProcess
 from tests.ports import free_udp_range
@@ -37,17 +35,14 @@ class PortRelay(RelayProcess):
     log_lines: list[str] = field(default_factory=list)
     _drain: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay", "--etcd", self.etcd_endpoint,
-            "--node-id", self.node_id, "--http-port", str(self.http_port),
-            "--rpc-port", str(self.rpc_port), "--ice-address", "127.0.0.1",
-            *self.extra_args,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self._drain = asyncio.create_task(self._read_log(self.process.stderr))
-        await wait_for_line(self.process.stdout, "relay ready", timeout=30)
+    def _stderr(self) -> int | None:
+        return subprocess.PIPE
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        process = await super()._spawn()
+        assert process.stderr is not None
+        self._drain = asyncio.create_task(self._read_log(process.stderr))
+        return process
 
     async def _read_log(self, stream: asyncio.StreamReader) -> None:
         async for line in stream:

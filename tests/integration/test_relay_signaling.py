@@ -228,3 +228,30 @@ async def test_a_full_node_refuses_joins(etcd_endpoint: str, minter: GrantMinter
             assert close_code == 4004
     finally:
         await relay.stop()
+
+
+async def test_a_grant_for_an_earlier_run_of_the_node_is_refused(
+    etcd_endpoint: str, minter: GrantMinter
+) -> None:
+    """A relay restarted under the same node id forgets the nonces it saw; the
+    grant names the node's lease, so neither old grants nor their replays pass."""
+    node_id = f"relay-{uuid.uuid4().hex[:8]}"
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    await minter.create_room(room)
+    first_run = RelayProcess(node_id, etcd_endpoint)
+    await first_run.start()
+    old_token = minter.token(room, "p_early", node_id)
+    assert (await join(first_run, old_token, []))["type"] == "joined"
+    await first_run.stop()
+    second_run = RelayProcess(node_id, etcd_endpoint)
+    await second_run.start()
+    try:
+        replies, close_code = await exchange(
+            second_run, {"type": "join", "grant": old_token, "publish": []}
+        )
+        assert replies[0]["code"] == "grant_stale_node"
+        assert close_code == 4001
+        fresh = minter.token(room, "p_late", node_id)
+        assert (await join(second_run, fresh, []))["type"] == "joined"
+    finally:
+        await second_run.stop()
