@@ -11,7 +11,7 @@ from playwright.async_api import Browser
 
 from client.sdk import Session
 from tests.e2e.conftest import BrowserParticipant, open_participant
-from tests.integration.relay_harness import GrantMinter, RelayProcess
+from tests.integration.relay_harness import GrantMinter, RelayProcess, video_frames
 
 
 async def wait_for(
@@ -33,11 +33,6 @@ async def wait_for(
         ) from None
 
 
-def python_frames(session: Session, name: str) -> int:
-    figures = session.stats().get(name)
-    return figures["video_frames_decoded"] if figures else 0
-
-
 async def test_browser_to_browser_and_python(
     relay: RelayProcess, minter: GrantMinter, browser: Browser, page_url: str
 ) -> None:
@@ -56,7 +51,7 @@ async def test_browser_to_browser_and_python(
         assert await wait_for(ben, "p_ann", "keyFramesDecoded", 1) >= 1
         assert await wait_for(ben, "p_ann", "audioPacketsReceived", 1) > 0
         async with asyncio.timeout(15):
-            while python_frames(cyd, "p_ann") < 10:
+            while video_frames(cyd, "p_ann") < 10:
                 await asyncio.sleep(0.1)
         assert await ann.errors() == []
         assert await ben.errors() == []

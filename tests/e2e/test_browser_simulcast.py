@@ -14,8 +14,7 @@ from playwright.async_api import Browser
 
 from client.sdk import Session
 from tests.e2e.conftest import open_participant
-from tests.e2e.test_browser_media import python_frames
-from tests.integration.relay_harness import GrantMinter, RelayProcess
+from tests.integration.relay_harness import GrantMinter, RelayProcess, video_frames
 
 DEBUG = ("conclave_packets_forwarded_total", "conclave_keyframe_requests_total")
 
@@ -82,11 +81,11 @@ async def test_chromium_publishes_three_layers_and_python_decodes_one(
     async with cyd:
         try:
             async with asyncio.timeout(20):
-                while python_frames(cyd, "p_ann") < 30:
+                while video_frames(cyd, "p_ann") < 30:
                     await asyncio.sleep(0.1)
         except TimeoutError:
             raise AssertionError(
-                f"python decoded {python_frames(cyd, 'p_ann')} frames, {cyd.stats()}, "
+                f"python decoded {video_frames(cyd, 'p_ann')} frames, {cyd.stats()}, "
                 f"{ {m: relay.metric(m) for m in DEBUG} }\n{await ann.outbound()}"
             ) from None
     assert layer_drops(relay) > 0  # two of the three layers were not forwarded

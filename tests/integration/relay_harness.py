@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.sdk import Session
 from conclave.processes import free_port, wait_for_line
 from conclave.store import GRANT_KEYS_PREFIX, NODES_PREFIX, ROOMS_PREFIX, EtcdStore
 from protos import grants, rooms_pb2
@@ -148,3 +149,17 @@ class GrantMinter:
             signal_url=relay.signal_url,
             grant=self.token(room_id, participant_id, relay.node_id, name=name),
         )
+
+
+def video_frames(session: Session, publisher: str) -> int:
+    """Video frames `session` decoded from `publisher` (a display name) so far."""
+    figures = session.stats().get(publisher)
+    return figures["video_frames_decoded"] if figures else 0
+
+
+async def wait_for_frames(
+    session: Session, publisher: str, count: int, timeout: float = 30
+) -> None:
+    async with asyncio.timeout(timeout):
+        while video_frames(session, publisher) < count:
+            await asyncio.sleep(0.1)

@@ -15,7 +15,7 @@ from client.sdk import RoomsClient, Session
 from conclave.ice import use_host_addresses
 from conclave.processes import EtcdServer, free_port, wait_for_line
 from conclave.store import NODES_PREFIX, PLACEMENT_PREFIX, EtcdStore
-from tests.integration.relay_harness import RelayProcess
+from tests.integration.relay_harness import RelayProcess, video_frames
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,11 +42,6 @@ async def control_plane(etcd: EtcdServer) -> AsyncIterator[str]:
     yield listen
     process.terminate()
     await process.wait()
-
-
-def frames_from(session: Session, name: str) -> int:
-    figures = session.stats().get(name)
-    return figures["video_frames_decoded"] if figures else 0
 
 
 async def test_killed_relay_expires_and_meeting_moves_to_survivor(
@@ -79,7 +74,7 @@ async def test_killed_relay_expires_and_meeting_moves_to_survivor(
             ben = Session(joins[1], "ben", [])
             async with ann, ben:
                 async with asyncio.timeout(20):
-                    while frames_from(ben, "ann") < 10:
+                    while video_frames(ben, "ann") < 10:
                         await asyncio.sleep(0.2)
     finally:
         await store.close()

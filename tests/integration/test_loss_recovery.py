@@ -9,12 +9,7 @@ import uuid
 from client.sdk import Session
 from conclave.ice import use_host_addresses
 from conclave.store import EtcdStore
-from tests.integration.relay_harness import GrantMinter, RelayProcess
-
-
-def frames(session: Session, name: str) -> int:
-    figures = session.stats().get(name)
-    return figures["video_frames_decoded"] if figures else 0
+from tests.integration.relay_harness import GrantMinter, RelayProcess, video_frames
 
 
 async def test_video_keeps_decoding_with_five_percent_ingress_loss(
@@ -34,14 +29,14 @@ async def test_video_keeps_decoding_with_five_percent_ingress_loss(
         ben = Session(minter.join_response(relay, room, "p_ben", "ben"), "ben", [])
         async with ann, ben:
             async with asyncio.timeout(20):
-                while frames(ben, "ann") == 0:
+                while video_frames(ben, "ann") == 0:
                     await asyncio.sleep(0.05)
             loop = asyncio.get_running_loop()
-            last_count, last_change, longest_freeze = frames(ben, "ann"), loop.time(), 0.0
+            last_count, last_change, longest_freeze = video_frames(ben, "ann"), loop.time(), 0.0
             deadline = loop.time() + 8
             while loop.time() < deadline:
                 await asyncio.sleep(0.05)
-                count = frames(ben, "ann")
+                count = video_frames(ben, "ann")
                 if count > last_count:
                     longest_freeze = max(longest_freeze, loop.time() - last_change)
                     last_count, last_change = count, loop.time()

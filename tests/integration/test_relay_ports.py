@@ -21,7 +21,7 @@ import pytest
 from client.sdk import Session
 from conclave.ice import use_host_addresses
 from conclave.store import EtcdStore
-from tests.integration.relay_harness import GrantMinter, RelayProcess
+from tests.integration.relay_harness import GrantMinter, RelayProcess, video_frames, wait_for_frames
 from tests.ports import free_udp_range
 
 CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ host", re.MULTILINE)
@@ -109,17 +109,6 @@ async def first_offer(relay: PortRelay, token: str) -> dict[str, Any]:
                 if message["type"] == "offer":
                     await ws.send_str(json.dumps({"type": "leave"}))
                     return message
-
-
-def video_frames(session: Session, publisher: str) -> int:
-    figures = session.stats().get(publisher)
-    return figures["video_frames_decoded"] if figures else 0
-
-
-async def wait_for_frames(session: Session, publisher: str, count: int) -> None:
-    async with asyncio.timeout(30):
-        while video_frames(session, publisher) < count:
-            await asyncio.sleep(0.1)
 
 
 def remote_ice_port(session: Session) -> int:

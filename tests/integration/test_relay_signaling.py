@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.sdk import Session
 from conclave.ice import use_host_addresses
-from tests.integration.relay_harness import GrantMinter, RelayProcess
+from tests.integration.relay_harness import GrantMinter, RelayProcess, video_frames, wait_for_frames
 
 
 async def exchange(
@@ -179,7 +179,7 @@ async def test_a_misbehaving_participant_does_not_disturb_the_others(
     ann = Session(minter.join_response(relay, room, "p_ann", "ann"), "ann", ["video"])
     ben = Session(minter.join_response(relay, room, "p_ben", "ben"), "ben", [])
     async with ann, ben:
-        await _wait_for_frames(ben, "ann", 10)
+        await wait_for_frames(ben, "ann", 10, timeout=20)
         token = minter.token(room, "p_mallory", relay.node_id)
         garbage: list[Any] = [
             {"type": "join", "grant": token, "publish": ["audio"]},
@@ -191,21 +191,10 @@ async def test_a_misbehaving_participant_does_not_disturb_the_others(
         ]
         replies, _ = await exchange(relay, *garbage, read=6)
         assert [r["type"] for r in replies].count("error") >= 4
-        before = _frames(ben, "ann")
-        await _wait_for_frames(ben, "ann", before + 20)
+        before = video_frames(ben, "ann")
+        await wait_for_frames(ben, "ann", before + 20, timeout=20)
         assert not ann.errors and not ben.errors
         assert relay.metric("conclave_relay_decoders_created_total") == 0
-
-
-def _frames(session: Session, name: str) -> int:
-    figures = session.stats().get(name)
-    return figures["video_frames_decoded"] if figures else 0
-
-
-async def _wait_for_frames(session: Session, name: str, count: int) -> None:
-    async with asyncio.timeout(20):
-        while _frames(session, name) < count:
-            await asyncio.sleep(0.1)
 
 
 async def test_a_full_node_refuses_joins(etcd_endpoint: str, minter: GrantMinter) -> None:
