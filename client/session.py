@@ -26,7 +26,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.stats import RTCInboundRtpStreamStats
-from av import AudioFrame
+from av import AudioFrame, VideoFrame
 
 from client.errors import ConclaveError
 from client.media import PatternVideoTrack, SineAudioTrack
@@ -56,6 +56,7 @@ class RemoteStats(TypedDict):
 class _Counters:
     audio_frames: int = 0
     video_frames: int = 0
+    video_size: tuple[int, int] | None = None  # of the latest decoded frame
 
 
 class _MutableAudioTrack(MediaStreamTrack):
@@ -336,6 +337,20 @@ class Session:
         self.muted[kind] = muted
         await self._send({"type": "mute", "kind": kind, "muted": muted})
 
+    async def set_video_size(self, track_id: str, width: int, height: int) -> None:
+        """Tell the relay the largest size we show that video track at (`video_size`
+        message): with simulcast, it then sends no larger layer than needed."""
+        if width < 1 or height < 1:
+            raise ValueError("a video size is at least 1x1")
+        await self._send(
+            {"type": "video_size", "track_id": track_id, "width": width, "height": height}
+        )
+
+    def received_video_size(self, participant_id: str) -> tuple[int, int] | None:
+        """Width and height of the latest video frame decoded from that participant."""
+        counters = self._counters.get(participant_id)
+        return counters.video_size if counters is not None else None
+
     @property
     def connection_state(self) -> str:
         return self._pc.connectionState if self._pc is not None else "new"
@@ -573,7 +588,7 @@ class Session:
         for whoever the latest offer says publishes on `mid`."""
         try:
             while True:
-                await track.recv()
+                frame = await track.recv()
                 stream = self._streams.get(mid)
                 if stream is None:
                     continue
@@ -582,6 +597,8 @@ class Session:
                     counters.audio_frames += 1
                 else:
                     counters.video_frames += 1
+                    if isinstance(frame, VideoFrame):
+                        counters.video_size = (frame.width, frame.height)
         except MediaStreamError:
             log.debug("remote track on mid %s ended", mid)
 

@@ -14,7 +14,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from relay.rtcp import sender_report
-from relay.rtp import FIXED_HEADER, RtpHeader, extension_block, is_vp8_keyframe_start
+from relay.rtp import (
+    FIXED_HEADER,
+    RtpHeader,
+    extension_block,
+    is_vp8_keyframe_start,
+    vp8_keyframe_size,
+)
 
 _fixed = struct.Struct("!BBHII")
 
@@ -25,15 +31,23 @@ MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 MID_EXTENSION_ID = 1
 
 
-CACHE_SIZE = 1024  # packets kept per video track for retransmission (~4 s at 2 Mbit/s)
+CACHE_SIZE = 1024  # packets kept per video layer for retransmission (~4 s at 2 Mbit/s)
+MAX_LAYERS = 3  # simulcast encodings per video track (docs/simulcast.md)
+SEGMENTS_KEPT = 4  # layer switches remembered per subscriber, to answer NACKs across them
+CLOCK_RATES = {"audio": 48000, "video": 90000}
+
+# (sequence, timestamp, marker bit, padding bit, extension elements, payload).
+CacheEntry = tuple[int, int, int, int, list[tuple[int, bytes]], bytes]
 
 
 class SubscriberOutput:
-    """One subscriber's view of one track: its SSRCs, payload types, MID, offsets."""
+    """One subscriber's view of one track: its SSRCs, payload types, MID, offsets,
+    and which layer it receives (`layer`) and wants (`target`)."""
 
     __slots__ = (
         "extension_ids",
         "extension_map",
+        "layer",
         "mid_element",
         "next_sequence",
         "octets",
@@ -43,10 +57,11 @@ class SubscriberOutput:
         "rtx_payload_type",
         "rtx_sequence",
         "rtx_ssrc",
+        "segments",
         "seq_offset",
         "sink",
         "ssrc",
-        "started",
+        "target",
         "timestamp_base",
         "ts_offset",
     )
@@ -72,7 +87,11 @@ class SubscriberOutput:
         # RFC 4588 retransmission stream (SSRC, payload type), when negotiated.
         self.rtx_ssrc, self.rtx_payload_type = rtx or (0, 0)
         self.rtx_sequence = random.getrandbits(16)
-        self.started = False
+        self.layer = -1  # the layer being forwarded; -1 before the first packet
+        self.target = 0  # the layer to switch to at its next key frame
+        # (first output sequence, layer, sequence offset, timestamp offset) since
+        # each switch, newest last: which layer's cache answers a NACK.
+        self.segments: list[tuple[int, int, int, int]] = []
         self.seq_offset = 0
         self.ts_offset = 0
         self.next_sequence = random.getrandbits(16)
@@ -81,46 +100,75 @@ class SubscriberOutput:
         self.octets = 0
         self.retransmitted = 0
 
-    def start(self, sequence: int, timestamp: int) -> None:
-        """Pin offsets so this subscriber's numbering starts where it left off."""
-        self.seq_offset = (self.next_sequence - sequence) & 0xFFFF
-        self.ts_offset = (self.timestamp_base - timestamp) & 0xFFFFFFFF
-        self.started = True
+    @property
+    def started(self) -> bool:
+        return self.layer >= 0
+
+
+class LayerStream:
+    """One incoming stream of a track (a simulcast layer, or the only stream): its
+    retransmission cache, who receives it, who waits for its next key frame, and
+    what the layer choice needs to know (traffic, last arrival, frame size)."""
+
+    __slots__ = (
+        "cache",
+        "height",
+        "joining",
+        "last_arrival",
+        "last_timestamp",
+        "octets",
+        "packets",
+        "receivers",
+        "width",
+    )
+
+    def __init__(self, is_video: bool) -> None:
+        self.cache: list[CacheEntry | None] = [None] * CACHE_SIZE if is_video else []
+        self.receivers: list[SubscriberOutput] = []
+        self.joining: list[SubscriberOutput] = []
+        self.packets = 0
+        self.octets = 0
+        self.last_arrival = 0.0
+        self.last_timestamp = 0
+        self.width = 0  # from the latest key frame; 0 until one arrived
+        self.height = 0
 
 
 class TrackForwarder:
     """Fans one published track out to its subscribers.
 
-    Video subscribers receive packets from the first key frame after they were
-    added; `request_keyframe` is called when one is needed. Video packets are kept
-    in a ring (parsed once) so that subscribers' NACKs can be answered.
+    A video track has up to three layers (simulcast), indexed from the lowest
+    quality; a subscriber receives exactly one and moves to another only at a key
+    frame of that layer, with its output sequence numbers and timestamps kept
+    continuous. `request_keyframe(layer)` is called when a subscriber waits for
+    one. Video packets are kept per layer (parsed once) to answer NACKs.
     """
 
     __slots__ = (
-        "cache",
+        "clock_rate",
         "forwarded",
         "is_video",
+        "layers",
         "received",
         "request_keyframe",
         "source_extensions",
         "source_mid_id",
         "subscribers",
-        "waiting_for_keyframe",
+        "switches",
     )
 
-    def __init__(self, kind: str, request_keyframe: Callable[[], None]) -> None:
+    def __init__(self, kind: str, request_keyframe: Callable[[int], None]) -> None:
         self.is_video = kind == "video"
+        self.clock_rate = CLOCK_RATES[kind]
         self.request_keyframe = request_keyframe
         self.subscribers: list[SubscriberOutput] = []
-        self.waiting_for_keyframe = 0
+        count = MAX_LAYERS if self.is_video else 1
+        self.layers = [LayerStream(self.is_video) for _ in range(count)]
         self.received = 0
         self.forwarded = 0
+        self.switches = 0  # layer changes of started subscribers
         self.source_extensions: dict[int, str] = {}
         self.source_mid_id = MID_EXTENSION_ID
-        # (sequence, timestamp, marker bit, padding bit, extension elements, payload).
-        self.cache: list[tuple[int, int, int, int, list[tuple[int, bytes]], bytes] | None] = (
-            [None] * CACHE_SIZE if self.is_video else []
-        )
 
     def set_source_extensions(self, ids: Mapping[int, str]) -> None:
         """The header-extension ids negotiated on the publisher's leg (id -> URI)."""
@@ -144,44 +192,79 @@ class TrackForwarder:
             return None
         return mapping
 
-    def add_subscriber(self, output: SubscriberOutput) -> None:
-        output.started = False
+    def add_subscriber(self, output: SubscriberOutput, layer: int = 0) -> None:
+        """Start forwarding to `output`: audio from the next packet, video from the
+        next key frame of `layer`."""
+        if output in self.subscribers:
+            return
+        output.layer = -1
+        output.target = min(max(layer, 0), len(self.layers) - 1)
+        output.segments = []
         output.extension_map = self._extension_map(output)
         self.subscribers.append(output)
+        self.layers[output.target].joining.append(output)
         if self.is_video:
-            self.waiting_for_keyframe += 1
-            self.request_keyframe()
+            self.request_keyframe(output.target)
+
+    def set_target(self, output: SubscriberOutput, layer: int) -> None:
+        """Move `output` to `layer` at that layer's next key frame (asked for now)."""
+        layer = min(max(layer, 0), len(self.layers) - 1)
+        if output not in self.subscribers or layer == output.target:
+            return
+        if output.target != output.layer:
+            self.layers[output.target].joining.remove(output)
+        output.target = layer
+        if layer != output.layer:
+            self.layers[layer].joining.append(output)
+            self.request_keyframe(layer)
 
     def remove_subscriber(self, output: SubscriberOutput) -> None:
-        if output in self.subscribers:
-            self.subscribers.remove(output)
-            if self.is_video and not output.started:
-                self.waiting_for_keyframe -= 1
+        if output not in self.subscribers:
+            return
+        self.subscribers.remove(output)
+        if output.layer >= 0:
+            self.layers[output.layer].receivers.remove(output)
+        if output.target != output.layer:
+            self.layers[output.target].joining.remove(output)
+        output.layer = -1
 
-    def forward(self, data: bytes, header: RtpHeader) -> list[tuple[SubscriberOutput, bytes]]:
-        """Rewrite `data` once per subscriber; returns what to send to whom."""
+    def receivers(self, layer: int) -> list[SubscriberOutput]:
+        """The subscribers currently receiving `layer`."""
+        return self.layers[layer].receivers
+
+    def forward(
+        self, data: bytes, header: RtpHeader, layer: int = 0, now: float = 0.0
+    ) -> list[tuple[SubscriberOutput, bytes]]:
+        """Rewrite a packet of `layer` once per subscriber receiving that layer;
+        returns what to send to whom. `now` is the arrival time (event-loop clock)."""
+        stream = self.layers[layer]
         self.received += 1
         payload = data[header.payload_offset :]
-        shared_extensions = _without(header.extensions, self.source_mid_id)
         padding_bit = data[0] & 0x20
         marker = header.marker << 7
+        stream.packets += 1
+        stream.octets += len(data)
+        stream.last_arrival = now
+        stream.last_timestamp = header.timestamp
         if self.is_video:
-            self.cache[header.sequence % CACHE_SIZE] = (
+            stream.cache[header.sequence % CACHE_SIZE] = (
                 header.sequence, header.timestamp, marker, padding_bit, header.extensions, payload
             )  # fmt: skip
-        if not self.subscribers:
+            # The cheap test first: only a partition start can begin a key frame.
+            if payload and payload[0] & 0x17 == 0x10 and is_vp8_keyframe_start(payload):
+                size = vp8_keyframe_size(payload)
+                if size is not None:
+                    stream.width, stream.height = size
+                if stream.joining:
+                    self._switch(stream, layer, header, now)
+        elif stream.joining:
+            self._switch(stream, layer, header, now)
+        receivers = stream.receivers
+        if not receivers:
             return []
-        keyframe = (
-            self.is_video and self.waiting_for_keyframe > 0 and is_vp8_keyframe_start(payload)
-        )
+        shared_extensions = _without(header.extensions, self.source_mid_id)
         out: list[tuple[SubscriberOutput, bytes]] = []
-        for sub in self.subscribers:
-            if not sub.started:
-                if self.is_video and not keyframe:
-                    continue
-                sub.start(header.sequence, header.timestamp)
-                if self.is_video:
-                    self.waiting_for_keyframe -= 1
+        for sub in receivers:
             sequence = (header.sequence + sub.seq_offset) & 0xFFFF
             extensions = (
                 shared_extensions
@@ -197,18 +280,49 @@ class TrackForwarder:
         self.forwarded += len(out)
         return out
 
+    def _switch(self, stream: LayerStream, layer: int, header: RtpHeader, now: float) -> None:
+        """Move everyone waiting for this packet (a key frame, or any audio packet)
+        onto `layer`. Output sequence numbers continue where they were; output time
+        advances by the wall time since the previous layer's last packet, so the
+        subscriber's jitter buffer and lip sync see one continuous stream."""
+        for sub in stream.joining:
+            old = sub.layer
+            seq_offset = (sub.next_sequence - header.sequence) & 0xFFFF
+            if old < 0:
+                ts_offset = (sub.timestamp_base - header.timestamp) & 0xFFFFFFFF
+            else:
+                previous = self.layers[old]
+                previous.receivers.remove(sub)
+                ticks = max(1, int((now - previous.last_arrival) * self.clock_rate))
+                last_out = previous.last_timestamp + sub.ts_offset
+                ts_offset = (last_out + ticks - header.timestamp) & 0xFFFFFFFF
+                self.switches += 1
+            sub.layer = layer
+            sub.seq_offset, sub.ts_offset = seq_offset, ts_offset
+            sub.segments.append((sub.next_sequence, layer, seq_offset, ts_offset))
+            del sub.segments[:-SEGMENTS_KEPT]
+            stream.receivers.append(sub)
+        stream.joining.clear()
+
     def retransmit(self, sub: SubscriberOutput, lost: list[int]) -> list[bytes]:
-        """Answer a subscriber's NACK from the cache: RTX when negotiated (RFC 4588
-        §4, original sequence number first in the payload), else the packet again.
-        A number named twice (a NACK can repeat itself) is answered once."""
-        if not sub.started or not self.cache:
+        """Answer a subscriber's NACK from the cache of the layer each number was
+        sent from: RTX when negotiated (RFC 4588 §4, original sequence number first
+        in the payload), else the packet again. A number named twice (a NACK can
+        repeat itself) is answered once."""
+        if sub.layer < 0 or not self.is_video:
             return []
         packets: list[bytes] = []
         for out_sequence in dict.fromkeys(lost):
-            entry = self.cache[((out_sequence - sub.seq_offset) & 0xFFFF) % CACHE_SIZE]
-            if entry is None or entry[0] != (out_sequence - sub.seq_offset) & 0xFFFF:
+            segment = _segment_of(sub, out_sequence)
+            if segment is None:
+                continue  # sent before the oldest switch remembered
+            _, layer, seq_offset, ts_offset = segment
+            source = (out_sequence - seq_offset) & 0xFFFF
+            entry = self.layers[layer].cache[source % CACHE_SIZE]
+            if entry is None or entry[0] != source:
                 continue  # too old, or never received
             _, timestamp, marker, padding_bit, elements, payload = entry
+            timestamp = (timestamp + ts_offset - sub.ts_offset) & 0xFFFFFFFF
             extensions = (
                 _without(elements, self.source_mid_id)
                 if sub.extension_map is None
@@ -228,12 +342,24 @@ class TrackForwarder:
 
     @staticmethod
     def sender_report(sub: SubscriberOutput, ntp: int, rtp_timestamp: int) -> bytes | None:
-        """The publisher's NTP/RTP pair in this subscriber's timestamp space, so the
-        subscriber can keep audio and video in sync (RFC 3550 §6.4.1)."""
-        if not sub.started:
+        """The publisher's NTP/RTP pair (of the layer `sub` receives) in this
+        subscriber's timestamp space, so the subscriber can keep audio and video in
+        sync (RFC 3550 §6.4.1)."""
+        if sub.layer < 0:
             return None
         return sender_report(sub.ssrc, ntp, (rtp_timestamp + sub.ts_offset) & 0xFFFFFFFF,
                              sub.packets, sub.octets)  # fmt: skip
+
+
+def _segment_of(sub: SubscriberOutput, out_sequence: int) -> tuple[int, int, int, int] | None:
+    """The switch after which `sub` was sent `out_sequence`: counted backwards from
+    the newest number sent, so that wrap-around needs no special case."""
+    newest = (sub.next_sequence - 1) & 0xFFFF
+    age = (newest - out_sequence) & 0xFFFF
+    for segment in reversed(sub.segments):
+        if age <= (newest - segment[0]) & 0xFFFF:
+            return segment
+    return None
 
 
 def _without(elements: list[tuple[int, bytes]], skip_id: int) -> bytes:

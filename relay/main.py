@@ -76,9 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capacity", type=int, default=200, help="participant limit of the node")
     parser.add_argument(
         "--simulcast",
-        action="store_true",
-        help="experimental: ask browser publishers for three simulcast layers "
-        "(the lowest is forwarded to everyone; docs/simulcast.md)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask browser publishers for three simulcast layers; each subscriber gets "
+        "the one its bandwidth and video size suit (docs/simulcast.md; default: on)",
     )
     parser.add_argument(
         "--test-drop-video",

@@ -30,3 +30,11 @@ DECODERS_CREATED = Counter(
     "conclave_relay_decoders_created_total",
     "Media decoders created in the relay process (must stay 0: relays never decode)",
 )
+LAYER_SWITCHES = Counter(
+    "conclave_layer_switches_total",
+    "Subscribers moved to another simulcast layer (always at a key frame of that layer)",
+)
+DYNACAST_CHANGES = Counter(
+    "conclave_dynacast_changes_total",
+    "layers messages sent to publishers (simulcast layers paused or resumed)",
+)

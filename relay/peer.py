@@ -56,10 +56,9 @@ Signal = Callable[[dict[str, Any]], Awaitable[None]]
 _test_video_loss = 0.0
 
 
-# Ask browser publishers for three simulcast layers (`conclave relay --simulcast`).
-# Experimental until per-subscriber layer switching exists (docs/simulcast.md, step B):
-# today one layer, the lowest, goes to everyone.
-_offer_simulcast = False
+# Ask browser publishers for three simulcast layers (on unless `conclave relay
+# --no-simulcast`); each subscriber then receives the layer that suits it.
+_offer_simulcast = True
 
 
 def set_simulcast_offer(enabled: bool) -> None:
@@ -76,18 +75,18 @@ class PeerEvents(Protocol):
     """What a peer reports to its room; the room owns tracks and forwarding."""
 
     async def on_media(self, peer: ParticipantPeer, kind: str, header: RtpHeader,
-                       data: bytes, rid: str = "") -> None:  # fmt: skip
-        """One packet of this participant's `kind` track; `rid` names its simulcast
-        layer ("" when the track has a single stream)."""
+                       data: bytes, layer: int, now: float) -> None:  # fmt: skip
+        """One packet of this participant's `kind` track, of simulcast `layer` (0, the
+        lowest, for a single stream), arrived at `now` (event-loop clock)."""
 
-    def on_keyframe_request(self, track_id: str) -> None: ...
+    def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None: ...
 
     async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None: ...
 
     def on_remb(self, track_id: str, output: SubscriberOutput, bitrate: int) -> None: ...
 
     async def on_sender_report(self, peer: ParticipantPeer, kind: str,
-                               report: rtcp.SenderReport, rid: str = "") -> None: ...  # fmt: skip
+                               report: rtcp.SenderReport, layer: int) -> None: ...  # fmt: skip
 
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         """What to ask this participant to send at most (REMB), if known."""
@@ -111,14 +110,16 @@ class IdleTrack(MediaStreamTrack):
 
 
 class IncomingStream:
-    """One SSRC a participant sends: which track and layer it is, its reception
-    statistics (RFC 3550 §6.4) and, for video, the gaps to NACK (RFC 4585)."""
+    """One SSRC a participant sends: which track and layer it is (the rid, and its
+    index from the lowest quality), its reception statistics (RFC 3550 §6.4) and,
+    for video, the gaps to NACK (RFC 4585)."""
 
-    __slots__ = ("kind", "missing", "rid", "stats")
+    __slots__ = ("kind", "layer", "missing", "rid", "stats")
 
-    def __init__(self, ssrc: int, kind: str, rid: str) -> None:
+    def __init__(self, ssrc: int, kind: str, rid: str, layer: int) -> None:
         self.kind = kind
         self.rid = rid
+        self.layer = layer
         self.stats = ReceptionStats(ssrc, CLOCK_RATES[kind])
         self.missing = MissingPackets() if kind == "video" else None
 
@@ -133,6 +134,8 @@ class Subscription:
     transceiver: RTCRtpTransceiver
     output: SubscriberOutput | None = None
     removed: bool = False
+    # The largest video size the subscriber shows this track at (`video_size`).
+    video_size: tuple[int, int] | None = None
 
 
 class ParticipantPeer:
@@ -310,14 +313,11 @@ class ParticipantPeer:
             # Layers and their ids may differ from the previous answer: relearn.
             self._forget("video")
 
-    def forwarded_layer(self, kind: str) -> str | None:
-        """The one simulcast layer forwarded to every subscriber (step A of
-        docs/simulcast.md), None without simulcast: the lowest, because it is the
-        only one a browser keeps sending when bandwidth is short (the relay asks
-        publishers, with REMB, for what the slowest subscriber takes), and the
-        forwarder cannot switch layers yet, so a paused layer would freeze video."""
+    def layer_rids(self, kind: str) -> list[str]:
+        """The rids of the `kind` track's layers by index, lowest quality first
+        (`[""]` for a single stream)."""
         layers = self.simulcast.get(kind)
-        return layers.rids[-1] if layers is not None else None
+        return list(reversed(layers.rids)) if layers is not None else [""]
 
     def _forget(self, kind: str) -> None:
         for ssrc in self.publish_ssrc.pop(kind, {}).values():
@@ -435,7 +435,7 @@ class ParticipantPeer:
             if lost:
                 metrics.NACKS_SENT.inc()
                 await self.send_rtp(rtcp.nack(self.rtcp_ssrc, header.ssrc, lost))
-        await self._events.on_media(self, kind, header, data, stream.rid)
+        await self._events.on_media(self, kind, header, data, stream.layer, now)
 
     def _bind(self, kind: str, header: RtpHeader) -> IncomingStream | None:
         """Bind a new SSRC to its layer: with simulcast, the rid its packets carry
@@ -443,12 +443,14 @@ class ParticipantPeer:
         of the kind. A layer's previous SSRC is forgotten (the sender restarted it).
         None for a simulcast packet naming no negotiated rid: it cannot be placed."""
         rid = ""
+        layer = 0
         layers = self.simulcast.get(kind)
         if layers is not None:
             value = next((v for i, v in header.extensions if i == layers.rid_extension_id), b"")
             rid = value.decode("ascii", "replace")
             if rid not in layers.rids:
                 return None
+            layer = len(layers.rids) - 1 - layers.rids.index(rid)
         ssrcs = self.publish_ssrc.setdefault(kind, {})
         previous = ssrcs.get(rid)
         if previous is not None:
@@ -457,7 +459,7 @@ class ParticipantPeer:
         if stale is not None:
             self.publish_ssrc.get(stale.kind, {}).pop(stale.rid, None)
         ssrcs[rid] = header.ssrc
-        stream = self.incoming[header.ssrc] = IncomingStream(header.ssrc, kind, rid)
+        stream = self.incoming[header.ssrc] = IncomingStream(header.ssrc, kind, rid, layer)
         return stream
 
     async def _handle_rtcp(self, data: bytes) -> None:
@@ -473,8 +475,8 @@ class ParticipantPeer:
                 await self._sender_report(item)
             elif isinstance(item, rtcp.KeyframeRequest):
                 sub = self._by_output_ssrc.get(item.media_ssrc)
-                if sub is not None:
-                    self._events.on_keyframe_request(sub.track_id)
+                if sub is not None and sub.output is not None:
+                    self._events.on_keyframe_request(sub.track_id, sub.output)
             elif isinstance(item, rtcp.Nack):
                 sub = self._by_output_ssrc.get(item.media_ssrc)
                 if sub is not None and sub.output is not None and item.lost:
@@ -486,13 +488,16 @@ class ParticipantPeer:
         stream = self.incoming.get(report.ssrc)
         if stream is not None:
             stream.stats.sender_report(report.ntp, asyncio.get_running_loop().time())
-            await self._events.on_sender_report(self, stream.kind, report, stream.rid)
+            await self._events.on_sender_report(self, stream.kind, report, stream.layer)
 
     def _remb(self, item: rtcp.Remb) -> None:
-        for ssrc in item.ssrcs:
-            sub = self._by_output_ssrc.get(ssrc)
-            if sub is not None and sub.output is not None:
-                self._events.on_remb(sub.track_id, sub.output, item.bitrate)
+        """A REMB estimates the whole connection (Chromium lists every video SSRC in
+        one; aiortc sends one per track): each track named gets an equal share."""
+        subs = [self._by_output_ssrc.get(ssrc) for ssrc in dict.fromkeys(item.ssrcs)]
+        named = [s for s in subs if s is not None and s.output is not None]
+        for sub in named:
+            assert sub.output is not None
+            self._events.on_remb(sub.track_id, sub.output, item.bitrate // len(named))
 
     async def _report_forever(self) -> None:
         """Receiver reports (and REMB) to this participant about what it publishes:

@@ -19,6 +19,7 @@ from conclave.tasks import spawn
 from relay import metrics
 from relay.errors import RoomFull, SignalingError
 from relay.forwarder import SubscriberOutput, TrackForwarder
+from relay.layers import SubscriberLayers, TrackLayers
 from relay.peer import CNAME, ParticipantPeer, Signal, Subscription
 from relay.rtcp import SenderReport, pli, sdes_cname
 from relay.rtp import RtpHeader
@@ -28,9 +29,12 @@ log = logging.getLogger(__name__)
 
 KEYFRAME_INTERVAL_S = 0.5
 MIN_UPSTREAM_BITRATE = 100_000  # never throttle a publisher below this (bit/s)
+# What a simulcast publisher is told it may send (REMB): subscribers' estimates
+# cover one layer each, never the sum of all, so the relay does not cap it; loss in
+# the relay's receiver reports still slows it down.
+SIMULCAST_UPSTREAM_BITRATE = 4_000_000
+LAYERS_INTERVAL_S = 0.5  # how often layer choices and dynacast are revisited
 MEDIA_KINDS = ("audio", "video")
-# Packets of simulcast layers that are not the one forwarded (docs/simulcast.md).
-_LAYER_DROPPED = metrics.PACKETS_DROPPED.labels(reason="simulcast_layer")
 
 # Ends a participant's signalling connection: (reason, WebSocket close code).
 Disconnect = Callable[[str, int], Awaitable[None]]
@@ -73,15 +77,24 @@ class PublishedTrack:
     kind: str
     owner: Participant
     forwarder: TrackForwarder
-    throttle: KeyframeThrottle
-    # Each subscriber's latest REMB for this track, by its SSRC: the publisher is
-    # asked to send no more than the slowest subscriber can take.
-    subscriber_bitrates: dict[int, int] = field(default_factory=dict)
+    # One keyframe throttle per layer (index from the lowest), made when needed.
+    throttles: dict[int, KeyframeThrottle] = field(default_factory=dict)
+    # Each subscriber's constraints (REMB, requested size): a single-stream
+    # publisher is asked to send no more than the slowest subscriber can take; a
+    # simulcast one is not capped, each subscriber gets a layer that suits it.
+    subscribers: dict[SubscriberOutput, SubscriberLayers] = field(default_factory=dict)
+    # Measurements and dynacast state when the publisher sends simulcast.
+    layers: TrackLayers | None = None
+    switches_counted: int = 0  # forwarder.switches already added to the metric
     # What the publisher said with `mute`; the relay keeps forwarding regardless.
     muted: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {"track_id": self.track_id, "kind": self.kind, "muted": self.muted}
+
+    def cancel_keyframe_requests(self) -> None:
+        for throttle in self.throttles.values():
+            throttle.cancel()
 
 
 @dataclass
@@ -113,9 +126,10 @@ class Room:
         self.participants: dict[str, Participant] = {}
         self.tracks: dict[str, PublishedTrack] = {}
         self.speakers = SpeakerDetector()
-        # Runs while the room has participants: started by the first, cancelled
+        # Run while the room has participants: started by the first, cancelled
         # when the last one leaves.
         self._speaker_task: asyncio.Task[None] | None = None
+        self._layers_task: asyncio.Task[None] | None = None
 
     async def join(
         self,
@@ -150,6 +164,7 @@ class Room:
         metrics.PARTICIPANTS.inc()
         if self._speaker_task is None:
             self._speaker_task = spawn(self._speakers_forever(), "active-speakers")
+            self._layers_task = spawn(self._layers_forever(), "simulcast-layers")
         await self._broadcast(
             {"type": "participant_joined", "participant": participant.describe()},
             exclude=participant_id,
@@ -166,9 +181,11 @@ class Room:
 
     async def _publish(self, owner: Participant, kind: str) -> None:
         track_id = "TR_" + secrets.token_urlsafe(9)
-        throttle = KeyframeThrottle(lambda: self._send_keyframe_request(track_id))
         track = PublishedTrack(
-            track_id, kind, owner, TrackForwarder(kind, throttle.request), throttle
+            track_id,
+            kind,
+            owner,
+            TrackForwarder(kind, lambda layer: self._request_keyframe(track_id, layer)),
         )
         owner.tracks[kind] = track
         self.tracks[track_id] = track
@@ -197,9 +214,12 @@ class Room:
         if not self.participants and self._speaker_task is not None:
             self._speaker_task.cancel()
             self._speaker_task = None
+            if self._layers_task is not None:
+                self._layers_task.cancel()
+                self._layers_task = None
         for track_id in [t.track_id for t in participant.tracks.values()]:
             published = self.tracks.pop(track_id)
-            published.throttle.cancel()
+            published.cancel_keyframe_requests()
             for other in self.participants.values():
                 other.peer.remove_subscription(track_id)
             await self._broadcast(
@@ -214,7 +234,7 @@ class Room:
             track = self.tracks.get(sub.track_id)
             if output is not None and track is not None:
                 track.forwarder.remove_subscriber(output)
-                track.subscriber_bitrates.pop(output.ssrc, None)
+                track.subscribers.pop(output, None)
         await participant.peer.close()
         await self._broadcast({"type": "participant_left", "participant_id": participant_id})
 
@@ -254,11 +274,25 @@ class Room:
 
     def _on_subscription_ready(self, sub: Subscription) -> None:
         track = self.tracks.get(sub.track_id)
-        if track is not None and sub.output is not None:
-            track.forwarder.add_subscriber(sub.output)
+        output = sub.output
+        if track is None or output is None:
+            return
+        choice = track.subscribers[output] = SubscriberLayers(sub.video_size)
+        layer = 0
+        if track.layers is not None:  # start on a layer being sent: no wait for a resume
+            now = asyncio.get_running_loop().time()
+            views = track.layers.views(self._layer_sizes(track), now, live_only=True)
+            layer = choice.choose(views, 0, now)
+        track.forwarder.add_subscriber(output, layer)
 
     async def on_media(
-        self, peer: ParticipantPeer, kind: str, header: RtpHeader, data: bytes, rid: str = ""
+        self,
+        peer: ParticipantPeer,
+        kind: str,
+        header: RtpHeader,
+        data: bytes,
+        layer: int,
+        now: float,
     ) -> None:
         participant = self.participants.get(peer.participant_id)
         if participant is None:
@@ -268,16 +302,84 @@ class Room:
             metrics.PACKETS_DROPPED.labels(reason="not_published").inc()
             return
         metrics.PACKETS_RECEIVED.inc()
-        if rid and rid != peer.forwarded_layer(kind):
-            _LAYER_DROPPED.inc()
-            return
         voice = participant.voice
         if kind == "audio" and voice is not None and peer.audio_level_id is not None:
             voice.observe(header.extensions, peer.audio_level_id)
-        outputs = track.forwarder.forward(data, header)
+        outputs = track.forwarder.forward(data, header, layer, now)
         for output, packet in outputs:
             await output.sink.send_rtp(packet)  # never raises: one subscriber can't stop others
         metrics.PACKETS_FORWARDED.inc(len(outputs))
+
+    # -- simulcast layers ----------------------------------------------------
+
+    async def set_video_size(
+        self, subscriber: Participant, track_id: str, width: int, height: int
+    ) -> None:
+        """The size `subscriber` shows `track_id` at: no larger layer is sent to it."""
+        sub = subscriber.peer.subscriptions.get(track_id)
+        track = self.tracks.get(track_id)
+        if sub is None or track is None:
+            raise SignalingError("unknown_track", "no such track is sent to this participant")
+        sub.video_size = (width, height)
+        choice = track.subscribers.get(sub.output) if sub.output is not None else None
+        if choice is not None:
+            choice.max_size = sub.video_size
+            await self._choose_layers(track, asyncio.get_running_loop().time())
+
+    @staticmethod
+    def _layer_sizes(track: PublishedTrack) -> list[tuple[int, int]]:
+        return [(layer.width, layer.height) for layer in track.forwarder.layers]
+
+    async def _layers_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(LAYERS_INTERVAL_S)
+            for track in list(self.tracks.values()):
+                try:
+                    await self._choose_layers(track, loop.time(), measure=True)
+                except Exception as exc:  # a bug here must not end layer choices for good
+                    log.debug("layer choice failed: %s", exc, exc_info=True)
+
+    async def _choose_layers(
+        self, track: PublishedTrack, now: float, measure: bool = False
+    ) -> None:
+        """Give every subscriber of a simulcast track its layer, pause the layers
+        nobody receives (dynacast), and ask again for key frames still awaited."""
+        layers = track.layers
+        if layers is None:
+            return
+        forwarder = track.forwarder
+        streams = forwarder.layers[: layers.count]
+        if measure:
+            layers.measure([s.octets for s in streams], [s.last_arrival for s in streams], now)
+        views = layers.views(self._layer_sizes(track), now)
+        for output, choice in track.subscribers.items():
+            target = choice.choose(views, output.target, now)
+            if target != output.target:
+                log.debug("layer %d -> %d: estimate %s, size %s, layers %s", output.target,
+                          target, choice.estimate, choice.max_size, views)  # fmt: skip
+            forwarder.set_target(output, target)
+        needed = {o.target for o in forwarder.subscribers}
+        needed |= {o.layer for o in forwarder.subscribers if o.layer >= 0}
+        active = layers.dynacast(needed, now)
+        if active is not None:
+            metrics.DYNACAST_CHANGES.inc()
+            rids = track.owner.peer.layer_rids(track.kind)
+            await self._signal_quietly(
+                track.owner,
+                {
+                    "type": "layers",
+                    "track_id": track.track_id,
+                    "kind": track.kind,
+                    "active": [rids[i] for i in sorted(active, reverse=True) if i < len(rids)],
+                },
+            )
+        if measure:
+            metrics.LAYER_SWITCHES.inc(forwarder.switches - track.switches_counted)
+            track.switches_counted = forwarder.switches
+            for index, stream in enumerate(streams):
+                if stream.joining:
+                    self._request_keyframe(track.track_id, index)
 
     # -- active speakers ---------------------------------------------------
 
@@ -300,10 +402,21 @@ class Room:
             "speakers": [{"participant_id": pid, "level": level} for pid, level in speakers],
         }
 
-    def on_keyframe_request(self, track_id: str) -> None:
+    def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None:
+        """A subscriber lost its picture: a key frame of the layer it is (or is about
+        to be) receiving."""
+        self._request_keyframe(track_id, output.target)
+
+    def _request_keyframe(self, track_id: str, layer: int) -> None:
         track = self.tracks.get(track_id)
-        if track is not None and track.kind == "video":
-            track.throttle.request()
+        if track is None or track.kind != "video":
+            return
+        throttle = track.throttles.get(layer)
+        if throttle is None:
+            throttle = track.throttles[layer] = KeyframeThrottle(
+                lambda: self._send_keyframe_request(track_id, layer)
+            )
+        throttle.request()
 
     async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None:
         track = self.tracks.get(track_id)
@@ -316,49 +429,66 @@ class Room:
 
     def on_remb(self, track_id: str, output: SubscriberOutput, bitrate: int) -> None:
         track = self.tracks.get(track_id)
-        if track is not None:
-            track.subscriber_bitrates[output.ssrc] = bitrate
+        choice = track.subscribers.get(output) if track is not None else None
+        if choice is not None:
+            choice.set_estimate(bitrate, asyncio.get_running_loop().time())
 
     def on_publish_negotiated(
         self, peer: ParticipantPeer, kind: str, extensions: dict[int, str]
     ) -> None:
         participant = self.participants.get(peer.participant_id)
         track = participant.tracks.get(kind) if participant else None
-        if track is not None:
-            track.forwarder.set_source_extensions(extensions)
+        if track is None:
+            return
+        track.forwarder.set_source_extensions(extensions)
+        count = len(peer.layer_rids(kind)) if kind in peer.simulcast else 0
+        if count != (track.layers.count if track.layers is not None else 0):
+            track.layers = TrackLayers(count) if count else None
 
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         participant = self.participants.get(peer.participant_id)
         video = participant.tracks.get("video") if participant else None
-        if video is None or not video.subscriber_bitrates:
+        if video is None:
             return None
-        return max(MIN_UPSTREAM_BITRATE, min(video.subscriber_bitrates.values()))
+        estimates = [c.estimate for c in video.subscribers.values() if c.estimate is not None]
+        if not estimates:
+            return None
+        if video.layers is not None:
+            return SIMULCAST_UPSTREAM_BITRATE
+        return max(MIN_UPSTREAM_BITRATE, min(estimates))
 
     async def on_sender_report(
-        self, peer: ParticipantPeer, kind: str, report: SenderReport, rid: str = ""
+        self, peer: ParticipantPeer, kind: str, report: SenderReport, layer: int
     ) -> None:
-        """Pass the publisher's clock mapping on to every subscriber, translated;
-        only the forwarded layer's (each simulcast SSRC has its own RTP clock base)."""
+        """Pass the publisher's clock mapping on to the subscribers receiving this
+        layer, translated (each simulcast SSRC has its own RTP clock base)."""
         participant = self.participants.get(peer.participant_id)
         track = participant.tracks.get(kind) if participant else None
-        if track is None or (rid and rid != peer.forwarded_layer(kind)):
+        if track is None or layer >= len(track.forwarder.layers):
             return
-        for output in track.forwarder.subscribers:
+        for output in list(track.forwarder.receivers(layer)):
             translated = track.forwarder.sender_report(output, report.ntp, report.rtp_timestamp)
             if translated is not None:
                 await output.sink.send_rtp(translated + sdes_cname(output.ssrc, CNAME))
 
-    def _send_keyframe_request(self, track_id: str) -> None:
+    def _send_keyframe_request(self, track_id: str, layer: int) -> None:
         track = self.tracks.get(track_id)
         if track is None:
             return
         peer = track.owner.peer
-        layer = peer.forwarded_layer(track.kind) or ""
-        ssrc = peer.publish_ssrc.get(track.kind, {}).get(layer)
+        rids = peer.layer_rids(track.kind)
+        ssrc = peer.publish_ssrc.get(track.kind, {}).get(rids[layer]) if layer < len(rids) else None
         if ssrc is None:
             return  # nothing received yet; the first keyframe comes unasked
         metrics.KEYFRAME_REQUESTS.inc()
         spawn(peer.send_rtp(pli(peer.rtcp_ssrc, ssrc)), "keyframe-request")
+
+    @staticmethod
+    async def _signal_quietly(participant: Participant, message: dict[str, Any]) -> None:
+        try:
+            await participant.signal(message)
+        except Exception as exc:  # a broken socket is noticed by its own session
+            log.debug("signal to a participant failed: %s", exc)
 
     async def _broadcast(self, message: dict[str, Any], exclude: str | None = None) -> None:
         for participant in list(self.participants.values()):

@@ -112,33 +112,51 @@ def extension_block(elements: bytes) -> bytes:
     return struct.pack("!HH", ONE_BYTE_PROFILE, len(padded) // 4) + padded
 
 
+def vp8_descriptor_length(payload: bytes | memoryview) -> int:
+    """Length of the VP8 payload descriptor (RFC 7741 §4.2); 0 when it is
+    truncated, so that no frame byte follows it."""
+    if len(payload) < 1:
+        return 0
+    first = payload[0]
+    offset = 1
+    if first & 0x80:  # X: extended control bits present
+        if len(payload) < 2:
+            return 0
+        ext = payload[1]
+        offset = 2
+        if ext & 0x80:  # I: picture id, 7 or 15 bits
+            if len(payload) <= offset:
+                return 0
+            offset += 2 if payload[offset] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            offset += 1
+        if ext & 0x30:  # T or K: TID/Y/KEYIDX byte
+            offset += 1
+    return offset if len(payload) > offset else 0
+
+
 def is_vp8_keyframe_start(payload: bytes | memoryview) -> bool:
     """True when this VP8 packet starts a key frame (RFC 7741 §4.2, §4.3).
 
     Only the payload descriptor and the first byte of the frame tag are read; with
     SFrame those bytes stay in clear as authenticated metadata.
     """
-    if len(payload) < 1:
+    if len(payload) < 1 or payload[0] & 0x17 != 0x10:  # S set, partition index 0
         return False
-    first = payload[0]
-    start_of_partition = first & 0x10
-    partition_index = first & 0x07
-    if not start_of_partition or partition_index != 0:
-        return False
-    offset = 1
-    if first & 0x80:  # X: extended control bits present
-        if len(payload) < 2:
-            return False
-        ext = payload[1]
-        offset = 2
-        if ext & 0x80:  # I: picture id, 7 or 15 bits
-            if len(payload) <= offset:
-                return False
-            offset += 2 if payload[offset] & 0x80 else 1
-        if ext & 0x40:  # L: TL0PICIDX
-            offset += 1
-        if ext & 0x30:  # T or K: TID/Y/KEYIDX byte
-            offset += 1
-    if len(payload) <= offset:
-        return False
-    return not payload[offset] & 0x01  # frame tag P bit: 0 means key frame
+    offset = vp8_descriptor_length(payload)
+    return offset > 0 and not payload[offset] & 0x01  # frame tag P bit: 0 means key frame
+
+
+def vp8_keyframe_size(payload: bytes | memoryview) -> tuple[int, int] | None:
+    """Width and height from the first packet of a VP8 key frame (RFC 6386 §9.1:
+    3-byte frame tag, start code 9d 01 2a, then 14-bit width and height, little
+    endian), or None when the packet does not carry them."""
+    if not is_vp8_keyframe_start(payload):
+        return None
+    offset = vp8_descriptor_length(payload)
+    frame = bytes(payload[offset : offset + 10])
+    if len(frame) < 10 or frame[3:6] != b"\x9d\x01\x2a":
+        return None
+    width = int.from_bytes(frame[6:8], "little") & 0x3FFF
+    height = int.from_bytes(frame[8:10], "little") & 0x3FFF
+    return (width, height) if width and height else None

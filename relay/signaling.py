@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024
 CLOSE_GRANT_REFUSED = 4001
 CLOSE_NOT_ALLOWED = 4003
+MAX_VIDEO_DIMENSION = 16384  # VP8 frames are at most 16383 pixels wide or high
 
 
 def _require(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -100,7 +101,7 @@ class SignalingSession:
             await self._join(message)
             return
         if self.participant is None:
-            if kind in ("answer", "ice", "leave", "mute"):
+            if kind in ("answer", "ice", "leave", "mute", "video_size"):
                 raise SignalingError("not_joined", "send 'join' first")
             raise SignalingError("malformed", f"unknown message type {kind!r}")
         if kind == "answer":
@@ -112,6 +113,8 @@ class SignalingSession:
             await self.participant.peer.add_ice_candidate(candidate)
         elif kind == "mute":
             await self._mute(message)
+        elif kind == "video_size":
+            await self._video_size(message)
         elif kind == "leave":
             await self.ws.close()
         else:
@@ -124,6 +127,20 @@ class SignalingSession:
         muted = _require(message, "muted", bool)
         assert self.room is not None and self.participant is not None
         await self.room.set_muted(self.participant, str(media), muted)
+
+    async def _video_size(self, message: dict[str, Any]) -> None:
+        track_id = _require(message, "track_id", str)
+        size = []
+        for name in ("width", "height"):
+            value = message.get(name)
+            if type(value) is not int or not 1 <= value <= MAX_VIDEO_DIMENSION:
+                limit = MAX_VIDEO_DIMENSION
+                raise SignalingError(
+                    "malformed", f"field {name!r} must be an integer from 1 to {limit}"
+                )
+            size.append(value)
+        assert self.room is not None and self.participant is not None
+        await self.room.set_video_size(self.participant, track_id, size[0], size[1])
 
     async def _join(self, message: dict[str, Any]) -> None:
         if self.participant is not None:

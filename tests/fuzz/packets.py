@@ -749,7 +749,8 @@ class ForwardingHarness:
         self.cache_writer = [-1] * CACHE_SIZE  # which input each cache slot holds
         self.counts: Counts = Counter()
 
-    def _request_keyframe(self) -> None:
+    def _request_keyframe(self, layer: int) -> None:
+        assert layer == 0, "a single-stream track asked for a key frame of another layer"
         self.keyframe_requests += 1
 
     def kind_of(self, output: SubscriberOutput) -> str:
@@ -765,9 +766,8 @@ class ForwardingHarness:
         assert self.keyframe_requests == requests, "forwarding asked for a keyframe"
         if kind == "video":
             self.cache_writer[header.sequence % CACHE_SIZE] = tag
-            waiting = sum(not o.started for o in forwarder.subscribers)
-            assert forwarder.waiting_for_keyframe == waiting, (forwarder.waiting_for_keyframe,
-                                                               waiting)  # fmt: skip
+            waiting = [o for o in forwarder.subscribers if not o.started]
+            assert forwarder.layers[0].joining == waiting, (forwarder.layers[0].joining, waiting)
         assert len({id(o) for o, _ in out}) == len(out) <= len(forwarder.subscribers)
         for output, packet in out:
             assert output.started
@@ -826,7 +826,7 @@ class ForwardingHarness:
             assert sequence not in answered, f"{sequence} sent twice for one NACK"
             answered.add(sequence)
             original = (sequence - output.seq_offset) & 0xFFFF
-            entry = forwarder.cache[original % CACHE_SIZE]
+            entry = forwarder.layers[0].cache[original % CACHE_SIZE]
             assert entry is not None and entry[0] == original and entry[5] == payload
             assert header.marker << 7 == entry[2] and packet[0] & 0x20 == entry[3]
             assert header.timestamp == (entry[1] + output.ts_offset) & 0xFFFFFFFF
@@ -875,9 +875,8 @@ class ForwardingHarness:
             forwarder.remove_subscriber(current)  # twice: the second is a no-op
             self.coming_and_going[kind] = None
         if kind == "video":
-            assert forwarder.waiting_for_keyframe == sum(
-                not o.started for o in forwarder.subscribers
-            )
+            waiting = [o for o in forwarder.subscribers if not o.started]
+            assert forwarder.layers[0].joining == waiting
 
     def act_on(self, records: list[rtcp.Feedback]) -> None:
         """What the room does with feedback naming these outputs."""
@@ -972,7 +971,7 @@ class FuzzRoom:
         self.counts = self.harness.counts
 
     async def on_media(self, peer: ParticipantPeer, kind: str, header: RtpHeader,
-                       data: bytes, rid: str = "") -> None:  # fmt: skip
+                       data: bytes, layer: int, now: float) -> None:  # fmt: skip
         assert isinstance(data, bytes) and kind in ("audio", "video")
         assert peer._publish_pt[header.payload_type] == kind
         again = RtpHeader.parse(data)
@@ -980,14 +979,14 @@ class FuzzRoom:
             header.sequence, header.timestamp, header.ssrc, header.payload_offset)  # fmt: skip
         # Without simulcast each kind is one stream, bound to the latest SSRC.
         stream = peer.incoming[header.ssrc]
-        assert rid == stream.rid == "" and stream.kind == kind, (rid, stream.kind, kind)
+        assert (layer, stream.rid) == (0, "") and stream.kind == kind, (layer, stream.kind, kind)
         assert peer.publish_ssrc[kind] == {"": header.ssrc} and stream.stats.ssrc == header.ssrc
         assert len(peer.incoming) <= 2 and (stream.missing is None) == (kind == "audio")
         self.harness.forward(kind, data, header, self.index)
         self.counts["on_media"] += 1
 
-    def on_keyframe_request(self, track_id: str) -> None:
-        assert track_id in self.tracks, track_id
+    def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None:
+        assert self.tracks[track_id] is output, track_id
         self.counts["on_keyframe_request"] += 1
 
     async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None:
@@ -1004,9 +1003,9 @@ class FuzzRoom:
         self.counts["on_remb"] += 1
 
     async def on_sender_report(self, peer: ParticipantPeer, kind: str,
-                               report: rtcp.SenderReport, rid: str = "") -> None:  # fmt: skip
+                               report: rtcp.SenderReport, layer: int) -> None:  # fmt: skip
         stream = peer.incoming[report.ssrc]
-        assert stream.kind == kind and stream.rid == rid == ""
+        assert stream.kind == kind and (stream.rid, stream.layer, layer) == ("", 0, 0)
         stats = stream.stats
         assert stats.ssrc == report.ssrc
         assert stats.last_sr == (report.ntp >> 16) & 0xFFFFFFFF

@@ -115,7 +115,7 @@ def test_valid_rtp_parses_and_forwards_intact(
     assert (header.sequence, header.timestamp, header.ssrc) == (sequence, timestamp, ssrc)
     end = len(data) - padding
     assert data[header.payload_offset : end] == payload
-    forwarder = TrackForwarder("audio", lambda: None)
+    forwarder = TrackForwarder("audio", lambda _layer: None)
     output = SubscriberOutput(7, 111, bytes([0x10]) + b"m")
     forwarder.add_subscriber(output)
     ((_, packet),) = forwarder.forward(data, header)
@@ -235,7 +235,7 @@ def test_a_nack_naming_a_packet_twice_gets_it_once() -> None:
     """Two FCI entries for the same packet (or PID and bitmask overlapping) made the
     relay send the packet once per mention: a subscriber could multiply its
     retransmissions with one small RTCP packet."""
-    forwarder = TrackForwarder("video", lambda: None)
+    forwarder = TrackForwarder("video", lambda _layer: None)
     output = SubscriberOutput(111, 97, b"")
     forwarder.add_subscriber(output)
     key = bytes([0x10, 0x00, 0x9D, 0x01, 0x2A])

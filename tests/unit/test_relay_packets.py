@@ -85,7 +85,7 @@ def test_rtcp_keyframe_requests_and_pli_round_trip() -> None:
 
 async def test_forwarder_rewrites_per_subscriber_and_waits_for_keyframe() -> None:
     requests: list[int] = []
-    forwarder = TrackForwarder("video", lambda: requests.append(1))
+    forwarder = TrackForwarder("video", lambda _layer: requests.append(1))
     a = SubscriberOutput(111, 100, one_byte_element(1, b"3"))
     b = SubscriberOutput(222, 101, one_byte_element(1, b"7"))
     forwarder.add_subscriber(a)
@@ -112,7 +112,7 @@ async def test_forwarder_rewrites_per_subscriber_and_waits_for_keyframe() -> Non
 
 
 async def test_audio_subscriber_starts_at_once() -> None:
-    forwarder = TrackForwarder("audio", lambda: pytest.fail("audio needs no keyframe"))
+    forwarder = TrackForwarder("audio", lambda _layer: pytest.fail("audio needs no keyframe"))
     sub = SubscriberOutput(1, 96, b"")
     forwarder.add_subscriber(sub)
     out = send(forwarder, rtp(96, 1, 960, 9, b"\x78opus"))
@@ -132,7 +132,7 @@ async def test_keyframe_throttle_coalesces_within_window() -> None:
 
 
 async def test_extensions_are_renumbered_for_a_leg_with_other_ids() -> None:
-    forwarder = TrackForwarder("audio", lambda: None)
+    forwarder = TrackForwarder("audio", lambda _layer: None)
     forwarder.set_source_extensions({1: MID_URI, 2: LEVEL_URI, 3: SEND_TIME_URI})
     same = SubscriberOutput(1, 96, one_byte_element(1, b"4"),
                             extension_ids={MID_URI: 1, LEVEL_URI: 2, SEND_TIME_URI: 3})  # fmt: skip

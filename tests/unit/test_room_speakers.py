@@ -46,7 +46,7 @@ async def speak(room: Room, participant: Participant, level: int, seconds: float
     """Packets at `level` every 20 ms for `seconds`, as the peer would hand them over."""
     for sequence in range(int(seconds / 0.02)):
         header, data = audio_packet(sequence, level)
-        await room.on_media(participant.peer, "audio", header, data)
+        await room.on_media(participant.peer, "audio", header, data, 0, 0.0)
         await asyncio.sleep(0.02)
 
 

@@ -83,7 +83,7 @@ def test_missing_packets_nacked_at_most_three_times() -> None:
 
 
 def test_forwarder_answers_nacks_with_rtx_from_cache() -> None:
-    forwarder = TrackForwarder("video", lambda: None)
+    forwarder = TrackForwarder("video", lambda _layer: None)
     sub = SubscriberOutput(111, 97, b"", rtx=(222, 98))
     forwarder.add_subscriber(sub)
     sent = []
@@ -101,7 +101,7 @@ def test_forwarder_answers_nacks_with_rtx_from_cache() -> None:
 
 
 def test_sender_report_is_translated_to_the_subscriber_clock() -> None:
-    forwarder = TrackForwarder("audio", lambda: None)
+    forwarder = TrackForwarder("audio", lambda _layer: None)
     sub = SubscriberOutput(111, 96, b"")
     forwarder.add_subscriber(sub)
     assert forwarder.sender_report(sub, 1, 2) is None  # nothing sent yet: no report

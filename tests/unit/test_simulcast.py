@@ -111,12 +111,13 @@ class Events:
     """Records what the peer reports to its room."""
 
     def __init__(self) -> None:
-        self.media: list[tuple[str, int, str]] = []
+        self.media: list[tuple[str, int, int]] = []
 
     async def on_media(
-        self, peer: ParticipantPeer, kind: str, header: RtpHeader, data: bytes, rid: str = ""
-    ) -> None:
-        self.media.append((kind, header.ssrc, rid))
+        self, peer: ParticipantPeer, kind: str, header: RtpHeader, data: bytes, layer: int,
+        now: float,
+    ) -> None:  # fmt: skip
+        self.media.append((kind, header.ssrc, layer))
 
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         return 500_000
@@ -162,11 +163,10 @@ async def test_ssrcs_are_bound_to_rids_and_fed_back_separately() -> None:
         await peer._handle_rtp(video_packet(0x44, 1, None), 0)  # unknown, no rid: dropped
         await peer._handle_rtp(video_packet(0x55, 1, "x"), 0)  # not a negotiated rid
         assert events.media == [
-            ("video", 0x11, "l"), ("video", 0x22, "m"), ("video", 0x33, "h"),
-            ("video", 0x22, "m"),
+            ("video", 0x11, 0), ("video", 0x22, 1), ("video", 0x33, 2), ("video", 0x22, 1),
         ]  # fmt: skip
         assert peer.publish_ssrc["video"] == {"l": 0x11, "m": 0x22, "h": 0x33}
-        assert peer.forwarded_layer("video") == "l"
+        assert peer.layer_rids("video") == ["l", "m", "h"]
         assert not sent.packets
         # A gap on one layer is NACKed on that layer's SSRC only.
         await peer._handle_rtp(video_packet(0x22, 104, None), 0)
@@ -195,8 +195,8 @@ async def test_without_simulcast_one_stream_follows_the_ssrc() -> None:
     try:
         await peer._handle_rtp(video_packet(0x11, 100, "h"), 0)  # rid ignored
         await peer._handle_rtp(video_packet(0x22, 5, None), 0)  # the sender restarted
-        assert events.media == [("video", 0x11, ""), ("video", 0x22, "")]
+        assert events.media == [("video", 0x11, 0), ("video", 0x22, 0)]
         assert peer.publish_ssrc["video"] == {"": 0x22}
-        assert list(peer.incoming) == [0x22] and peer.forwarded_layer("video") is None
+        assert list(peer.incoming) == [0x22] and peer.layer_rids("video") == [""]
     finally:
         await peer.close()

@@ -7,6 +7,7 @@ window.conclaveErrors = [];
 window.conclaveLog = [];
 window.conclaveState = { joined: false, offers: 0, answers: 0 };
 window.conclaveSdp = { offers: [], answers: [] };
+window.conclaveLayers = []; // the `layers` messages received (dynacast), in order
 
 function log(text) {
   window.conclaveLog.push(`${(performance.now() / 1000).toFixed(3)} ${text}`);
@@ -45,6 +46,7 @@ async function start(config) {
   const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers: [] });
   window.conclavePc = pc;
   let streams = {}; // mid -> {participant_id, track_id, kind}
+  let publishMids = {}; // kind -> mid of the m-line this page sends on
   window.conclaveStreams = () => streams;
 
   pc.oniceconnectionstatechange = () => log(`ice ${pc.iceConnectionState}`);
@@ -72,6 +74,7 @@ async function start(config) {
     window.conclaveSdp.offers.push(sdp);
     streams = {};
     for (const s of message.streams) streams[s.mid] = s;
+    publishMids = message.publish || {};
     await pc.setRemoteDescription({ type: "offer", sdp });
     for (const [kind, mid] of Object.entries(message.publish)) {
       const transceiver = pc.getTransceivers().find((t) => t.mid === mid);
@@ -109,6 +112,18 @@ async function start(config) {
     log(`answered offer ${window.conclaveState.offers}`);
   }
 
+  // Dynacast (docs/signaling.md): send only the layers some subscriber receives.
+  async function onLayers(message) {
+    window.conclaveLayers.push(message.active);
+    const transceiver = pc.getTransceivers().find((t) => t.mid === publishMids[message.kind]);
+    if (!transceiver) return;
+    const parameters = transceiver.sender.getParameters();
+    for (const encoding of parameters.encodings) {
+      if (encoding.rid) encoding.active = message.active.includes(encoding.rid);
+    }
+    await transceiver.sender.setParameters(parameters);
+  }
+
   ws.onopen = () => send({ type: "join", grant: config.grant, publish });
   ws.onclose = (event) => log(`websocket closed ${event.code}`);
   ws.onerror = () => fail("websocket error");
@@ -126,6 +141,8 @@ async function start(config) {
       window.conclaveState.participant_id = message.participant_id;
     } else if (message.type === "offer") {
       chain = chain.then(() => onOffer(message)).catch((e) => fail(`offer: ${e}`));
+    } else if (message.type === "layers") {
+      chain = chain.then(() => onLayers(message)).catch((e) => fail(`layers: ${e}`));
     } else if (message.type === "error") {
       fail(`relay error ${message.code}: ${message.message}`);
     }
@@ -146,9 +163,11 @@ window.conclaveStats = async function () {
     if (!info) return;
     const entry = (result[info.participant_id] ||= {
       framesDecoded: 0, keyFramesDecoded: 0, audioPacketsReceived: 0,
-      videoPacketsReceived: 0, nackCount: 0, framesDropped: 0,
+      videoPacketsReceived: 0, nackCount: 0, framesDropped: 0, frameWidth: 0, frameHeight: 0,
     });
     if (s.kind === "video") {
+      entry.frameWidth = s.frameWidth || 0;
+      entry.frameHeight = s.frameHeight || 0;
       entry.framesDecoded += s.framesDecoded || 0;
       entry.keyFramesDecoded += s.keyFramesDecoded || 0;
       entry.videoPacketsReceived += s.packetsReceived || 0;
