@@ -31,7 +31,9 @@ BACKOFF_S = (4.0, 60.0)  # the estimate after a drop binds this long (doubling o
 TRIAL_S = 15.0  # a drop this long after the last cap ended starts the back-off over
 RAISE_INTERVAL_S = 1.0  # at most one layer up per this long
 LIVE_S = 1.0  # a layer without packets for this long is not being sent
-RESUME_S = 3.0  # how long a layer the relay resumed may take to send again
+# How long a layer the relay resumed may take to send again: Chromium enables a
+# layer only once its own bandwidth estimate covers it.
+RESUME_S = 5.0
 REFUSED_S = 30.0  # a layer that did not resume is not asked for again before this
 PAUSE_AFTER_S = 2.0  # a layer nobody needs is paused after this long
 RATE_SMOOTHING = 0.3  # weight of the newest measurement in a layer's bitrate
@@ -171,7 +173,7 @@ class TrackLayers:
         frame should not wait for a paused layer to resume."""
         views: list[Layer] = []
         for i in range(self.count):
-            available = self.live[i]
+            available = self.live[i] and not (live_only and i in self.paused)
             if not live_only and not available:
                 resumable = i in self.paused and now - self._refused_at[i] >= REFUSED_S
                 available = i in self._resuming or resumable

@@ -55,6 +55,11 @@ async def test_browser_to_browser_and_python(
                 await asyncio.sleep(0.1)
         assert await ann.errors() == []
         assert await ben.errors() == []
+        # What ann sent was simulcast (the relay's default), two layers from 360p.
+        answer: str = (await ann.page.evaluate("window.conclaveSdp.answers"))[-1]
+        assert "a=simulcast:send h;m;l" in answer.splitlines(), answer
+        video = [o for o in await ann.outbound() if o["kind"] == "video"]
+        assert sum(int(o["packetsSent"] or 0) > 0 for o in video) >= 2, video
     assert relay.metric("conclave_relay_decoders_created_total") == 0
 
 

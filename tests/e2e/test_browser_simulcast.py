@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 
+import aiortc.rtcrtpreceiver
 import pytest
 from playwright.async_api import Browser
 
@@ -162,3 +163,50 @@ async def test_a_360p_camera_sends_two_layers_and_subscribers_decode(
         await cyd.set_video_size(track_id, 160, 90)
         size = await wait_for_size(cyd, "p_ann", {(320, 180), (640, 360)}, 20, "360p camera")
         assert size == (320, 180)  # the smallest layer that is sent
+
+
+async def test_a_subscriber_short_of_bandwidth_gets_the_lowest_layer_until_that_lifts(
+    relay: RelayProcess,
+    minter: GrantMinter,
+    browser: Browser,
+    page_url: str,
+    decode_failures: DecodeFailures,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The subscriber's own REMB says 100 kbit/s (its aiortc estimate, capped on
+    the way out); then the cap goes and its estimate rises again."""
+    cap = [100_000]
+    rembs: list[int] = []
+    pack = aiortc.rtcrtpreceiver.pack_remb_fci
+
+    def capped(bitrate: int, ssrcs: list[int]) -> bytes:
+        rembs.append(bitrate)
+        return pack(min(bitrate, cap[0]), ssrcs)
+
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "pack_remb_fci", capped)
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    await minter.create_room(room)
+    ann = await open_participant(
+        browser, page_url, relay, minter, room, "p_ann", ["video"], camera="1280x720"
+    )
+    await three_layers_sending(ann)
+    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [])
+    async with cyd:
+        try:
+            # Without an estimate the relay goes by size (none asked: the largest);
+            # aiortc's first REMBs come after some seconds.
+            async with asyncio.timeout(20):
+                while len(rembs) < 3:
+                    await asyncio.sleep(0.1)
+            await wait_for_size(cyd, "p_ann", {(320, 180)}, 10, "at 100 kbit/s")
+            for _ in range(30):  # and it stays there, while REMBs keep coming
+                await asyncio.sleep(0.1)
+                assert cyd.received_video_size("p_ann") == (320, 180)
+            assert len(rembs) >= 4, rembs
+            cap[0] = 1 << 40
+            await wait_for_size(cyd, "p_ann", {(640, 360), (1280, 720)}, 5, "after lifting")
+        except AssertionError as exc:
+            metrics = {m: relay.metric(m) for m in DEBUG}
+            raise AssertionError(f"{exc}\n{cyd.stats()} {metrics}") from None
+    assert decode_failures.messages == []
+    assert relay.metric("conclave_relay_decoders_created_total") == 0
