@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import aiortc.rtcrtpreceiver
+import aiortc.rtp
 import pytest
 from playwright.async_api import Browser
 
@@ -177,7 +178,7 @@ async def test_a_subscriber_short_of_bandwidth_gets_the_lowest_layer_until_that_
     the way out); then the cap goes and its estimate rises again."""
     cap = [100_000]
     rembs: list[int] = []
-    pack = aiortc.rtcrtpreceiver.pack_remb_fci
+    pack = aiortc.rtp.pack_remb_fci  # what aiortc's receiver packs its REMBs with
 
     def capped(bitrate: int, ssrcs: list[int]) -> bytes:
         rembs.append(bitrate)
