@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to stay (default 10)",
     )
+    join.add_argument(
+        "--no-e2ee",
+        action="store_true",
+        help="benchmarks only: send and receive media WITHOUT end-to-end encryption",
+    )
     join.set_defaults(handler=_join)
     return parser
 
@@ -174,13 +179,21 @@ async def _join(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     publish: list[str] = args.publish
     async with RoomsClient(args.control_plane) as rooms:
         grant = await rooms.join_room(args.room_id, name, publish=bool(publish))
-    session = Session(grant, name, publish)
+    if args.no_e2ee:
+        print(
+            f"{PROG}: WARNING: end-to-end encryption is OFF (--no-e2ee): the relays can "
+            "read this participant's media, and it cannot see encrypted participants'",
+            file=sys.stderr,
+        )
+    session = Session(grant, name, publish, e2ee=not args.no_e2ee)
     await session.start()
     code = 0
     try:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(args.duration):
                 await session.wait_closed()
+        # As shown during the meeting: leaving starts new keys for the others.
+        security_code = session.security_code
         if session.closed:
             if session.closed_reason is not None:
                 print(f"{PROG}: meeting closed: {session.closed_reason}", file=sys.stderr)
@@ -193,6 +206,8 @@ async def _join(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         "participant_id": session.participant_id,
         "node_id": session.node_id,
         "room_id": session.room_id,
+        "e2ee": session.e2ee,
+        "security_code": security_code,
         "roster": sorted(session.seen.values()),
         "remote": {name: dict(stats) for name, stats in sorted(session.stats().items())},
     }, code

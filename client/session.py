@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.stats import RTCInboundRtpStreamStats
 from av import AudioFrame, VideoFrame
 
+from client.e2ee.exchange import MeetingKeys
+from client.e2ee.identity import IdentityKey
+from client.e2ee.media import decrypt_receiver, encrypt_sender
 from client.errors import ConclaveError
 from client.media import PatternVideoTrack, SineAudioTrack
 from protos import rooms_pb2
@@ -50,6 +54,7 @@ class RemoteStream:
 class RemoteStats(TypedDict):
     audio_packets: int
     video_frames_decoded: int
+    decrypt_failures: int
 
 
 @dataclass
@@ -57,6 +62,7 @@ class _Counters:
     audio_frames: int = 0
     video_frames: int = 0
     video_size: tuple[int, int] | None = None  # of the latest decoded frame
+    decrypt_failures: int = 0  # frames that did not decrypt (dropped, never decoded)
 
 
 class _MutableAudioTrack(MediaStreamTrack):
@@ -112,6 +118,8 @@ class Session:
         join_timeout: float = 10.0,
         stats_interval: float = 1.0,
         on_active_speakers: Callable[[list[str]], None] | None = None,
+        e2ee: bool = True,
+        identity: IdentityKey | None = None,
     ) -> None:
         unknown = [kind for kind in publish if kind not in KINDS]
         if unknown:
@@ -132,6 +140,10 @@ class Session:
         #: our own mute state per published kind (`set_muted`)
         self.muted: dict[str, bool] = {kind: False for kind in self.publish}
         self.on_active_speakers = on_active_speakers
+        #: end-to-end encryption (docs/e2ee.md); off only for benchmarks
+        self.e2ee = e2ee
+        self._identity = identity
+        self._keys: MeetingKeys | None = None
 
         self._tracks: dict[str, MediaStreamTrack] = {}
         self._own_tracks: list[MediaStreamTrack] = []
@@ -267,6 +279,8 @@ class Session:
             await asyncio.gather(*pending, return_exceptions=True)
         for track in self._own_tracks:
             track.stop()
+        if self._keys is not None:
+            self._keys.close()
         if self._ws is not None:
             await self._ws.close()
         if self._http is not None:
@@ -373,9 +387,12 @@ class Session:
                 continue
             counters = self._counters.get(pid, _Counters())
             name = self._seen.get(pid, pid)
-            entry = result.setdefault(name, {"audio_packets": 0, "video_frames_decoded": 0})
+            entry = result.setdefault(
+                name, {"audio_packets": 0, "video_frames_decoded": 0, "decrypt_failures": 0}
+            )
             entry["audio_packets"] += max(counters.audio_frames, rtp.get(pid, 0))
             entry["video_frames_decoded"] += counters.video_frames
+            entry["decrypt_failures"] += counters.decrypt_failures
         return result
 
     async def refresh_stats(self) -> None:
@@ -455,6 +472,14 @@ class Session:
             await self._on_offer(message)
         elif kind == "joined":
             self._on_joined(message)
+            if self._keys is not None:
+                await self._send(self._keys.binding_message())
+        elif kind == "e2ee_members":
+            if self._keys is not None:
+                await self._keys.on_members(message.get("members"))
+        elif kind == "e2ee_key":
+            if self._keys is not None:
+                await self._keys.on_key(message.get("message"))
         elif kind == "participant_joined":
             self._add_participant(message["participant"])
         elif kind == "participant_left":
@@ -498,6 +523,14 @@ class Session:
         self.node_id = str(message.get("node_id") or self.node_id)
         self._roster[self.participant_id] = self.display_name
         self._seen[self.participant_id] = self.display_name
+        if self.e2ee and self._keys is None:
+            self._keys = MeetingKeys(
+                self.room_id,
+                self.participant_id,
+                self._send,
+                identity=self._identity,
+                on_epoch=self._on_epoch,
+            )
         for participant in message.get("roster") or []:
             self._add_participant(participant)
         if self._joined is not None and not self._joined.done():
@@ -551,6 +584,7 @@ class Session:
             return  # leaving: the relay gets `leave`, not an answer
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            self._encrypt_media(pc, publish)
             for kind, mid in publish.items():
                 transceiver = _by_mid(pc, mid)
                 track = self._tracks.get(kind)
@@ -567,6 +601,52 @@ class Session:
         await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
 
     # ------------------------------------------------------------------- media
+
+    def _encrypt_media(self, pc: RTCPeerConnection, publish: Mapping[str, str]) -> None:
+        """Encrypt what we send and decrypt what we receive on every m-line, before
+        any media flows (the relay connects only after our answer)."""
+        keys = self._keys
+        if keys is None:
+            return
+        for transceiver in pc.getTransceivers():
+            mid = transceiver.mid or ""
+            decrypt_receiver(
+                transceiver.receiver,
+                transceiver.kind,
+                keys,
+                functools.partial(self._decrypt_failed, mid),
+            )
+            if publish.get(transceiver.kind) == mid:
+                encrypt_sender(transceiver.sender, keys)
+
+    def _decrypt_failed(self, mid: str) -> None:
+        stream = self._streams.get(mid)
+        if stream is not None:
+            self._counters.setdefault(stream.participant_id, _Counters()).decrypt_failures += 1
+
+    def _on_epoch(self) -> None:
+        """New keys: start our video on a key frame under them, so receivers that
+        could not decrypt the frames before have a picture at once."""
+        pc = self._pc
+        mid = self._publish_mids.get("video")
+        transceiver = _by_mid(pc, mid) if pc is not None and mid is not None else None
+        if transceiver is not None:
+            transceiver.sender._send_keyframe()
+
+    @property
+    def security_code(self) -> str | None:
+        """The meeting's security code (docs/e2ee.md): the same for everyone who
+        holds the same keys; read it aloud to check. None before the first keys."""
+        return self._keys.security_code if self._keys is not None else None
+
+    @property
+    def e2ee_members(self) -> tuple[str, ...]:
+        """Participant ids holding the current keys (everyone who can decrypt)."""
+        return self._keys.members if self._keys is not None else ()
+
+    def e2ee_refused(self) -> dict[str, int]:
+        """Key messages refused so far, by reason (forged, replayed, ...)."""
+        return dict(self._keys.refused) if self._keys is not None else {}
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         pc = self._pc

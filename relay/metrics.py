@@ -38,3 +38,7 @@ DYNACAST_CHANGES = Counter(
     "conclave_dynacast_changes_total",
     "layers messages sent to publishers (simulcast layers paused or resumed)",
 )
+E2EE_KEY_MESSAGES = Counter(
+    "conclave_e2ee_key_messages_total",
+    "E2EE key messages passed between participants (opaque to the relay)",
+)

@@ -108,6 +108,9 @@ class Participant:
     joined_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     tracks: dict[str, PublishedTrack] = field(default_factory=dict)  # by kind: one each
     voice: VoiceLevel | None = None  # audio level, while publishing audio
+    # The participant's E2EE key binding (docs/e2ee.md), opaque here: the relay
+    # only hands it to everyone in the meeting.
+    e2ee_binding: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -237,6 +240,8 @@ class Room:
                 track.subscribers.pop(output, None)
         await participant.peer.close()
         await self._broadcast({"type": "participant_left", "participant_id": participant_id})
+        if participant.e2ee_binding is not None:
+            await self._broadcast(self._e2ee_members())
 
     def roster(self) -> list[Participant]:
         return list(self.participants.values())
@@ -269,6 +274,35 @@ class Room:
         for participant in everyone:
             await participant.disconnect(reason, 4000)
         return len(everyone)
+
+    # -- end-to-end encryption (opaque key material) ----------------------
+
+    async def set_e2ee_binding(self, participant: Participant, binding: str) -> None:
+        """Record a participant's key binding and give everyone the new member list:
+        whoever leads the key exchange (clients elect from the join order) keys
+        exactly these members, so nobody can decrypt without being on the roster."""
+        participant.e2ee_binding = binding
+        await self._broadcast(self._e2ee_members())
+
+    def _e2ee_members(self) -> dict[str, Any]:
+        return {
+            "type": "e2ee_members",
+            "members": [
+                {"participant_id": p.participant_id, "binding": p.e2ee_binding}
+                for p in self.participants.values()  # join order
+                if p.e2ee_binding is not None
+            ],
+        }
+
+    async def send_e2ee_key(self, sender: Participant, to: str, message: str) -> None:
+        """Pass a key message from one participant to another, unread."""
+        recipient = self.participants.get(to)
+        if recipient is None or recipient is sender:
+            raise SignalingError("unknown_participant", "no such participant in this meeting")
+        metrics.E2EE_KEY_MESSAGES.inc()
+        await self._signal_quietly(
+            recipient, {"type": "e2ee_key", "from": sender.participant_id, "message": message}
+        )
 
     # -- media ------------------------------------------------------------
 

@@ -27,6 +27,11 @@ MAX_MESSAGE_BYTES = 256 * 1024
 CLOSE_GRANT_REFUSED = 4001
 CLOSE_NOT_ALLOWED = 4003
 MAX_VIDEO_DIMENSION = 16384  # VP8 frames are at most 16383 pixels wide or high
+# E2EE material is opaque to the relay (base64 text); these only bound its size. A
+# key message carries the whole signed roster (up to 256 members).
+MAX_BINDING_CHARS = 2048
+MAX_KEY_MESSAGE_CHARS = 128 * 1024
+_BASE64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
 def _require(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -34,6 +39,16 @@ def _require(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) 
     if not isinstance(value, kind):
         raise SignalingError("malformed", f"field {name!r} is missing or has the wrong type")
     return value
+
+
+def _opaque(message: dict[str, Any], name: str, limit: int) -> str:
+    """A base64 text field the relay carries without reading it."""
+    value = _require(message, name, str)
+    if not value or len(value) > limit or not _BASE64.issuperset(value.encode()):
+        raise SignalingError(
+            "malformed", f"field {name!r} must be base64 text of at most {limit} characters"
+        )
+    return str(value)
 
 
 class SignalingSession:
@@ -101,7 +116,7 @@ class SignalingSession:
             await self._join(message)
             return
         if self.participant is None:
-            if kind in ("answer", "ice", "leave", "mute", "video_size"):
+            if kind in ("answer", "ice", "leave", "mute", "video_size", "e2ee_binding", "e2ee_key"):
                 raise SignalingError("not_joined", "send 'join' first")
             raise SignalingError("malformed", f"unknown message type {kind!r}")
         if kind == "answer":
@@ -115,6 +130,15 @@ class SignalingSession:
             await self._mute(message)
         elif kind == "video_size":
             await self._video_size(message)
+        elif kind == "e2ee_binding":
+            binding = _opaque(message, "binding", MAX_BINDING_CHARS)
+            assert self.room is not None
+            await self.room.set_e2ee_binding(self.participant, binding)
+        elif kind == "e2ee_key":
+            to = _require(message, "to", str)
+            key_message = _opaque(message, "message", MAX_KEY_MESSAGE_CHARS)
+            assert self.room is not None
+            await self.room.send_e2ee_key(self.participant, to, key_message)
         elif kind == "leave":
             await self.ws.close()
         else:

@@ -281,6 +281,11 @@ class RekeyPolicy:
         self._pending_since = None
         self._keyed = True
 
+    def continue_meeting(self) -> None:
+        """The meeting already has keys (a member took over as leader): changes wait
+        for the window like any later change, so several leaves make one epoch."""
+        self._keyed = True
+
 
 # --- outcomes ---------------------------------------------------------------------
 
@@ -425,6 +430,8 @@ class GroupSession:
                 continue
             accepted[b.participant_id] = RosterEntry.from_binding(b)
         self.rejected = tuple(rejected)
+        if self._roster is not None:
+            self.policy.continue_meeting()
         entries = Roster.build(self.meeting_id, 0, self._roster_hash, accepted.values()).entries
         if entries != current or self._pending is not None:
             self._pending = entries

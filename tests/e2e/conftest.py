@@ -27,6 +27,10 @@ from tests.integration.relay_harness import GrantMinter, RelayProcess
 __all__ = ["minter", "relay"]  # the relay tier's fixtures, reused here
 
 CHROMIUM = os.environ.get("CONCLAVE_CHROMIUM", "/usr/bin/chromium")
+# meeting.html does not do SFrame yet (docs/e2ee.md, "Not done yet"), and an
+# encrypting client drops every frame it cannot decrypt (no clear fallback): Python
+# clients that meet the page go without end-to-end encryption until it does.
+BROWSER_E2EE = False
 PAGE_DIR = Path(__file__).parent / "page"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # the tests run as root

@@ -16,7 +16,7 @@ import pytest
 from playwright.async_api import Browser
 
 from client.sdk import Session
-from tests.e2e.conftest import BrowserParticipant, open_participant
+from tests.e2e.conftest import BROWSER_E2EE, BrowserParticipant, open_participant
 from tests.integration.relay_harness import GrantMinter, RelayProcess, video_frames
 
 DEBUG = (
@@ -118,7 +118,7 @@ async def test_a_small_window_gets_the_lowest_layer_and_a_larger_one_moves_up(
     assert len({o["ssrc"] for o in outbound}) == 3
     assert {str(o["rid"]): o.get("frameWidth") for o in outbound}.get("l") == 320, outbound
 
-    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [])
+    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [], e2ee=BROWSER_E2EE)
     async with cyd:
         track_id = await video_track_of(cyd, "p_ann")
         await cyd.set_video_size(track_id, 320, 180)  # a thumbnail
@@ -158,7 +158,7 @@ async def test_a_360p_camera_sends_two_layers_and_subscribers_decode(
     room = f"room-{uuid.uuid4().hex[:6]}"
     await minter.create_room(room)
     await open_participant(browser, page_url, relay, minter, room, "p_ann", ["video"])
-    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [])
+    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [], e2ee=BROWSER_E2EE)
     async with cyd:
         track_id = await video_track_of(cyd, "p_ann")
         await cyd.set_video_size(track_id, 160, 90)
@@ -191,7 +191,7 @@ async def test_a_subscriber_short_of_bandwidth_gets_the_lowest_layer_until_that_
         browser, page_url, relay, minter, room, "p_ann", ["video"], camera="1280x720"
     )
     await three_layers_sending(ann)
-    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [])
+    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [], e2ee=BROWSER_E2EE)
     async with cyd:
         try:
             # Without an estimate the relay goes by size (none asked: the largest);

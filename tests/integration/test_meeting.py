@@ -117,7 +117,12 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
             for name in names
         )
     )  # fmt: skip
+    # Everyone holds the same keys: one security code, nothing failed to decrypt.
+    codes = {report["security_code"] for report in reports}
+    assert len(codes) == 1 and None not in codes, reports
     for name, report in zip(names, reports, strict=True):
+        assert report["e2ee"] is True
+        assert all(f["decrypt_failures"] == 0 for f in report["remote"].values()), report
         assert report["node_id"] == room["node_id"]
         assert report["roster"] == names
         others = sorted(set(names) - {name})

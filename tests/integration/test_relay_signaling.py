@@ -244,3 +244,53 @@ async def test_a_grant_for_an_earlier_run_of_the_node_is_refused(
         assert (await join(second_run, fresh, []))["type"] == "joined"
     finally:
         await second_run.stop()
+
+
+async def test_e2ee_messages_are_carried_unread_and_checked_for_shape(
+    relay: RelayProcess, minter: GrantMinter
+) -> None:
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    await minter.create_room(room)
+
+    async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            while True:
+                message = json.loads((await ws.receive()).data)
+                if message["type"] == kind:
+                    return dict(message)
+
+    async with aiohttp.ClientSession() as http:
+        ann = await http.ws_connect(relay.signal_url)
+        ben = await http.ws_connect(relay.signal_url)
+        for ws, pid in ((ann, "p_ann"), (ben, "p_ben")):
+            token = minter.token(room, pid, relay.node_id)
+            await ws.send_json({"type": "join", "grant": token, "publish": []})
+            assert (await next_of(ws, "joined"))["participant_id"] == pid
+        await ann.send_json({"type": "e2ee_binding", "binding": "QUJD"})
+        for ws in (ann, ben):
+            members = (await next_of(ws, "e2ee_members"))["members"]
+            assert members == [{"participant_id": "p_ann", "binding": "QUJD"}]
+        await ben.send_json({"type": "e2ee_binding", "binding": "REVG"})
+        members = (await next_of(ann, "e2ee_members"))["members"]
+        assert [m["participant_id"] for m in members] == ["p_ann", "p_ben"]  # join order
+        await ann.send_json({"type": "e2ee_key", "to": "p_ben", "message": "S0VZ"})
+        assert await next_of(ben, "e2ee_key") == {
+            "type": "e2ee_key", "from": "p_ann", "message": "S0VZ"
+        }  # fmt: skip
+        refused = [
+            ({"type": "e2ee_key", "to": "p_nobody", "message": "S0VZ"}, "unknown_participant"),
+            ({"type": "e2ee_key", "to": "p_ann", "message": "S0VZ"}, "unknown_participant"),
+            ({"type": "e2ee_key", "to": "p_ben", "message": "not base64!"}, "malformed"),
+            ({"type": "e2ee_key", "to": "p_ben"}, "malformed"),
+            ({"type": "e2ee_binding", "binding": "A" * 4096}, "malformed"),
+            ({"type": "e2ee_binding", "binding": ""}, "malformed"),
+            ({"type": "e2ee_binding", "binding": 7}, "malformed"),
+        ]
+        for message, code in refused:
+            await ann.send_json(message)
+            assert (await next_of(ann, "error"))["code"] == code, message
+        await ben.close()
+        members = (await next_of(ann, "e2ee_members"))["members"]
+        assert members == [{"participant_id": "p_ann", "binding": "QUJD"}]
+        await ann.close()
+    assert relay.metric("conclave_e2ee_key_messages_total") == 1

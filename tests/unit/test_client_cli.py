@@ -80,9 +80,15 @@ class FakeSession:
     drop: bool = False
 
     def __init__(
-        self, join: rooms_pb2.JoinRoomResponse, display_name: str, publish: list[str]
+        self,
+        join: rooms_pb2.JoinRoomResponse,
+        display_name: str,
+        publish: list[str],
+        e2ee: bool = True,
     ) -> None:
         self.join, self.display_name, self.publish = join, display_name, publish
+        self.e2ee = e2ee
+        self.security_code = "12345 67890 12345 67890 12345" if e2ee else None
         self.participant_id = join.participant_id
         self.node_id = join.node_id
         self.room_id = join.room_id
@@ -113,8 +119,8 @@ class FakeSession:
 
     def stats(self) -> dict[str, RemoteStats]:
         return {
-            "carol": {"audio_packets": 0, "video_frames_decoded": 0},
-            "bob": {"audio_packets": 250, "video_frames_decoded": 140},
+            "carol": {"audio_packets": 0, "video_frames_decoded": 0, "decrypt_failures": 0},
+            "bob": {"audio_packets": 250, "video_frames_decoded": 140, "decrypt_failures": 1},
         }
 
 
@@ -251,15 +257,28 @@ def test_join_prints_report(fakes: None, capsys: pytest.CaptureFixture[str]) -> 
         "participant_id": "p-self",
         "node_id": "relay-0",
         "room_id": "room-1",
+        "e2ee": True,
+        "security_code": "12345 67890 12345 67890 12345",
         "roster": ["alice", "bob", "carol"],
         "remote": {
-            "bob": {"audio_packets": 250, "video_frames_decoded": 140},
-            "carol": {"audio_packets": 0, "video_frames_decoded": 0},
+            "bob": {"audio_packets": 250, "video_frames_decoded": 140, "decrypt_failures": 1},
+            "carol": {"audio_packets": 0, "video_frames_decoded": 0, "decrypt_failures": 0},
         },
     }
     assert ("join_room", ("room-1", "alice", True)) in FakeRooms.calls
     (session,) = FakeSession.instances
-    assert session.publish == ["audio", "video"] and session.left
+    assert session.publish == ["audio", "video"] and session.left and session.e2ee
+    assert captured.err == ""
+
+
+def test_join_without_e2ee_says_so_loudly(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["join", "room-1", "--duration", "0", "--no-e2ee", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: end-to-end encryption is OFF" in captured.err
+    report = json.loads(captured.out)
+    assert report["e2ee"] is False and report["security_code"] is None
+    (session,) = FakeSession.instances
+    assert not session.e2ee
 
 
 def test_join_without_publishing_asks_for_no_publish_grant(

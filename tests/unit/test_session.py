@@ -205,7 +205,9 @@ def grant(url: str, token: str = GRANT) -> rooms_pb2.JoinRoomResponse:
 
 
 async def test_session_answers_publishes_and_attributes_media(relay: FakeRelay) -> None:
-    session = Session(grant(relay.url), "alice", ["audio", "video"])
+    # The stand-in relay plays bob and carol with media in clear: no E2EE here
+    # (tests/integration/test_e2ee_media.py covers it against a real relay).
+    session = Session(grant(relay.url), "alice", ["audio", "video"], e2ee=False)
     await session.start()
     try:
         assert relay.joins == [{"type": "join", "grant": GRANT, "publish": ["audio", "video"]}]

@@ -1,0 +1,139 @@
+"""SFrame on aiortc's encoded-frame path: encrypt after the encoder, before
+packetization; decrypt after depacketization, before the decoder.
+
+Codec-aware (docs/e2ee.md): a VP8 frame keeps its first bytes in clear, as SFrame
+metadata (authenticated, not encrypted): the 3-byte frame tag, and for a key frame
+also the start code, width and height (10 bytes). The relay reads exactly those to
+find key frames and layer sizes (relay/rtp.py); the VP8 payload descriptor is per
+packet and never part of the frame. Opus frames are encrypted whole.
+
+aiortc has no public hook for encoded frames, so these wrap one sender's encoder
+and one receiver's jitter buffer (the object that hands complete frames to the
+decoder). A frame that cannot be encrypted (no key yet) is not sent; one that does
+not decrypt is dropped and counted, never decoded. There is no clear fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs import get_encoder
+
+from client.e2ee.context import DecryptStatus, UnprotectResult
+
+VP8_KEY_CLEAR = 10  # frame tag (3), start code (3), width (2), height (2)
+VP8_DELTA_CLEAR = 3  # frame tag
+
+
+class FrameCipher(Protocol):
+    def protect(self, plaintext: bytes, metadata: bytes) -> bytes | None: ...
+
+    def unprotect(self, ciphertext: bytes, metadata: bytes) -> UnprotectResult: ...
+
+
+def clear_length(kind: str, frame: bytes) -> int:
+    """How many leading bytes of a frame stay in clear."""
+    if kind != "video" or not frame:
+        return 0
+    return VP8_DELTA_CLEAR if frame[0] & 0x01 else VP8_KEY_CLEAR
+
+
+def seal_frame(cipher: FrameCipher, kind: str, frame: bytes) -> bytes | None:
+    clear = min(clear_length(kind, frame), len(frame))
+    sealed = cipher.protect(frame[clear:], frame[:clear])
+    return None if sealed is None else frame[:clear] + sealed
+
+
+def open_frame(cipher: FrameCipher, kind: str, data: bytes) -> tuple[bytes | None, DecryptStatus]:
+    """The frame in clear, or None and why not."""
+    clear = min(clear_length(kind, data), len(data))
+    result = cipher.unprotect(data[clear:], data[:clear])
+    if result.plaintext is None:
+        return None, result.status
+    return data[:clear] + result.plaintext, result.status
+
+
+def encrypt_sender(sender: RTCRtpSender, cipher: FrameCipher) -> None:
+    """Make `sender` encrypt every frame it sends, whichever encoder it creates."""
+    if getattr(sender, "_conclave_sealed", False):
+        return
+    next_frame = sender._next_encoded_frame
+
+    async def sealed_next_frame(codec: RTCRtpCodecParameters) -> Any:
+        if sender._RTCRtpSender__encoder is None:  # type: ignore[attr-defined]
+            sender._RTCRtpSender__encoder = _sealing_encoder(codec, cipher)  # type: ignore[attr-defined]
+        return await next_frame(codec)
+
+    sender._next_encoded_frame = sealed_next_frame  # type: ignore[method-assign]
+    sender._conclave_sealed = True  # type: ignore[attr-defined]
+
+
+def _sealing_encoder(codec: RTCRtpCodecParameters, cipher: FrameCipher) -> Any:
+    """aiortc's encoder for `codec`, encrypting each frame before it is split into
+    packets (VP8: at `_packetize`, which gets the whole frame; Opus: each frame)."""
+    encoder: Any = get_encoder(codec)
+    if codec.mimeType.lower() == "video/vp8":
+        packetize = encoder._packetize
+
+        def sealed_packetize(buffer: bytes, picture_id: int) -> list[bytes]:
+            sealed = seal_frame(cipher, "video", buffer)
+            return [] if sealed is None else packetize(sealed, picture_id)
+
+        encoder._packetize = sealed_packetize
+        return encoder
+    if codec.mimeType.lower() != "audio/opus":
+        raise ValueError(f"no end-to-end encryption for {codec.mimeType}")
+    encode, pack = encoder.encode, encoder.pack
+
+    def seal_all(result: tuple[list[bytes], Any]) -> tuple[list[bytes], Any]:
+        payloads, timestamp = result
+        sealed = [seal_frame(cipher, "audio", p) for p in payloads]
+        return [s for s in sealed if s is not None], timestamp
+
+    encoder.encode = lambda frame, force_keyframe=False: seal_all(encode(frame, force_keyframe))
+    encoder.pack = lambda packet: seal_all(pack(packet))
+    return encoder
+
+
+class _OpeningJitterBuffer:
+    """Stands in for a receiver's jitter buffer: frames come out decrypted, or not
+    at all (then the decoder misses one and asks for a key frame, as after loss).
+    A frame under keys not installed yet is not a failure: the key message is on
+    its way (the context holds it briefly, but the decoder has moved on)."""
+
+    def __init__(
+        self, inner: Any, kind: str, cipher: FrameCipher, on_failure: Callable[[], None]
+    ) -> None:
+        self._inner = inner
+        self._kind = kind
+        self._cipher = cipher
+        self._on_failure = on_failure
+
+    def add(self, packet: Any) -> tuple[bool, Any]:
+        pli, frame = self._inner.add(packet)
+        if frame is None:
+            return pli, None
+        plaintext, status = open_frame(self._cipher, self._kind, frame.data)
+        if plaintext is None:
+            if status is not DecryptStatus.PENDING:
+                self._on_failure()
+            return pli, None
+        frame.data = plaintext
+        return pli, frame
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def decrypt_receiver(
+    receiver: RTCRtpReceiver, kind: str, cipher: FrameCipher, on_failure: Callable[[], None]
+) -> None:
+    """Make `receiver` decrypt every frame before its decoder sees it."""
+    inner = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    if isinstance(inner, _OpeningJitterBuffer):
+        return
+    receiver._RTCRtpReceiver__jitter_buffer = _OpeningJitterBuffer(  # type: ignore[attr-defined]
+        inner, kind, cipher, on_failure
+    )

@@ -1,0 +1,149 @@
+"""SFrame on the encoded-frame path (client/e2ee/media.py): what stays in clear,
+what a relay can still read, and bad frames dropped and counted, never raised."""
+
+from __future__ import annotations
+
+import fractions
+from typing import Any
+
+import av
+import pytest
+from aiortc import RTCRtpCodecParameters
+from aiortc.codecs.vpx import Vp8Decoder, vp8_depayload
+from aiortc.jitterbuffer import JitterFrame
+
+from client.e2ee.context import DecryptStatus, SFrameContext, UnprotectResult
+from client.e2ee.media import (
+    VP8_DELTA_CLEAR,
+    VP8_KEY_CLEAR,
+    _OpeningJitterBuffer,
+    _sealing_encoder,
+    open_frame,
+    seal_frame,
+)
+from client.e2ee.suites import CipherSuite
+from relay.rtp import is_vp8_keyframe_start, vp8_keyframe_size
+
+KEY = bytes(range(16))
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+
+
+class Cipher:
+    """One sender's and one receiver's SFrame context under the same key."""
+
+    def __init__(self) -> None:
+        self.sender = SFrameContext(CipherSuite.AES_128_GCM_SHA256_128)
+        self.receiver = SFrameContext(CipherSuite.AES_128_GCM_SHA256_128, pending_limit=0)
+        self.sender.add_send_key(7, KEY)
+        self.receiver.add_recv_key(7, KEY)
+
+    def protect(self, plaintext: bytes, metadata: bytes) -> bytes | None:
+        return self.sender.protect(7, plaintext, metadata)
+
+    def unprotect(self, ciphertext: bytes, metadata: bytes) -> UnprotectResult:
+        return self.receiver.unprotect(ciphertext, metadata)
+
+
+def video_frames(count: int) -> list[av.VideoFrame]:
+    frames = []
+    for i in range(count):
+        frame = av.VideoFrame(320, 180, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes([(i * 37 + 11) % 256]) * plane.buffer_size)
+        frame.pts = i * 3000
+        frame.time_base = fractions.Fraction(1, 90000)
+        frames.append(frame)
+    return frames
+
+
+def test_vp8_frames_keep_the_bytes_a_relay_reads_and_decode_after_opening() -> None:
+    cipher = Cipher()
+    encoder = _sealing_encoder(VP8, cipher)
+    decoder = Vp8Decoder()
+    decoded = 0
+    for index, frame in enumerate(video_frames(3)):
+        payloads, timestamp = encoder.encode(frame, force_keyframe=index == 0)
+        assert payloads
+        if index == 0:  # the relay still finds the key frame and its size
+            assert is_vp8_keyframe_start(payloads[0])
+            assert vp8_keyframe_size(payloads[0]) == (320, 180)
+        sealed = b"".join(vp8_depayload(p) for p in payloads)
+        clear = VP8_KEY_CLEAR if index == 0 else VP8_DELTA_CLEAR
+        plaintext, status = open_frame(cipher, "video", sealed)
+        assert status is DecryptStatus.OK and plaintext is not None
+        assert plaintext[:clear] == sealed[:clear]  # the clear part is the frame's own
+        assert len(sealed) > len(plaintext)  # header and tag added
+        decoded += len(decoder.decode(JitterFrame(data=plaintext, timestamp=timestamp)))
+    assert decoded == 3
+
+
+def test_opus_frames_are_encrypted_whole() -> None:
+    cipher = Cipher()
+    encoder: Any = _sealing_encoder(OPUS, cipher)
+    packet = av.Packet(b"\xf8opus frame")
+    packet.pts, packet.time_base = 960, fractions.Fraction(1, 48000)
+    (payload,), _ = encoder.pack(packet)
+    assert b"opus frame" not in payload
+    assert open_frame(cipher, "audio", payload) == (b"\xf8opus frame", DecryptStatus.OK)
+
+
+def test_nothing_is_sent_without_a_key() -> None:
+    class NoKey:
+        def protect(self, plaintext: bytes, metadata: bytes) -> bytes | None:
+            return None
+
+        def unprotect(self, ciphertext: bytes, metadata: bytes) -> UnprotectResult:
+            raise AssertionError("not called")
+
+    encoder = _sealing_encoder(VP8, NoKey())
+    payloads, _ = encoder.encode(video_frames(1)[0], force_keyframe=True)
+    assert payloads == []
+
+
+def test_unsupported_codec_is_refused() -> None:
+    with pytest.raises(ValueError, match="H264"):
+        _sealing_encoder(RTCRtpCodecParameters("video/H264", 90000, payloadType=102), Cipher())
+
+
+class Buffer:
+    """A jitter buffer that hands out given frames."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        data = self.frames.pop(0)
+        return False, JitterFrame(data=data, timestamp=0) if data else None
+
+
+def test_bad_frames_are_dropped_and_counted_never_raised() -> None:
+    cipher = Cipher()
+    good = [seal_frame(cipher, "video", b"\x01\x02\x03delta frame") for _ in range(3)]
+    assert all(g is not None for g in good)
+    first, second, third = (g or b"" for g in good)
+    flipped_clear = bytes([first[0] ^ 0x02]) + first[1:]  # frame tag: authenticated
+    flipped_tag = second[:-1] + bytes([second[-1] ^ 0x01])
+    failures: list[int] = []
+    frames = [flipped_clear, flipped_tag, third, third, third[:5], b"\x01\x02\x03", b""]
+    buffer = _OpeningJitterBuffer(Buffer(frames), "video", cipher, lambda: failures.append(1))
+    out = [buffer.add(None)[1] for _ in range(len(frames))]
+    assert [f.data if f is not None else None for f in out] == [
+        None, None, b"\x01\x02\x03delta frame", None, None, None, None,
+    ]  # fmt: skip
+    # header/ciphertext/tag tampering, a replay, truncation, no SFrame at all
+    assert len(failures) == 5
+    counted = cipher.receiver.stats.decrypt_failures
+    assert counted[DecryptStatus.AUTH_FAILED] == 2 and counted[DecryptStatus.REPLAY] >= 1
+
+
+def test_frames_for_keys_still_on_their_way_are_not_failures() -> None:
+    sender = Cipher()
+    receiver = Cipher()
+    receiver.receiver = SFrameContext(CipherSuite.AES_128_GCM_SHA256_128)  # buffers unknown KIDs
+    sealed = seal_frame(sender, "audio", b"hello")
+    assert sealed is not None
+    failures: list[int] = []
+    buffer = _OpeningJitterBuffer(Buffer([sealed]), "audio", receiver, lambda: failures.append(1))
+    assert buffer.add(None) == (False, None)
+    assert failures == []
