@@ -133,6 +133,7 @@ class Room:
         # when the last one leaves.
         self._speaker_task: asyncio.Task[None] | None = None
         self._layers_task: asyncio.Task[None] | None = None
+        self._e2ee_order: list[str] = []  # participants by when their binding arrived
 
     async def join(
         self,
@@ -241,6 +242,7 @@ class Room:
         await participant.peer.close()
         await self._broadcast({"type": "participant_left", "participant_id": participant_id})
         if participant.e2ee_binding is not None:
+            self._e2ee_order.remove(participant_id)
             await self._broadcast(self._e2ee_members())
 
     def roster(self) -> list[Participant]:
@@ -279,18 +281,24 @@ class Room:
 
     async def set_e2ee_binding(self, participant: Participant, binding: str) -> None:
         """Record a participant's key binding and give everyone the new member list:
-        whoever leads the key exchange (clients elect from the join order) keys
-        exactly these members, so nobody can decrypt without being on the roster."""
+        its first member leads the key exchange and keys exactly these members, so
+        nobody can decrypt without being on the roster. The list is in the order the
+        bindings arrived, so the leader stays the leader while it is present: a
+        participant that joined earlier but posted later must not take over a
+        meeting that has keys it was never part of."""
         participant.e2ee_binding = binding
+        if participant.participant_id not in self._e2ee_order:
+            self._e2ee_order.append(participant.participant_id)
         await self._broadcast(self._e2ee_members())
 
     def _e2ee_members(self) -> dict[str, Any]:
+        members = [self.participants.get(pid) for pid in self._e2ee_order]
         return {
             "type": "e2ee_members",
             "members": [
                 {"participant_id": p.participant_id, "binding": p.e2ee_binding}
-                for p in self.participants.values()  # join order
-                if p.e2ee_binding is not None
+                for p in members
+                if p is not None and p.e2ee_binding is not None
             ],
         }
 

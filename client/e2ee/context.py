@@ -242,6 +242,10 @@ class SFrameContext:
             self._retired_send.add(kid)
         self._recv.pop(kid, None)
 
+    def has_recv_key(self, kid: int) -> bool:
+        """Whether frames under `kid` can be decrypted now."""
+        return kid in self._recv
+
     def next_ctr(self, kid: int) -> int:
         """The CTR the next `protect` with `kid` will use (to persist first, §9.1)."""
         entry = self._send.get(kid)

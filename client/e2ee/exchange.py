@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from client.e2ee.context import SFrameContext, UnprotectResult
+from client.e2ee.epoch import EPOCH_BITS, SENDER_BITS
 from client.e2ee.group import GroupSession, Refused, elect_leader
 from client.e2ee.group_errors import GroupKeyError, WireFormatError
 from client.e2ee.identity import Binding, IdentityKey
@@ -199,6 +200,17 @@ class MeetingKeys:
         in clear, ever)."""
         with self._lock:
             return self.group.protect(plaintext, metadata)
+
+    def missed(self, kid: int) -> bool:
+        """Whether a frame under `kid` that did not decrypt should have: its key is
+        not held, and it is not from an epoch before ours (a joiner is never keyed
+        for those, by design) nor from outside the KID layout's view of a member."""
+        with self._lock:
+            if self.group.context.has_recv_key(kid):
+                return False
+            if kid >= 1 << (EPOCH_BITS + SENDER_BITS):
+                return True
+            return kid >> SENDER_BITS >= self.group.epoch
 
     def unprotect(self, ciphertext: bytes, metadata: bytes) -> UnprotectResult:
         """Decrypt one frame (failures are counted in the context's stats)."""

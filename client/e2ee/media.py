@@ -15,6 +15,8 @@ not decrypt is dropped and counted, never decoded. There is no clear fallback.
 
 from __future__ import annotations
 
+import collections
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,12 +27,16 @@ from client.e2ee.context import DecryptStatus, UnprotectResult
 
 VP8_KEY_CLEAR = 10  # frame tag (3), start code (3), width (2), height (2)
 VP8_DELTA_CLEAR = 3  # frame tag
+KEYFRAME_INTERVAL_S = 0.5  # between PLIs while waiting for a key frame
+PENDING_GRACE_S = 1.0  # how long a frame's unknown KID may wait for its key message
 
 
 class FrameCipher(Protocol):
     def protect(self, plaintext: bytes, metadata: bytes) -> bytes | None: ...
 
     def unprotect(self, ciphertext: bytes, metadata: bytes) -> UnprotectResult: ...
+
+    def missed(self, kid: int) -> bool: ...
 
 
 def clear_length(kind: str, frame: bytes) -> int:
@@ -46,13 +52,15 @@ def seal_frame(cipher: FrameCipher, kind: str, frame: bytes) -> bytes | None:
     return None if sealed is None else frame[:clear] + sealed
 
 
-def open_frame(cipher: FrameCipher, kind: str, data: bytes) -> tuple[bytes | None, DecryptStatus]:
-    """The frame in clear, or None and why not."""
+def open_frame(
+    cipher: FrameCipher, kind: str, data: bytes
+) -> tuple[bytes | None, DecryptStatus, int | None]:
+    """The frame in clear, or None and why not; and the KID it named, if any."""
     clear = min(clear_length(kind, data), len(data))
     result = cipher.unprotect(data[clear:], data[:clear])
     if result.plaintext is None:
-        return None, result.status
-    return data[:clear] + result.plaintext, result.status
+        return None, result.status, result.kid
+    return data[:clear] + result.plaintext, result.status, result.kid
 
 
 def encrypt_sender(sender: RTCRtpSender, cipher: FrameCipher) -> None:
@@ -99,9 +107,15 @@ def _sealing_encoder(codec: RTCRtpCodecParameters, cipher: FrameCipher) -> Any:
 
 class _OpeningJitterBuffer:
     """Stands in for a receiver's jitter buffer: frames come out decrypted, or not
-    at all (then the decoder misses one and asks for a key frame, as after loss).
-    A frame under keys not installed yet is not a failure: the key message is on
-    its way (the context holds it briefly, but the decoder has moved on)."""
+    at all. A frame under keys not installed yet counts as a failure only if, after
+    `PENDING_GRACE_S`, it still should have decrypted (`missed`): its key message
+    is usually on the way (a join races the first frames), a joiner is never keyed
+    for the epochs before it, but frames from a sender without keys (or without
+    encryption) never decrypt.
+
+    Video after a frame that did not open (and at the start) waits for a key frame,
+    asked for with a PLI at most every `KEYFRAME_INTERVAL_S`: the frames in between
+    refer to one the decoder never saw and would only fail to decode."""
 
     def __init__(
         self, inner: Any, kind: str, cipher: FrameCipher, on_failure: Callable[[], None]
@@ -110,18 +124,45 @@ class _OpeningJitterBuffer:
         self._kind = kind
         self._cipher = cipher
         self._on_failure = on_failure
+        self._need_keyframe = kind == "video"
+        self._asked_at = -KEYFRAME_INTERVAL_S
+        self._pending: collections.deque[tuple[float, int]] = collections.deque()
 
     def add(self, packet: Any) -> tuple[bool, Any]:
         pli, frame = self._inner.add(packet)
         if frame is None:
             return pli, None
-        plaintext, status = open_frame(self._cipher, self._kind, frame.data)
+        now = time.monotonic()
+        self._settle_pending(now)
+        plaintext, status, kid = open_frame(self._cipher, self._kind, frame.data)
         if plaintext is None:
-            if status is not DecryptStatus.PENDING:
+            if status is DecryptStatus.PENDING and kid is not None:
+                self._pending.append((now, kid))
+            else:
                 self._on_failure()
+            if self._kind == "video":
+                self._need_keyframe = True
+                return self._ask_keyframe(pli), None
             return pli, None
+        if self._need_keyframe:
+            if plaintext[0] & 0x01:  # a delta frame: its reference is missing
+                return self._ask_keyframe(pli), None
+            self._need_keyframe = False
         frame.data = plaintext
         return pli, frame
+
+    def _settle_pending(self, now: float) -> None:
+        while self._pending and now - self._pending[0][0] >= PENDING_GRACE_S:
+            _, kid = self._pending.popleft()
+            if self._cipher.missed(kid):
+                self._on_failure()
+
+    def _ask_keyframe(self, pli: bool) -> bool:
+        now = time.monotonic()
+        if now - self._asked_at < KEYFRAME_INTERVAL_S:
+            return pli
+        self._asked_at = now
+        return True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

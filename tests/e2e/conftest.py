@@ -27,11 +27,8 @@ from tests.integration.relay_harness import GrantMinter, RelayProcess
 __all__ = ["minter", "relay"]  # the relay tier's fixtures, reused here
 
 CHROMIUM = os.environ.get("CONCLAVE_CHROMIUM", "/usr/bin/chromium")
-# meeting.html does not do SFrame yet (docs/e2ee.md, "Not done yet"), and an
-# encrypting client drops every frame it cannot decrypt (no clear fallback): Python
-# clients that meet the page go without end-to-end encryption until it does.
-BROWSER_E2EE = False
 PAGE_DIR = Path(__file__).parent / "page"
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # the tests run as root
     "--use-fake-ui-for-media-stream",
@@ -66,6 +63,7 @@ async def browser() -> AsyncIterator[Browser]:
 async def page_url() -> AsyncIterator[str]:
     """Base URL of tests/e2e/page, served on 127.0.0.1."""
     app = web.Application()
+    app.router.add_static("/web", WEB_DIR)  # the web client's modules (E2EE)
     app.router.add_static("/", PAGE_DIR)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -121,6 +119,7 @@ async def open_participant(
     publish: list[str],
     *,
     camera: str = "640x360",
+    e2ee: bool = True,
 ) -> BrowserParticipant:
     context = await browser.new_context()
     page = await context.new_page()
@@ -130,6 +129,7 @@ async def open_participant(
             "grant": minter.token(room, participant_id, relay.node_id, name=participant_id),
             "publish": ",".join(publish),
             "camera": camera,
+            "e2ee": "1" if e2ee else "0",
         }
     )
     participant = BrowserParticipant(page, participant_id)

@@ -29,8 +29,7 @@ async def test_browser_video_keeps_decoding_with_five_percent_ingress_loss(
     lossy_relay: RelayProcess, minter: GrantMinter, browser: Browser, page_url: str
 ) -> None:
     relay = lossy_relay
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     ann = await open_participant(browser, page_url, relay, minter, room, "p_ann", ["video"])
     ben = await open_participant(browser, page_url, relay, minter, room, "p_ben", [])
 

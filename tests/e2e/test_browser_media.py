@@ -5,12 +5,11 @@ decodes."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from playwright.async_api import Browser
 
 from client.sdk import Session
-from tests.e2e.conftest import BROWSER_E2EE, BrowserParticipant, open_participant
+from tests.e2e.conftest import BrowserParticipant, open_participant
 from tests.integration.relay_harness import GrantMinter, RelayProcess, video_frames
 
 
@@ -36,13 +35,12 @@ async def wait_for(
 async def test_browser_to_browser_and_python(
     relay: RelayProcess, minter: GrantMinter, browser: Browser, page_url: str
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     ann = await open_participant(
         browser, page_url, relay, minter, room, "p_ann", ["audio", "video"]
     )
     ben = await open_participant(browser, page_url, relay, minter, room, "p_ben", [])
-    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [], e2ee=BROWSER_E2EE)
+    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [])
     async with cyd:
         first = await wait_for(ben, "p_ann", "framesDecoded", 1)
         await asyncio.sleep(0.5)
@@ -66,13 +64,11 @@ async def test_browser_to_browser_and_python(
 async def test_python_publisher_to_browser(
     relay: RelayProcess, minter: GrantMinter, browser: Browser, page_url: str
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     dan = Session(
         minter.join_response(relay, room, "p_dan", "dan"),
         "dan",
         ["audio", "video"],
-        e2ee=BROWSER_E2EE,
     )
     async with dan:
         eve = await open_participant(browser, page_url, relay, minter, room, "p_eve", [])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Iterator
 
 import aiortc.rtcrtpreceiver
@@ -16,7 +15,7 @@ import pytest
 from playwright.async_api import Browser
 
 from client.sdk import Session
-from tests.e2e.conftest import BROWSER_E2EE, BrowserParticipant, open_participant
+from tests.e2e.conftest import BrowserParticipant, open_participant
 from tests.integration.relay_harness import GrantMinter, RelayProcess, video_frames
 
 DEBUG = (
@@ -99,8 +98,7 @@ async def test_a_small_window_gets_the_lowest_layer_and_a_larger_one_moves_up(
     page_url: str,
     decode_failures: DecodeFailures,
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     ann = await open_participant(
         browser, page_url, relay, minter, room, "p_ann", ["video"], camera="1280x720"
     )
@@ -118,7 +116,7 @@ async def test_a_small_window_gets_the_lowest_layer_and_a_larger_one_moves_up(
     assert len({o["ssrc"] for o in outbound}) == 3
     assert {str(o["rid"]): o.get("frameWidth") for o in outbound}.get("l") == 320, outbound
 
-    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [], e2ee=BROWSER_E2EE)
+    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [])
     async with cyd:
         track_id = await video_track_of(cyd, "p_ann")
         await cyd.set_video_size(track_id, 320, 180)  # a thumbnail
@@ -155,10 +153,9 @@ async def test_a_360p_camera_sends_two_layers_and_subscribers_decode(
 ) -> None:
     """A 640x360 camera, from which Chromium makes no quarter-size layer: the
     relay must not wait for the layer that never comes."""
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     await open_participant(browser, page_url, relay, minter, room, "p_ann", ["video"])
-    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [], e2ee=BROWSER_E2EE)
+    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [])
     async with cyd:
         track_id = await video_track_of(cyd, "p_ann")
         await cyd.set_video_size(track_id, 160, 90)
@@ -185,13 +182,12 @@ async def test_a_subscriber_short_of_bandwidth_gets_the_lowest_layer_until_that_
         return pack(min(bitrate, cap[0]), ssrcs)
 
     monkeypatch.setattr(aiortc.rtcrtpreceiver, "pack_remb_fci", capped)
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     ann = await open_participant(
         browser, page_url, relay, minter, room, "p_ann", ["video"], camera="1280x720"
     )
     await three_layers_sending(ann)
-    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [], e2ee=BROWSER_E2EE)
+    cyd = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [])
     async with cyd:
         try:
             # Without an estimate the relay goes by size (none asked: the largest);

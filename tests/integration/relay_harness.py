@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -109,6 +110,12 @@ class GrantMinter:
         await self.store.put(
             GRANT_KEYS_PREFIX + grants.key_id_for(public), grants.encode_public_key(public)
         )
+
+    async def new_room(self, max_participants: int = 100) -> str:
+        """A meeting with a fresh random id, as CreateRoom would have made it."""
+        room_id = f"room-{uuid.uuid4().hex[:6]}"
+        await self.create_room(room_id, max_participants)
+        return room_id
 
     async def create_room(self, room_id: str, max_participants: int = 100) -> None:
         value = {"room_id": room_id, "name": "", "max_participants": max_participants}

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -65,8 +64,7 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> flo
 
 
 async def new_room(minter: GrantMinter) -> str:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     return room
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import fractions
 import itertools
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +34,7 @@ async def until(condition: Callable[[], bool], timeout: float, what: Callable[[]
 async def test_three_clients_agree_on_keys_and_decode_each_other(
     relay: RelayProcess, minter: GrantMinter
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     names = ("ann", "ben", "cyd")
     sessions = [
         Session(minter.join_response(relay, room, f"p_{n}", n), n, ["audio", "video"])
@@ -122,8 +120,7 @@ def tap_forwarded(session: Session) -> list[bytes]:
 async def test_relay_forwards_no_plaintext(
     relay: RelayProcess, minter: GrantMinter, e2ee: bool
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     ann = Session(
         minter.join_response(relay, room, "p_ann", "ann"),
         "ann",

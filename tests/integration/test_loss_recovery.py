@@ -23,8 +23,7 @@ async def test_video_keeps_decoding_with_five_percent_ingress_loss(
     )
     await relay.start()
     try:
-        room = f"room-{uuid.uuid4().hex[:6]}"
-        await minter.create_room(room)
+        room = await minter.new_room()
         ann = Session(minter.join_response(relay, room, "p_ann", "ann"), "ann", ["video"])
         ben = Session(minter.join_response(relay, room, "p_ben", "ben"), "ben", [])
         async with ann, ben:

@@ -88,8 +88,7 @@ async def start_relay(etcd_endpoint: str) -> AsyncIterator[Callable[..., Awaitab
 
 
 async def new_room(minter: GrantMinter) -> str:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     return room
 
 

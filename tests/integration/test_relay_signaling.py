@@ -51,8 +51,7 @@ async def join(relay: RelayProcess, token: str, publish: list[str]) -> dict[str,
 async def test_valid_grant_joins_once_then_replay_is_refused(
     relay: RelayProcess, minter: GrantMinter
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     token = minter.token(room, "p_alice", relay.node_id)
     first = await join(relay, token, [])
     assert first["type"] == "joined" and first["participant_id"] == "p_alice"
@@ -74,8 +73,7 @@ async def test_valid_grant_joins_once_then_replay_is_refused(
 async def test_bad_grants_are_refused_with_a_clear_code(
     relay: RelayProcess, minter: GrantMinter, case: str, code: str
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     makers: dict[str, Callable[[], str]] = {
         "other_key": lambda: minter.token(
             room, "p_x", relay.node_id, key=Ed25519PrivateKey.generate()
@@ -110,8 +108,7 @@ def _tamper(token: str) -> str:
 async def test_publish_without_permission_is_refused(
     relay: RelayProcess, minter: GrantMinter
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     token = minter.token(room, "p_viewer", relay.node_id, can_publish=False)
     replies, close_code = await exchange(
         relay, {"type": "join", "grant": token, "publish": ["video"]}
@@ -123,8 +120,7 @@ async def test_publish_without_permission_is_refused(
 async def test_malformed_messages_get_errors_and_the_session_survives(
     relay: RelayProcess, minter: GrantMinter
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     token = minter.token(room, "p_fuzz", relay.node_id)
     bad = [
         "{not json",
@@ -174,8 +170,7 @@ async def test_a_misbehaving_participant_does_not_disturb_the_others(
     relay: RelayProcess, minter: GrantMinter
 ) -> None:
     use_host_addresses(["127.0.0.1"])
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     ann = Session(minter.join_response(relay, room, "p_ann", "ann"), "ann", ["video"])
     ben = Session(minter.join_response(relay, room, "p_ben", "ben"), "ben", [])
     async with ann, ben:
@@ -203,8 +198,7 @@ async def test_a_full_node_refuses_joins(etcd_endpoint: str, minter: GrantMinter
     )
     await relay.start()
     try:
-        room = f"room-{uuid.uuid4().hex[:6]}"
-        await minter.create_room(room)
+        room = await minter.new_room()
         async with aiohttp.ClientSession() as http, http.ws_connect(relay.signal_url) as first:
             token = minter.token(room, "p_first", relay.node_id)
             await first.send_json({"type": "join", "grant": token, "publish": []})
@@ -225,8 +219,7 @@ async def test_a_grant_for_an_earlier_run_of_the_node_is_refused(
     """A relay restarted under the same node id forgets the nonces it saw; the
     grant names the node's lease, so neither old grants nor their replays pass."""
     node_id = f"relay-{uuid.uuid4().hex[:8]}"
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
     first_run = RelayProcess(node_id, etcd_endpoint)
     await first_run.start()
     old_token = minter.token(room, "p_early", node_id)
@@ -249,8 +242,7 @@ async def test_a_grant_for_an_earlier_run_of_the_node_is_refused(
 async def test_e2ee_messages_are_carried_unread_and_checked_for_shape(
     relay: RelayProcess, minter: GrantMinter
 ) -> None:
-    room = f"room-{uuid.uuid4().hex[:6]}"
-    await minter.create_room(room)
+    room = await minter.new_room()
 
     async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
         async with asyncio.timeout(10):
@@ -266,13 +258,15 @@ async def test_e2ee_messages_are_carried_unread_and_checked_for_shape(
             token = minter.token(room, pid, relay.node_id)
             await ws.send_json({"type": "join", "grant": token, "publish": []})
             assert (await next_of(ws, "joined"))["participant_id"] == pid
-        await ann.send_json({"type": "e2ee_binding", "binding": "QUJD"})
+        # ben joined second but posts first: the list follows the bindings, so its
+        # first member (the key leader) does not change when ann's arrives.
+        await ben.send_json({"type": "e2ee_binding", "binding": "REVG"})
         for ws in (ann, ben):
             members = (await next_of(ws, "e2ee_members"))["members"]
-            assert members == [{"participant_id": "p_ann", "binding": "QUJD"}]
-        await ben.send_json({"type": "e2ee_binding", "binding": "REVG"})
+            assert members == [{"participant_id": "p_ben", "binding": "REVG"}]
+        await ann.send_json({"type": "e2ee_binding", "binding": "QUJD"})
         members = (await next_of(ann, "e2ee_members"))["members"]
-        assert [m["participant_id"] for m in members] == ["p_ann", "p_ben"]  # join order
+        assert [m["participant_id"] for m in members] == ["p_ben", "p_ann"]
         await ann.send_json({"type": "e2ee_key", "to": "p_ben", "message": "S0VZ"})
         assert await next_of(ben, "e2ee_key") == {
             "type": "e2ee_key", "from": "p_ann", "message": "S0VZ"

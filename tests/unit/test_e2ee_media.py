@@ -32,17 +32,21 @@ OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2,
 class Cipher:
     """One sender's and one receiver's SFrame context under the same key."""
 
-    def __init__(self) -> None:
+    def __init__(self, kid: int = 7) -> None:
+        self.kid = kid
         self.sender = SFrameContext(CipherSuite.AES_128_GCM_SHA256_128)
         self.receiver = SFrameContext(CipherSuite.AES_128_GCM_SHA256_128, pending_limit=0)
-        self.sender.add_send_key(7, KEY)
-        self.receiver.add_recv_key(7, KEY)
+        self.sender.add_send_key(kid, KEY)
+        self.receiver.add_recv_key(kid, KEY)
 
     def protect(self, plaintext: bytes, metadata: bytes) -> bytes | None:
-        return self.sender.protect(7, plaintext, metadata)
+        return self.sender.protect(self.kid, plaintext, metadata)
 
     def unprotect(self, ciphertext: bytes, metadata: bytes) -> UnprotectResult:
         return self.receiver.unprotect(ciphertext, metadata)
+
+    def missed(self, kid: int) -> bool:
+        return not self.receiver.has_recv_key(kid)
 
 
 def video_frames(count: int) -> list[av.VideoFrame]:
@@ -70,7 +74,8 @@ def test_vp8_frames_keep_the_bytes_a_relay_reads_and_decode_after_opening() -> N
             assert vp8_keyframe_size(payloads[0]) == (320, 180)
         sealed = b"".join(vp8_depayload(p) for p in payloads)
         clear = VP8_KEY_CLEAR if index == 0 else VP8_DELTA_CLEAR
-        plaintext, status = open_frame(cipher, "video", sealed)
+        plaintext, status, kid = open_frame(cipher, "video", sealed)
+        assert kid == 7
         assert status is DecryptStatus.OK and plaintext is not None
         assert plaintext[:clear] == sealed[:clear]  # the clear part is the frame's own
         assert len(sealed) > len(plaintext)  # header and tag added
@@ -85,7 +90,7 @@ def test_opus_frames_are_encrypted_whole() -> None:
     packet.pts, packet.time_base = 960, fractions.Fraction(1, 48000)
     (payload,), _ = encoder.pack(packet)
     assert b"opus frame" not in payload
-    assert open_frame(cipher, "audio", payload) == (b"\xf8opus frame", DecryptStatus.OK)
+    assert open_frame(cipher, "audio", payload) == (b"\xf8opus frame", DecryptStatus.OK, 7)
 
 
 def test_nothing_is_sent_without_a_key() -> None:
@@ -95,6 +100,9 @@ def test_nothing_is_sent_without_a_key() -> None:
 
         def unprotect(self, ciphertext: bytes, metadata: bytes) -> UnprotectResult:
             raise AssertionError("not called")
+
+        def missed(self, kid: int) -> bool:
+            return True
 
     encoder = _sealing_encoder(VP8, NoKey())
     payloads, _ = encoder.encode(video_frames(1)[0], force_keyframe=True)
@@ -119,17 +127,17 @@ class Buffer:
 
 def test_bad_frames_are_dropped_and_counted_never_raised() -> None:
     cipher = Cipher()
-    good = [seal_frame(cipher, "video", b"\x01\x02\x03delta frame") for _ in range(3)]
+    good = [seal_frame(cipher, "audio", b"\x01\x02\x03audio frame") for _ in range(3)]
     assert all(g is not None for g in good)
     first, second, third = (g or b"" for g in good)
-    flipped_clear = bytes([first[0] ^ 0x02]) + first[1:]  # frame tag: authenticated
+    flipped_header = bytes([first[0] ^ 0x02]) + first[1:]  # the KID
     flipped_tag = second[:-1] + bytes([second[-1] ^ 0x01])
     failures: list[int] = []
-    frames = [flipped_clear, flipped_tag, third, third, third[:5], b"\x01\x02\x03", b""]
-    buffer = _OpeningJitterBuffer(Buffer(frames), "video", cipher, lambda: failures.append(1))
+    frames = [flipped_header, flipped_tag, third, third, third[:5], b"\x01\x02\x03", b""]
+    buffer = _OpeningJitterBuffer(Buffer(frames), "audio", cipher, lambda: failures.append(1))
     out = [buffer.add(None)[1] for _ in range(len(frames))]
     assert [f.data if f is not None else None for f in out] == [
-        None, None, b"\x01\x02\x03delta frame", None, None, None, None,
+        None, None, b"\x01\x02\x03audio frame", None, None, None, None,
     ]  # fmt: skip
     # header/ciphertext/tag tampering, a replay, truncation, no SFrame at all
     assert len(failures) == 5
@@ -144,6 +152,38 @@ def test_frames_for_keys_still_on_their_way_are_not_failures() -> None:
     sealed = seal_frame(sender, "audio", b"hello")
     assert sealed is not None
     failures: list[int] = []
-    buffer = _OpeningJitterBuffer(Buffer([sealed]), "audio", receiver, lambda: failures.append(1))
+    stranger = Cipher(kid=9)  # a KID the receiver will never learn
+    unknown = seal_frame(stranger, "audio", b"from nobody")
+    assert unknown is not None
+    later = seal_frame(sender, "audio", b"hello again")
+    assert later is not None
+    frames = [sealed, unknown, later]
+    buffer = _OpeningJitterBuffer(Buffer(frames), "audio", receiver, lambda: failures.append(1))
     assert buffer.add(None) == (False, None)
-    assert failures == []
+    assert buffer.add(None) == (False, None)
+    assert failures == []  # both KIDs unknown, within the grace period
+    receiver.receiver.add_recv_key(7, KEY)  # KID 7's key message arrives
+    buffer._pending = type(buffer._pending)((at - 2.0, kid) for at, kid in buffer._pending)
+    assert buffer.add(None)[1] is not None  # a later frame of KID 7 decrypts
+    assert failures == [1]  # only KID 9's frame, whose key never came, failed
+
+
+def test_video_after_a_lost_frame_waits_for_a_key_frame_and_asks_for_one() -> None:
+    cipher = Cipher()
+    key = bytes([0x50, 0x01, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xB4, 0x00]) + b"key"
+    delta = b"\x31\x02\x00delta"
+    sealed = [seal_frame(cipher, "video", f) or b"" for f in (delta, key, delta, delta, key)]
+    broken = sealed[2][:-1] + bytes([sealed[2][-1] ^ 1])
+    frames = [sealed[0], sealed[1], broken, sealed[3], sealed[4]]
+    failures: list[int] = []
+    buffer = _OpeningJitterBuffer(Buffer(frames), "video", cipher, lambda: failures.append(1))
+    results = [buffer.add(None) for _ in range(len(frames))]
+    assert [f.data if f else None for _, f in results] == [None, key, None, None, key]
+    # A PLI for the first delta (no key frame seen yet); the broken frame comes
+    # less than 0.5 s later, so it asks again only after that.
+    assert [pli for pli, _ in results] == [True, False, False, False, False]
+    buffer._asked_at -= 1.0
+    buffer._need_keyframe = True
+    buffer._inner = Buffer([seal_frame(cipher, "video", delta) or b""])
+    assert buffer.add(None) == (True, None)
+    assert failures == [1]

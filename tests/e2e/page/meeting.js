@@ -26,6 +26,7 @@ function configFromQuery() {
     grant: q.get("grant"),
     publish: (q.get("publish") || "").split(",").filter((k) => k),
     camera: q.get("camera") || "640x360",  // fake camera size, WIDTHxHEIGHT
+    e2ee: q.get("e2ee") !== "0",  // end-to-end encryption (docs/e2ee.md), on by default
   };
 }
 
@@ -44,6 +45,47 @@ async function start(config) {
   if (stream) for (const t of stream.getTracks()) tracks[t.kind] = t;
 
   const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers: [] });
+  // End-to-end encryption: one worker runs SFrame on every frame sent and received;
+  // the key exchange (web/e2ee/group.js) runs here and hands it the keys.
+  const e2ee = config.e2ee !== false;
+  const worker = e2ee ? new Worker("/web/e2ee/worker.js", { type: "module" }) : null;
+  const transformed = new WeakSet();
+  let keys = null;
+  let keysReady = null;
+  window.conclaveE2ee = async () => {
+    if (!worker) return { enabled: false };
+    await keysReady;
+    const stats = await new Promise((resolve) => {
+      worker.addEventListener("message", (event) => resolve(event.data.stats), { once: true });
+      worker.postMessage({ type: "stats" });
+    });
+    const decryptFailures = {}; // per publisher, as conclave join --json reports them
+    for (const [mid, count] of Object.entries(stats.failures)) {
+      const pid = streams[mid] ? streams[mid].participant_id : `mid ${mid}`;
+      decryptFailures[pid] = (decryptFailures[pid] || 0) + count;
+    }
+    return {
+      enabled: true, securityCode: keys && keys.securityCode, members: keys ? keys.members : [],
+      epoch: keys ? Number(keys.epoch) : 0, refused: keys ? keys.refused : {}, stats,
+      decryptFailures,
+    };
+  };
+
+  function encryptMedia() {
+    if (!worker) return;
+    for (const t of pc.getTransceivers()) {
+      if (t.mid === null) continue;
+      const kind = t.receiver.track.kind;
+      if (!transformed.has(t.receiver)) {
+        t.receiver.transform = new RTCRtpScriptTransform(worker, { side: "recv", kind, mid: t.mid });
+        transformed.add(t.receiver);
+      }
+      if (publishMids[kind] === t.mid && !transformed.has(t.sender)) {
+        t.sender.transform = new RTCRtpScriptTransform(worker, { side: "send", kind });
+        transformed.add(t.sender);
+      }
+    }
+  }
   window.conclavePc = pc;
   let streams = {}; // mid -> {participant_id, track_id, kind}
   let publishMids = {}; // kind -> mid of the m-line this page sends on
@@ -76,6 +118,7 @@ async function start(config) {
     for (const s of message.streams) streams[s.mid] = s;
     publishMids = message.publish || {};
     await pc.setRemoteDescription({ type: "offer", sdp });
+    encryptMedia();
     for (const [kind, mid] of Object.entries(message.publish)) {
       const transceiver = pc.getTransceivers().find((t) => t.mid === mid);
       if (!transceiver) {
@@ -139,6 +182,23 @@ async function start(config) {
     if (message.type === "joined") {
       window.conclaveState.joined = true;
       window.conclaveState.participant_id = message.participant_id;
+      if (worker) {
+        keysReady = import("/web/e2ee/group.js").then(async ({ MeetingKeys }) => {
+          keys = new MeetingKeys({
+            meetingId: message.room_id,
+            participantId: message.participant_id,
+            send,
+            onKeys: (update) => worker.postMessage({ type: "keys", ...update }),
+            onEpoch: (k) => log(`e2ee epoch ${k.epoch} code ${k.securityCode}`),
+          });
+          await keys.init();
+          send(keys.bindingMessage());
+        }).catch((e) => fail(`e2ee: ${e}`));
+      }
+    } else if (message.type === "e2ee_members") {
+      keysReady.then(() => keys.onMembers(message.members));
+    } else if (message.type === "e2ee_key") {
+      keysReady.then(() => keys.onKey(message.message));
     } else if (message.type === "offer") {
       chain = chain.then(() => onOffer(message)).catch((e) => fail(`offer: ${e}`));
     } else if (message.type === "layers") {
