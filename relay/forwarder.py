@@ -8,6 +8,7 @@ ints; no object is created per subscriber per packet except the output bytes.
 
 from __future__ import annotations
 
+import bisect
 import random
 import struct
 from collections.abc import Callable, Mapping
@@ -34,6 +35,9 @@ MID_EXTENSION_ID = 1
 CACHE_SIZE = 1024  # packets kept per video layer for retransmission (~4 s at 2 Mbit/s)
 MAX_LAYERS = 3  # simulcast encodings per video track (docs/simulcast.md)
 SEGMENTS_KEPT = 4  # layer switches remembered per subscriber, to answer NACKs across them
+# Source sequence numbers behind the newest within which dropped padding is
+# remembered; a packet arriving later than that is dropped (it is minutes late).
+SKIP_WINDOW = 1 << 14
 CLOCK_RATES = {"audio": 48000, "video": 90000}
 
 # (sequence, timestamp, marker bit, padding bit, extension elements, payload).
@@ -108,17 +112,27 @@ class SubscriberOutput:
 class LayerStream:
     """One incoming stream of a track (a simulcast layer, or the only stream): its
     retransmission cache, who receives it, who waits for its next key frame, and
-    what the layer choice needs to know (traffic, last arrival, frame size)."""
+    what the layer choice needs to know (traffic, last arrival, frame size).
+
+    Padding-only packets (a sender keeping its bandwidth estimate up: Chromium pads
+    a low layer to megabits) carry nothing to forward. They are dropped, and the
+    stream's sequence numbers are compacted over the gaps they leave, so that
+    subscribers see no loss: the compact number of a packet is its source number
+    minus the padding dropped before it. The cache is indexed by compact numbers."""
 
     __slots__ = (
         "cache",
         "height",
+        "highest",
         "joining",
         "last_arrival",
         "last_timestamp",
         "octets",
         "packets",
+        "padding",
         "receivers",
+        "skipped",
+        "skipped_before",
         "width",
     )
 
@@ -132,6 +146,41 @@ class LayerStream:
         self.last_timestamp = 0
         self.width = 0  # from the latest key frame; 0 until one arrived
         self.height = 0
+        self.highest = -1  # newest source sequence number, unwrapped; -1: none yet
+        self.skipped: list[int] = []  # unwrapped numbers of dropped padding, ascending
+        self.skipped_before = 0  # dropped padding older than `skipped` remembers
+        self.padding = 0  # padding-only packets dropped
+
+    def unwrap(self, sequence: int) -> int:
+        """`sequence` as a number that does not wrap, relative to the newest one."""
+        if self.highest < 0:
+            self.highest = sequence + 0x10000  # older packets stay positive
+            return self.highest
+        extended = self.highest + ((sequence - self.highest + 0x8000) & 0xFFFF) - 0x8000
+        if extended > self.highest:
+            self.highest = extended
+        return extended
+
+    def compact(self, extended: int) -> int:
+        """The 16-bit number of a forwarded packet, with dropped padding left out."""
+        dropped = self.skipped_before + bisect.bisect_right(self.skipped, extended)
+        return (extended - dropped) & 0xFFFF
+
+    def skip(self, extended: int) -> None:
+        """Leave out the padding-only packet `extended` (once, however often it comes)."""
+        skipped = self.skipped
+        if not skipped or extended > skipped[-1]:
+            skipped.append(extended)
+        else:
+            at = bisect.bisect_left(skipped, extended)
+            if at < len(skipped) and skipped[at] == extended:
+                return
+            skipped.insert(at, extended)
+        self.padding += 1
+        if skipped[0] < self.highest - 2 * SKIP_WINDOW:
+            cut = bisect.bisect_left(skipped, self.highest - SKIP_WINDOW)
+            self.skipped_before += cut
+            del skipped[:cut]
 
 
 class TrackForwarder:
@@ -241,14 +290,21 @@ class TrackForwarder:
         self.received += 1
         payload = data[header.payload_offset :]
         padding_bit = data[0] & 0x20
+        extended = stream.unwrap(header.sequence)
+        if extended < stream.highest - SKIP_WINDOW:
+            return []  # later than any padding we remember: its number is unknown
+        if padding_bit and data[-1] >= len(payload):  # padding only: nothing to forward
+            stream.skip(extended)
+            return []
+        sequence = stream.compact(extended)
         marker = header.marker << 7
         stream.packets += 1
-        stream.octets += len(data)
+        stream.octets += len(data) - (data[-1] if padding_bit else 0)
         stream.last_arrival = now
         stream.last_timestamp = header.timestamp
         if self.is_video:
-            stream.cache[header.sequence % CACHE_SIZE] = (
-                header.sequence, header.timestamp, marker, padding_bit, header.extensions, payload
+            stream.cache[sequence % CACHE_SIZE] = (
+                sequence, header.timestamp, marker, padding_bit, header.extensions, payload
             )  # fmt: skip
             # The cheap test first: only a partition start can begin a key frame.
             if payload and payload[0] & 0x17 == 0x10 and is_vp8_keyframe_start(payload):
@@ -256,46 +312,48 @@ class TrackForwarder:
                 if size is not None:
                     stream.width, stream.height = size
                 if stream.joining:
-                    self._switch(stream, layer, header, now)
+                    self._switch(stream, layer, sequence, header.timestamp, now)
         elif stream.joining:
-            self._switch(stream, layer, header, now)
+            self._switch(stream, layer, sequence, header.timestamp, now)
         receivers = stream.receivers
         if not receivers:
             return []
         shared_extensions = _without(header.extensions, self.source_mid_id)
         out: list[tuple[SubscriberOutput, bytes]] = []
         for sub in receivers:
-            sequence = (header.sequence + sub.seq_offset) & 0xFFFF
+            out_sequence = (sequence + sub.seq_offset) & 0xFFFF
             extensions = (
                 shared_extensions
                 if sub.extension_map is None
                 else _renumbered(header.extensions, sub.extension_map)
             )
-            out.append((sub, _rewrite(sub, marker | sub.payload_type, sequence,
+            out.append((sub, _rewrite(sub, marker | sub.payload_type, out_sequence,
                                       header.timestamp, sub.ssrc, padding_bit,
                                       extensions, payload)))  # fmt: skip
-            sub.next_sequence = (sequence + 1) & 0xFFFF
+            sub.next_sequence = (out_sequence + 1) & 0xFFFF
             sub.packets += 1
             sub.octets += len(payload)
         self.forwarded += len(out)
         return out
 
-    def _switch(self, stream: LayerStream, layer: int, header: RtpHeader, now: float) -> None:
+    def _switch(
+        self, stream: LayerStream, layer: int, sequence: int, timestamp: int, now: float
+    ) -> None:
         """Move everyone waiting for this packet (a key frame, or any audio packet)
         onto `layer`. Output sequence numbers continue where they were; output time
         advances by the wall time since the previous layer's last packet, so the
         subscriber's jitter buffer and lip sync see one continuous stream."""
         for sub in stream.joining:
             old = sub.layer
-            seq_offset = (sub.next_sequence - header.sequence) & 0xFFFF
+            seq_offset = (sub.next_sequence - sequence) & 0xFFFF
             if old < 0:
-                ts_offset = (sub.timestamp_base - header.timestamp) & 0xFFFFFFFF
+                ts_offset = (sub.timestamp_base - timestamp) & 0xFFFFFFFF
             else:
                 previous = self.layers[old]
                 previous.receivers.remove(sub)
                 ticks = max(1, int((now - previous.last_arrival) * self.clock_rate))
                 last_out = previous.last_timestamp + sub.ts_offset
-                ts_offset = (last_out + ticks - header.timestamp) & 0xFFFFFFFF
+                ts_offset = (last_out + ticks - timestamp) & 0xFFFFFFFF
                 self.switches += 1
             sub.layer = layer
             sub.seq_offset, sub.ts_offset = seq_offset, ts_offset

@@ -35,6 +35,8 @@ MIN_UPSTREAM_BITRATE = 100_000  # never throttle a publisher below this (bit/s)
 SIMULCAST_UPSTREAM_BITRATE = 4_000_000
 LAYERS_INTERVAL_S = 0.5  # how often layer choices and dynacast are revisited
 MEDIA_KINDS = ("audio", "video")
+# Padding-only packets carry no media; the forwarder drops them (relay/forwarder.py).
+_PADDING_DROPPED = metrics.PACKETS_DROPPED.labels(reason="padding")
 
 # Ends a participant's signalling connection: (reason, WebSocket close code).
 Disconnect = Callable[[str, int], Awaitable[None]]
@@ -86,6 +88,7 @@ class PublishedTrack:
     # Measurements and dynacast state when the publisher sends simulcast.
     layers: TrackLayers | None = None
     switches_counted: int = 0  # forwarder.switches already added to the metric
+    padding_counted: int = 0  # padding-only packets already added to the metric
     # What the publisher said with `mute`; the relay keeps forwarding regardless.
     muted: bool = False
 
@@ -377,6 +380,9 @@ class Room:
         while True:
             await asyncio.sleep(LAYERS_INTERVAL_S)
             for track in list(self.tracks.values()):
+                padding = sum(layer.padding for layer in track.forwarder.layers)
+                _PADDING_DROPPED.inc(padding - track.padding_counted)
+                track.padding_counted = padding
                 try:
                     await self._choose_layers(track, loop.time(), measure=True)
                 except Exception as exc:  # a bug here must not end layer choices for good
@@ -492,11 +498,11 @@ class Room:
         video = participant.tracks.get("video") if participant else None
         if video is None:
             return None
+        if video.layers is not None:
+            return SIMULCAST_UPSTREAM_BITRATE
         estimates = [c.estimate for c in video.subscribers.values() if c.estimate is not None]
         if not estimates:
             return None
-        if video.layers is not None:
-            return SIMULCAST_UPSTREAM_BITRATE
         return max(MIN_UPSTREAM_BITRATE, min(estimates))
 
     async def on_sender_report(

@@ -159,8 +159,9 @@ async def test_a_360p_camera_sends_two_layers_and_subscribers_decode(
     async with cyd:
         track_id = await video_track_of(cyd, "p_ann")
         await cyd.set_video_size(track_id, 160, 90)
-        size = await wait_for_size(cyd, "p_ann", {(320, 180), (640, 360)}, 20, "360p camera")
-        assert size == (320, 180)  # the smallest layer that is sent
+        # The smallest layer that is sent (no 160x90 comes); until the request has
+        # reached the relay, the first frames may come from a larger layer.
+        await wait_for_size(cyd, "p_ann", {(320, 180)}, 20, "360p camera")
 
 
 async def test_a_subscriber_short_of_bandwidth_gets_the_lowest_layer_until_that_lifts(

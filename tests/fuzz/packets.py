@@ -44,7 +44,13 @@ from aiortc.rtp import (
 )
 
 from relay import rtcp
-from relay.forwarder import CACHE_SIZE, MID_EXTENSION_ID, SubscriberOutput, TrackForwarder
+from relay.forwarder import (
+    CACHE_SIZE,
+    MID_EXTENSION_ID,
+    SKIP_WINDOW,
+    SubscriberOutput,
+    TrackForwarder,
+)
 from relay.peer import ParticipantPeer
 from relay.reception import MAX_DROPOUT, MAX_MISSING, NACK_MAX_TRIES, MissingPackets, ReceptionStats
 from relay.rtp import FIXED_HEADER, ONE_BYTE_PROFILE, RtpHeader, is_vp8_keyframe_start
@@ -723,6 +729,33 @@ def _output(rng: random.Random, payload_type: int, mid: bytes,
     return output
 
 
+class Numbering:
+    """The sequence numbers a forwarder should give, from their definition: padding-
+    only packets are dropped, and a forwarded packet's number is its source number
+    (unwrapped) minus the padding-only packets dropped before it; a packet more than
+    SKIP_WINDOW behind the newest is dropped."""
+
+    def __init__(self) -> None:
+        self.highest: int | None = None
+        self.dropped: set[int] = set()
+
+    def place(self, data: bytes, header: RtpHeader) -> int | None:
+        sequence = header.sequence
+        if self.highest is None:
+            self.highest = sequence + 0x10000
+            extended = self.highest
+        else:
+            delta = (sequence - self.highest) % 0x10000
+            extended = self.highest + (delta - 0x10000 if delta >= 0x8000 else delta)
+            self.highest = max(self.highest, extended)
+        if extended < self.highest - SKIP_WINDOW:
+            return None
+        if data[0] & 0x20 and data[-1] >= len(data) - header.payload_offset:
+            self.dropped.add(extended)
+            return None
+        return (extended - sum(1 for d in self.dropped if d <= extended)) % 0x10000
+
+
 class ForwardingHarness:
     """A video and an audio TrackForwarder with steady and coming-and-going
     subscribers; checks every packet they emit against the packet that went in."""
@@ -747,6 +780,7 @@ class ForwardingHarness:
             self.video_rtx.ssrc: {}, self.video_plain.ssrc: {}
         }  # fmt: skip
         self.cache_writer = [-1] * CACHE_SIZE  # which input each cache slot holds
+        self.numbering = {"video": Numbering(), "audio": Numbering()}
         self.counts: Counts = Counter()
 
     def _request_keyframe(self, layer: int) -> None:
@@ -764,27 +798,33 @@ class ForwardingHarness:
         requests = self.keyframe_requests
         out = forwarder.forward(data, header)
         assert self.keyframe_requests == requests, "forwarding asked for a keyframe"
+        compact = self.numbering[kind].place(data, header)
+        if compact is None:  # padding only, or later than remembered: nothing goes out
+            assert out == [], "a padding-only or too-late packet was forwarded"
+            self.counts["not_forwarded"] += 1
+            return
         if kind == "video":
-            self.cache_writer[header.sequence % CACHE_SIZE] = tag
+            self.cache_writer[compact % CACHE_SIZE] = tag
             waiting = [o for o in forwarder.subscribers if not o.started]
             assert forwarder.layers[0].joining == waiting, (forwarder.layers[0].joining, waiting)
         assert len({id(o) for o, _ in out}) == len(out) <= len(forwarder.subscribers)
         for output, packet in out:
             assert output.started
-            self._check_rewrite(output, packet, data, header)
+            self._check_rewrite(output, packet, data, header, compact)
             if output.ssrc in self.sent:
                 self.sent[output.ssrc][RtpHeader.parse(packet).sequence] = (tag, packet)
         self.counts["forwarded"] += len(out)
 
     def _check_rewrite(
-        self, output: SubscriberOutput, packet: bytes, data: bytes, header: RtpHeader
-    ) -> None:
+        self, output: SubscriberOutput, packet: bytes, data: bytes, header: RtpHeader,
+        compact: int,
+    ) -> None:  # fmt: skip
         """The copy keeps the payload (with its padding), marker and extensions, and
         carries the subscriber's SSRC, payload type, MID and continuous numbering."""
         rewritten = RtpHeader.parse(packet)
         assert rewritten.ssrc == output.ssrc and rewritten.payload_type == output.payload_type
         assert rewritten.marker == header.marker
-        assert rewritten.sequence == (header.sequence + output.seq_offset) & 0xFFFF
+        assert rewritten.sequence == (compact + output.seq_offset) & 0xFFFF
         assert rewritten.timestamp == (header.timestamp + output.ts_offset) & 0xFFFFFFFF
         assert packet[rewritten.payload_offset :] == data[header.payload_offset :]
         assert packet[0] & 0xEF == 0x80 | data[0] & 0x20, "version 2, padding bit kept, no CSRC"

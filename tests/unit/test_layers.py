@@ -226,3 +226,45 @@ def test_a_removed_or_retargeted_subscriber_leaves_every_list() -> None:
     forwarder.remove_subscriber(sub)
     assert all(not s.joining and not s.receivers for s in forwarder.layers)
     assert forwarder.subscribers == [] and not sub.started
+
+
+def padding_only(ssrc: int, sequence: int, timestamp: int) -> bytes:
+    return struct.pack("!BBHII", 0xA0, 97, sequence, timestamp, ssrc) + bytes(254) + b"\xff"
+
+
+def test_padding_is_dropped_and_numbering_stays_continuous() -> None:
+    forwarder = TrackForwarder("video", lambda _layer: None)
+    sub = SubscriberOutput(0xABC, 96, b"")
+    forwarder.add_subscriber(sub, 0)
+    sent: dict[int, bytes] = {}
+
+    def feed(data: bytes) -> list[int]:
+        numbers = []
+        for _, out in forwarder.forward(data, RtpHeader.parse(data), 0, 0.0):
+            header = RtpHeader.parse(out)
+            sent[header.sequence] = out[header.payload_offset :]
+            numbers.append(header.sequence)
+        return numbers
+
+    # Media 65533 (key frame), padding 65534..1 (across the wrap), media 2, 3;
+    # media 4 lost for now; padding 5, 6; media 7; then 4 arrives late (repaired).
+    numbers = feed(packet(5, 65533, 0, vp8(True, 320, 180)))
+    for sequence in (65534, 65535, 0, 1):
+        assert feed(padding_only(5, sequence, 0)) == []
+    numbers += feed(packet(5, 2, 3000, vp8(False)))
+    numbers += feed(packet(5, 3, 6000, vp8(False)))
+    for sequence in (5, 6):
+        feed(padding_only(5, sequence, 6000))
+    numbers += feed(packet(5, 7, 9000, vp8(False)))
+    first = numbers[0]
+    assert [(n - first) & 0xFFFF for n in numbers] == [0, 1, 2, 4]  # 3 is media 4
+    late = feed(packet(5, 4, 6000, vp8(False, 0, 0) + b"late"))
+    assert late == [(first + 3) & 0xFFFF]  # fills the gap the subscriber saw
+    assert forwarder.layers[0].padding == 6
+    # A NACK names output numbers; the cache answers with the packets sent.
+    again = forwarder.retransmit(sub, [(first + 3) & 0xFFFF, (first + 2) & 0xFFFF])
+    assert [p[RtpHeader.parse(p).payload_offset :] for p in again] == [
+        sent[(first + 3) & 0xFFFF], sent[(first + 2) & 0xFFFF]
+    ]  # fmt: skip
+    # The layer's traffic counts media only.
+    assert forwarder.layers[0].packets == 5
