@@ -416,7 +416,7 @@ def summarise_layers(
 ) -> dict[str, Any]:
     """The simulcast figures: what Chromium sent per layer (outbound-rtp deltas),
     how much of it reached the relay, which layer each group of subscribers (by
-    requested size) got, matched by packet rate, and the relay's layer switches."""
+    requested size) got, matched by media bitrate, and the relay's layer switches."""
     assert a.publisher_layers is not None and b.publisher_layers is not None
     earlier = {str(o["rid"]): o for o in a.publisher_layers["layers"]}
     layers = []
@@ -453,7 +453,10 @@ def summarise_layers(
             continue
         pps = [p / dt for p, _ in members]
         mean = sum(pps) / len(pps)
-        match = min(sending, key=lambda layer: abs(layer["pps"] - mean), default=None)
+        kbps = 8 * sum(nb for _, nb in members) / len(members) / dt / 1000
+        # By media bitrate, not packet rate: Chromium's packet counts include the
+        # padding-only packets that the relay drops (docs/benchmarks.md).
+        match = min(sending, key=lambda layer: abs(layer["payload_kbps"] - kbps), default=None)
         groups.append(
             {
                 "requested": f"{size[0]}x{size[1]}",
@@ -461,10 +464,12 @@ def summarise_layers(
                 "pps_mean": round(mean, 1),
                 "pps_min": round(min(pps), 1),
                 "pps_max": round(max(pps), 1),
-                "kbps_mean": round(8 * sum(nb for _, nb in members) / len(members) / dt / 1000, 1),
+                "kbps_mean": round(kbps, 1),
                 "matches_layer": match["rid"] if match else None,
                 "matches_size": match["size"] if match else None,
-                "pct_of_that_layer": round(100 * mean / match["pps"], 1) if match else None,
+                "pct_of_that_layer": (
+                    round(100 * kbps / match["payload_kbps"], 1) if match else None
+                ),
                 "padded_pct": round(100 * padded / max(1, sum(p for p, _ in members)), 1),
             }
         )
