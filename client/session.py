@@ -39,6 +39,7 @@ from protos import rooms_pb2
 log = logging.getLogger("conclave.client")
 
 KINDS = ("audio", "video")
+VIDEO_CODECS = {"VP8": "video/vp8", "H264": "video/h264"}  # Session(video_codec=...)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Session:
         on_active_speakers: Callable[[list[str]], None] | None = None,
         e2ee: bool = True,
         identity: IdentityKey | None = None,
+        video_codec: str = "VP8",
     ) -> None:
         unknown = [kind for kind in publish if kind not in KINDS]
         if unknown:
@@ -142,6 +144,12 @@ class Session:
         self.on_active_speakers = on_active_speakers
         #: end-to-end encryption (docs/e2ee.md); off only for benchmarks
         self.e2ee = e2ee
+        if video_codec.upper() not in VIDEO_CODECS:
+            raise ValueError(f"video codec {video_codec!r}: choose from {list(VIDEO_CODECS)}")
+        if e2ee and video_codec.upper() != "VP8":
+            raise ValueError("end-to-end encryption supports VP8 video only for now")
+        #: the codec to send video in; the relay then offers it first (`join`)
+        self.video_codec = video_codec.upper()
         self._identity = identity
         self._keys: MeetingKeys | None = None
 
@@ -219,7 +227,14 @@ class Session:
                     f"cannot open the signalling connection to {self.signal_url}: {reason}"
                 ) from None
             self._reader = asyncio.create_task(self._read(self._ws), name="conclave-signalling")
-            await self._send({"type": "join", "grant": self.grant, "publish": self.publish})
+            await self._send(
+                {
+                    "type": "join",
+                    "grant": self.grant,
+                    "publish": self.publish,
+                    "video_codec": self.video_codec.lower(),
+                }
+            )
             try:
                 async with asyncio.timeout(self.join_timeout):
                     await asyncio.shield(self._joined)

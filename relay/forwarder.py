@@ -19,6 +19,8 @@ from relay.rtp import (
     FIXED_HEADER,
     RtpHeader,
     extension_block,
+    h264_keyframe_size,
+    is_h264_keyframe_start,
     is_vp8_keyframe_start,
     vp8_keyframe_size,
 )
@@ -43,12 +45,24 @@ CLOCK_RATES = {"audio": 48000, "video": 90000}
 # (sequence, timestamp, marker bit, padding bit, extension elements, payload).
 CacheEntry = tuple[int, int, int, int, list[tuple[int, bytes]], bytes]
 
+# Per video codec (lower-case MIME type): where a subscriber may start or switch
+# (the first packet of a key frame a decoder can start from), and the picture size
+# that packet tells.
+KeyframeStart = Callable[[bytes], bool]
+KeyframeSize = Callable[[bytes], "tuple[int, int] | None"]
+KEYFRAMES: dict[str, tuple[KeyframeStart, KeyframeSize]] = {
+    "video/vp8": (is_vp8_keyframe_start, vp8_keyframe_size),
+    "video/h264": (is_h264_keyframe_start, h264_keyframe_size),
+}
+DEFAULT_VIDEO_CODEC = "video/vp8"
+
 
 class SubscriberOutput:
     """One subscriber's view of one track: its SSRCs, payload types, MID, offsets,
     and which layer it receives (`layer`) and wants (`target`)."""
 
     __slots__ = (
+        "codecs",
         "extension_ids",
         "extension_map",
         "layer",
@@ -78,8 +92,12 @@ class SubscriberOutput:
         sink: Any = None,
         rtx: tuple[int, int] | None = None,
         extension_ids: Mapping[str, int] | None = None,
+        codecs: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         self.sink = sink  # whatever sends this subscriber's packets; opaque here
+        # Payload types negotiated on this leg, by lower-case MIME type: (media,
+        # RTX or 0). The track's codec picks the pair in use (`use_codec`).
+        self.codecs = dict(codecs or {})
         # Header-extension ids negotiated on this subscriber's leg, by URI (None:
         # the same as the publisher's), and the source-id -> own-id map derived from
         # them (None: copy the publisher's elements unchanged).
@@ -107,6 +125,19 @@ class SubscriberOutput:
     @property
     def started(self) -> bool:
         return self.layer >= 0
+
+    def use_codec(self, mime: str) -> bool:
+        """Send with the payload types this leg negotiated for `mime`; False when it
+        did not negotiate that codec (then it cannot receive the track)."""
+        if not self.codecs:
+            return True  # a leg that names no codecs takes what it was given
+        pair = self.codecs.get(mime)
+        if pair is None:
+            return False
+        self.payload_type, self.rtx_payload_type = pair
+        if not self.rtx_payload_type:
+            self.rtx_ssrc = 0
+        return True
 
 
 class LayerStream:
@@ -195,8 +226,11 @@ class TrackForwarder:
 
     __slots__ = (
         "clock_rate",
+        "codec",
         "forwarded",
         "is_video",
+        "keyframe_size",
+        "keyframe_start",
         "layers",
         "received",
         "request_keyframe",
@@ -209,6 +243,8 @@ class TrackForwarder:
     def __init__(self, kind: str, request_keyframe: Callable[[int], None]) -> None:
         self.is_video = kind == "video"
         self.clock_rate = CLOCK_RATES[kind]
+        self.codec = DEFAULT_VIDEO_CODEC if self.is_video else "audio/opus"
+        self.keyframe_start, self.keyframe_size = KEYFRAMES[DEFAULT_VIDEO_CODEC]
         self.request_keyframe = request_keyframe
         self.subscribers: list[SubscriberOutput] = []
         count = MAX_LAYERS if self.is_video else 1
@@ -240,6 +276,23 @@ class TrackForwarder:
         if set(mapping) == wanted and all(k == v for k, v in mapping.items()):
             return None
         return mapping
+
+    def set_codec(self, mime: str) -> None:
+        """The publisher sends `mime` now (a new answer may change it): everyone
+        starts again at that codec's next key frame."""
+        if mime == self.codec or mime not in KEYFRAMES:
+            return
+        self.codec = mime
+        self.keyframe_start, self.keyframe_size = KEYFRAMES[mime]
+        for index, stream in enumerate(self.layers):
+            for sub in stream.receivers:
+                sub.layer = -1
+                if sub.target == index:  # else it waits at its target already
+                    stream.joining.append(sub)
+            stream.receivers.clear()
+        for index, stream in enumerate(self.layers):
+            if stream.joining:
+                self.request_keyframe(index)
 
     def add_subscriber(self, output: SubscriberOutput, layer: int = 0) -> None:
         """Start forwarding to `output`: audio from the next packet, video from the
@@ -306,9 +359,8 @@ class TrackForwarder:
             stream.cache[sequence % CACHE_SIZE] = (
                 sequence, header.timestamp, marker, padding_bit, header.extensions, payload
             )  # fmt: skip
-            # The cheap test first: only a partition start can begin a key frame.
-            if payload and payload[0] & 0x17 == 0x10 and is_vp8_keyframe_start(payload):
-                size = vp8_keyframe_size(payload)
+            if self.keyframe_start(payload):
+                size = self.keyframe_size(payload)
                 if size is not None:
                     stream.width, stream.height = size
                 if stream.joining:

@@ -42,3 +42,7 @@ E2EE_KEY_MESSAGES = Counter(
     "conclave_e2ee_key_messages_total",
     "E2EE key messages passed between participants (opaque to the relay)",
 )
+CODEC_MISMATCHES = Counter(
+    "conclave_codec_mismatches_total",
+    "Subscriptions not forwarded because the subscriber did not negotiate the track's codec",
+)

@@ -41,9 +41,11 @@ log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 20.0
 CONNECT_TIMEOUT_S = 20.0
-# The only codecs the relay offers: it cannot transcode, so every leg of a meeting
-# must agree. Opus and VP8 are what every WebRTC endpoint supports.
-CODECS = {"audio": "audio/opus", "video": "video/VP8"}
+# The codecs the relay offers, preferred first. It cannot transcode: a track goes
+# in the codec its publisher chose to every subscriber that negotiated that codec.
+# Opus and VP8 are what every WebRTC endpoint supports; H.264 is offered after VP8,
+# so it is used when a publisher prefers it (and both ends have it).
+CODECS = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
 
 RTCP_INTERVAL_S = 1.0
 CNAME = b"conclave-relay"
@@ -80,6 +82,9 @@ class PeerEvents(Protocol):
         lowest, for a single stream), arrived at `now` (event-loop clock)."""
 
     def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None: ...
+
+    def on_codec(self, peer: ParticipantPeer, kind: str, mime: str) -> None:
+        """This participant now sends its `kind` track in `mime` (lower case)."""
 
     async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None: ...
 
@@ -164,6 +169,8 @@ class ParticipantPeer:
         self._signal = signal
         self._events = events
         self._publish_pt: dict[int, str] = {}
+        self._publish_mime: dict[int, str] = {}  # payload type -> lower-case MIME type
+        self.publish_codec: dict[str, str] = {}  # kind -> MIME type of the latest packet
         self._by_output_ssrc: dict[int, Subscription] = {}
         self._transport: RTCDtlsTransport | None = None
         self._needed = asyncio.Event()
@@ -174,10 +181,12 @@ class ParticipantPeer:
 
     # -- session changes -------------------------------------------------
 
-    def add_publish(self, kind: str) -> None:
-        """A recvonly m-line where this participant sends its `kind` track."""
+    def add_publish(self, kind: str, codec: str | None = None) -> None:
+        """A recvonly m-line where this participant sends its `kind` track, offering
+        `codec` (a MIME type it asked for) first: a sender uses the first codec of
+        the offer that it supports, so the relay's order is the publisher's choice."""
         transceiver = self.pc.addTransceiver(kind, direction="recvonly")
-        _prefer_codec(transceiver, kind)
+        _prefer_codec(transceiver, kind, first=codec)
         self.publish[kind] = transceiver
         self._needed.set()
 
@@ -346,6 +355,7 @@ class ParticipantPeer:
         for kind, transceiver in self.publish.items():
             for codec in transceiver._codecs:
                 self._publish_pt[_payload_type(codec)] = kind
+                self._publish_mime[_payload_type(codec)] = codec.mimeType.lower()
             extensions = {e.id: e.uri for e in transceiver._headerExtensions}
             layers = self.simulcast.get(kind)
             if layers is not None:  # negotiated outside aiortc: not to be forwarded
@@ -389,17 +399,29 @@ class ParticipantPeer:
         extension_ids = {e.uri: e.id for e in transceiver._headerExtensions}
         mid_id = extension_ids.get(MID_URI)
         mid_element = one_byte_element(mid_id, str(transceiver.mid).encode()) if mid_id else b""
-        primary = _payload_type(transceiver._codecs[0])
-        rtx = next(
-            (
-                (sender._rtx_ssrc, _payload_type(c))
-                for c in transceiver._codecs
-                if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == primary
-            ),
-            None,
-        )
+        codecs: dict[str, tuple[int, int]] = {}
+        for codec in transceiver._codecs:
+            mime = codec.mimeType.lower()
+            if mime != "video/rtx" and mime not in codecs:
+                pt = _payload_type(codec)
+                rtx_pt = next(
+                    (
+                        _payload_type(c)
+                        for c in transceiver._codecs
+                        if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == pt
+                    ),
+                    0,
+                )
+                codecs[mime] = (pt, rtx_pt)
+        primary, rtx_pt = next(iter(codecs.values()))
         return SubscriberOutput(
-            sender._ssrc, primary, mid_element, sink=self, rtx=rtx, extension_ids=extension_ids
+            sender._ssrc,
+            primary,
+            mid_element,
+            sink=self,
+            rtx=(sender._rtx_ssrc, rtx_pt) if rtx_pt else None,
+            extension_ids=extension_ids,
+            codecs=codecs,
         )
 
     async def _handle_rtp(self, data: bytes, arrival_time_ms: int) -> None:
@@ -421,6 +443,10 @@ class ParticipantPeer:
         if kind is None:
             metrics.PACKETS_DROPPED.labels(reason="unknown_payload_type").inc()
             return
+        mime = self._publish_mime[header.payload_type]
+        if self.publish_codec.get(kind) != mime:
+            self.publish_codec[kind] = mime
+            self._events.on_codec(self, kind, mime)
         stream = self.incoming.get(header.ssrc)
         if stream is None or stream.kind != kind:
             stream = self._bind(kind, header)
@@ -541,12 +567,19 @@ class ParticipantPeer:
         await self.pc.close()
 
 
-def _prefer_codec(transceiver: RTCRtpTransceiver, kind: str, rtx: bool = False) -> None:
-    """Offer only the meeting codec; on subscriber legs also RTX (RFC 4588), which
-    the relay answers from its packet cache. Publishers retransmit in-band."""
+def _prefer_codec(
+    transceiver: RTCRtpTransceiver, kind: str, rtx: bool = False, first: str | None = None
+) -> None:
+    """Offer the relay's codecs (`first`, when given, before the others); on
+    subscriber legs also RTX (RFC 4588), which the relay answers from its packet
+    cache. Publishers retransmit in-band."""
     codecs = RTCRtpSender.getCapabilities(kind).codecs
-    wanted = {CODECS[kind], "video/rtx"} if rtx else {CODECS[kind]}
-    transceiver.setCodecPreferences([c for c in codecs if c.mimeType in wanted])
+    wanted = {*CODECS[kind], "video/rtx"} if rtx else set(CODECS[kind])
+    order = sorted(CODECS[kind], key=lambda mime: mime.lower() != (first or "").lower())
+    preferred = [c for mime in order for c in codecs if c.mimeType == mime]
+    if rtx:
+        preferred += [c for c in codecs if c.mimeType == "video/rtx"]
+    transceiver.setCodecPreferences([c for c in preferred if c.mimeType in wanted])
 
 
 async def _sender_stays_idle(parameters: RTCRtpSendParameters) -> None:

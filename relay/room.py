@@ -146,8 +146,10 @@ class Room:
         can_subscribe: bool,
         signal: Signal,
         disconnect: Disconnect,
+        video_codec: str | None = None,
     ) -> Participant:
-        """Add a participant, wire subscriptions both ways, and start negotiating."""
+        """Add a participant, wire subscriptions both ways, and start negotiating.
+        `video_codec` (a MIME type) is offered first for the video it publishes."""
         if len(self.participants) >= self.max_participants:
             raise RoomFull(self.max_participants)
         if participant_id in self.participants:
@@ -155,7 +157,7 @@ class Room:
         peer = ParticipantPeer(participant_id, signal, self)
         participant = Participant(participant_id, name, can_subscribe, signal, peer, disconnect)
         for kind in publish:
-            peer.add_publish(kind)
+            peer.add_publish(kind, video_codec if kind == "video" else None)
         if can_subscribe:
             for track in self.tracks.values():
                 peer.add_subscription(track.track_id, track.owner.participant_id, track.kind)
@@ -322,6 +324,10 @@ class Room:
         output = sub.output
         if track is None or output is None:
             return
+        if not output.use_codec(track.forwarder.codec):
+            metrics.CODEC_MISMATCHES.inc()
+            log.info("a subscriber cannot receive a %s track", track.forwarder.codec)
+            return
         choice = track.subscribers[output] = SubscriberLayers(sub.video_size)
         layer = 0
         if track.layers is not None:  # start on a layer being sent: no wait for a resume
@@ -449,6 +455,21 @@ class Room:
             "type": "active_speakers",
             "speakers": [{"participant_id": pid, "level": level} for pid, level in speakers],
         }
+
+    def on_codec(self, peer: ParticipantPeer, kind: str, mime: str) -> None:
+        """The publisher switched codec (or sent its first packet): subscribers that
+        negotiated it start again at its next key frame; the others cannot get it."""
+        participant = self.participants.get(peer.participant_id)
+        track = participant.tracks.get(kind) if participant else None
+        if track is None or kind != "video":
+            return
+        forwarder = track.forwarder
+        forwarder.set_codec(mime)
+        for output in list(forwarder.subscribers):
+            if not output.use_codec(forwarder.codec):
+                metrics.CODEC_MISMATCHES.inc()
+                forwarder.remove_subscriber(output)
+                track.subscribers.pop(output, None)
 
     def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None:
         """A subscriber lost its picture: a key frame of the layer it is (or is about

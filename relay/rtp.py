@@ -160,3 +160,136 @@ def vp8_keyframe_size(payload: bytes | memoryview) -> tuple[int, int] | None:
     width = int.from_bytes(frame[6:8], "little") & 0x3FFF
     height = int.from_bytes(frame[8:10], "little") & 0x3FFF
     return (width, height) if width and height else None
+
+
+H264_SPS = 7
+H264_STAP_A = 24
+
+
+def h264_sps(payload: bytes | memoryview) -> bytes | None:
+    """The sequence parameter set this H.264 packet carries (RFC 6184: a single NAL
+    unit, or one inside a STAP-A aggregate), or None. A decoder can start only at a
+    key frame with its parameter sets, which encoders send right before the IDR
+    picture, so a packet with an SPS is where a subscriber may join or switch."""
+    if len(payload) < 2:
+        return None
+    nal_type = payload[0] & 0x1F
+    if nal_type == H264_SPS:
+        return bytes(payload)
+    if nal_type != H264_STAP_A:
+        return None
+    offset = 1
+    while offset + 2 < len(payload):
+        size = payload[offset] << 8 | payload[offset + 1]
+        start = offset + 2
+        if size == 0 or start + size > len(payload):
+            return None
+        if payload[start] & 0x1F == H264_SPS:
+            return bytes(payload[start : start + size])
+        offset = start + size
+    return None
+
+
+def is_h264_keyframe_start(payload: bytes | memoryview) -> bool:
+    return h264_sps(payload) is not None
+
+
+def h264_keyframe_size(payload: bytes | memoryview) -> tuple[int, int] | None:
+    """Width and height from the SPS in this packet (H.264 §7.3.2.1.1), if any."""
+    sps = h264_sps(payload)
+    if sps is None:
+        return None
+    try:
+        return _sps_size(_unescape(sps[1:]))
+    except (IndexError, ValueError):
+        return None
+
+
+def _unescape(data: bytes) -> bytes:
+    """Remove emulation-prevention bytes (00 00 03 -> 00 00)."""
+    return data.replace(b"\x00\x00\x03", b"\x00\x00")
+
+
+class _Bits:
+    """Reads the exp-Golomb codes of a parameter set; IndexError past the end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def bit(self) -> int:
+        byte = self.data[self.position >> 3]
+        value = (byte >> (7 - (self.position & 7))) & 1
+        self.position += 1
+        return value
+
+    def bits(self, count: int) -> int:
+        value = 0
+        for _ in range(count):
+            value = value << 1 | self.bit()
+        return value
+
+    def ue(self) -> int:
+        zeros = 0
+        while not self.bit():
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("exp-Golomb code too long")
+        return (1 << zeros) - 1 + self.bits(zeros)
+
+    def se(self) -> int:
+        value = self.ue()
+        return (value + 1) // 2 if value & 1 else -(value // 2)
+
+
+_HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
+
+
+def _sps_size(rbsp: bytes) -> tuple[int, int] | None:
+    bits = _Bits(rbsp)
+    profile_idc = bits.bits(8)
+    bits.bits(16)  # constraint flags, level_idc
+    bits.ue()  # seq_parameter_set_id
+    chroma_format_idc = 1
+    if profile_idc in _HIGH_PROFILES:
+        chroma_format_idc = bits.ue()
+        if chroma_format_idc == 3:
+            bits.bit()  # separate_colour_plane_flag
+        bits.ue()  # bit_depth_luma_minus8
+        bits.ue()  # bit_depth_chroma_minus8
+        bits.bit()  # qpprime_y_zero_transform_bypass_flag
+        if bits.bit():  # seq_scaling_matrix_present_flag
+            for index in range(8 if chroma_format_idc != 3 else 12):
+                if bits.bit():  # a scaling list: skip its deltas
+                    last, following = 8, 8
+                    for _ in range(16 if index < 6 else 64):
+                        if following:
+                            following = (last + bits.se() + 256) % 256
+                        last = following or last
+    bits.ue()  # log2_max_frame_num_minus4
+    poc_type = bits.ue()
+    if poc_type == 0:
+        bits.ue()
+    elif poc_type == 1:
+        bits.bit()
+        bits.se()
+        bits.se()
+        for _ in range(bits.ue()):
+            bits.se()
+    bits.ue()  # max_num_ref_frames
+    bits.bit()  # gaps_in_frame_num_value_allowed_flag
+    width_mbs = bits.ue() + 1
+    height_map_units = bits.ue() + 1
+    frame_mbs_only = bits.bit()
+    if not frame_mbs_only:
+        bits.bit()  # mb_adaptive_frame_field_flag
+    bits.bit()  # direct_8x8_inference_flag
+    width = width_mbs * 16
+    height = height_map_units * 16 * (2 - frame_mbs_only)
+    if bits.bit():  # frame_cropping_flag
+        left, right, top, bottom = bits.ue(), bits.ue(), bits.ue(), bits.ue()
+        crop_x = 2 if chroma_format_idc in (1, 2) else 1
+        crop_y = (2 if chroma_format_idc == 1 else 1) * (2 - frame_mbs_only)
+        width -= (left + right) * crop_x
+        height -= (top + bottom) * crop_y
+    return (width, height) if width > 0 and height > 0 else None

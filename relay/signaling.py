@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024
 CLOSE_GRANT_REFUSED = 4001
 CLOSE_NOT_ALLOWED = 4003
+VIDEO_CODECS = ("vp8", "h264")  # what `join` may ask to send video in (relay/peer.py)
 MAX_VIDEO_DIMENSION = 16384  # VP8 frames are at most 16383 pixels wide or high
 # E2EE material is opaque to the relay (base64 text); these only bound its size. A
 # key message carries the whole signed roster (up to 256 members).
@@ -173,6 +174,9 @@ class SignalingSession:
         publish = message.get("publish", [])
         if not isinstance(publish, list) or any(k not in MEDIA_KINDS for k in publish):
             raise SignalingError("malformed", "'publish' must be a list of 'audio'/'video'")
+        video_codec = message.get("video_codec", "vp8")
+        if not isinstance(video_codec, str) or video_codec.lower() not in VIDEO_CODECS:
+            raise SignalingError("malformed", f"'video_codec' must be one of {VIDEO_CODECS}")
         try:
             grant = await self.node.grants.check(token)
         except GrantError as exc:
@@ -189,6 +193,7 @@ class SignalingSession:
             grant.can_subscribe,
             self.send,
             self.disconnect,
+            f"video/{video_codec.lower()}",
         )
         self.room = room
         self.node.participants_changed(room.room_id)

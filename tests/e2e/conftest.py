@@ -120,6 +120,7 @@ async def open_participant(
     *,
     camera: str = "640x360",
     e2ee: bool = True,
+    codec: str = "vp8",
 ) -> BrowserParticipant:
     context = await browser.new_context()
     page = await context.new_page()
@@ -130,6 +131,7 @@ async def open_participant(
             "publish": ",".join(publish),
             "camera": camera,
             "e2ee": "1" if e2ee else "0",
+            "codec": codec,
         }
     )
     participant = BrowserParticipant(page, participant_id)

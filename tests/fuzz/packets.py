@@ -1025,6 +1025,10 @@ class FuzzRoom:
         self.harness.forward(kind, data, header, self.index)
         self.counts["on_media"] += 1
 
+    def on_codec(self, peer: ParticipantPeer, kind: str, mime: str) -> None:
+        assert mime == {"audio": "audio/opus", "video": "video/vp8"}[kind], (kind, mime)
+        self.counts["on_codec"] += 1
+
     def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None:
         assert self.tracks[track_id] is output, track_id
         self.counts["on_keyframe_request"] += 1
@@ -1126,6 +1130,7 @@ async def run_peer(seed: int, inputs: int) -> Counts:
             subscription.output = output
             peer._by_output_ssrc[output.ssrc] = subscription
         peer._publish_pt = {AUDIO_PT: "audio", VIDEO_PT: "video"}
+        peer._publish_mime = {AUDIO_PT: "audio/opus", VIDEO_PT: "video/vp8"}
         peer._transport = sent  # type: ignore[assignment]  # only _send_rtp is used
         counts = await _drive_peer(seed, inputs, rng, peer, room, sent, swallowed)
     finally:

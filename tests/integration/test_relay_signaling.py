@@ -161,6 +161,9 @@ async def test_malformed_messages_get_errors_and_the_session_survives(
 async def test_messages_before_join_are_refused(relay: RelayProcess) -> None:
     replies, close_code = await exchange(relay, {"type": "answer", "sdp": "x"})
     assert replies[0]["code"] == "not_joined"
+    join = {"type": "join", "grant": "x", "publish": ["video"], "video_codec": "av1"}
+    replies, close_code = await exchange(relay, join)
+    assert replies[0]["code"] == "malformed" and "video_codec" in replies[0]["message"]
     replies, close_code = await exchange(relay, "{broken")
     assert replies[0]["code"] == "malformed"
     assert close_code == 4001

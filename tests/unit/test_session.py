@@ -210,7 +210,9 @@ async def test_session_answers_publishes_and_attributes_media(relay: FakeRelay) 
     session = Session(grant(relay.url), "alice", ["audio", "video"], e2ee=False)
     await session.start()
     try:
-        assert relay.joins == [{"type": "join", "grant": GRANT, "publish": ["audio", "video"]}]
+        assert relay.joins == [
+            {"type": "join", "grant": GRANT, "publish": ["audio", "video"], "video_codec": "vp8"}
+        ]
         assert session.roster == {"p-alice": "alice", "p-bob": "bob"}
         await asyncio.wait_for(relay.answered.wait(), 15)
         for _ in range(50):  # up to 10 s for carol's audio, negotiated second
@@ -247,3 +249,11 @@ async def test_unreachable_relay_raises_clear_error() -> None:
     session = Session(grant(f"ws://127.0.0.1:{free_port()}/ws"), "alice", [])
     with pytest.raises(ConclaveError, match="cannot open the signalling connection"):
         await session.start()
+
+
+def test_video_codec_choice_is_checked() -> None:
+    with pytest.raises(ValueError, match="AV1"):
+        Session(grant("ws://127.0.0.1:1/ws"), "alice", [], e2ee=False, video_codec="AV1")
+    with pytest.raises(ValueError, match="VP8 video only"):
+        Session(grant("ws://127.0.0.1:1/ws"), "alice", [], video_codec="H264")
+    assert Session(grant("ws://127.0.0.1:1/ws"), "a", [], e2ee=False, video_codec="h264")

@@ -122,6 +122,9 @@ class Events:
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         return 500_000
 
+    def on_codec(self, peer: ParticipantPeer, kind: str, mime: str) -> None:
+        pass
+
 
 class Sent:
     def __init__(self) -> None:
@@ -147,6 +150,7 @@ async def make_peer(layers: SimulcastAnswer | None) -> tuple[ParticipantPeer, Ev
 
     peer = ParticipantPeer("p", signal, events)  # type: ignore[arg-type]
     peer._publish_pt = {VIDEO_PT: "video", 111: "audio"}
+    peer._publish_mime = {VIDEO_PT: "video/vp8", 111: "audio/opus"}
     if layers is not None:
         peer.simulcast["video"] = layers
     sent = Sent()

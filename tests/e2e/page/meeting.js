@@ -27,6 +27,7 @@ function configFromQuery() {
     publish: (q.get("publish") || "").split(",").filter((k) => k),
     camera: q.get("camera") || "640x360",  // fake camera size, WIDTHxHEIGHT
     e2ee: q.get("e2ee") !== "0",  // end-to-end encryption (docs/e2ee.md), on by default
+    codec: (q.get("codec") || "vp8").toLowerCase(),  // video codec to send: vp8 or h264
   };
 }
 
@@ -167,7 +168,8 @@ async function start(config) {
     await transceiver.sender.setParameters(parameters);
   }
 
-  ws.onopen = () => send({ type: "join", grant: config.grant, publish });
+  // The relay offers the asked video codec first; a sender uses the offer's order.
+  ws.onopen = () => send({ type: "join", grant: config.grant, publish, video_codec: config.codec || "vp8" });
   ws.onclose = (event) => log(`websocket closed ${event.code}`);
   ws.onerror = () => fail("websocket error");
   ws.onmessage = (event) => {
@@ -245,11 +247,13 @@ window.conclaveOutbound = async function () {
   const pc = window.conclavePc;
   if (!pc) return [];
   const out = [];
-  (await pc.getStats()).forEach((s) => {
+  const report = await pc.getStats();
+  report.forEach((s) => {
     if (s.type === "outbound-rtp") {
       out.push({
         kind: s.kind, mid: s.mid, ssrc: s.ssrc, rid: s.rid, packetsSent: s.packetsSent,
         framesEncoded: s.framesEncoded, frameWidth: s.frameWidth, frameHeight: s.frameHeight,
+        codec: s.codecId && report.get(s.codecId) ? report.get(s.codecId).mimeType : null,
         active: s.active, encoderImplementation: s.encoderImplementation,
         qualityLimitationReason: s.qualityLimitationReason,
       });
