@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to stay (default 10)",
     )
     join.add_argument(
+        "--video-codec",
+        choices=["vp8", "h264"],
+        default="vp8",
+        help="codec to send video in (default vp8; the relay offers it first)",
+    )
+    join.add_argument(
         "--no-e2ee",
         action="store_true",
         help="benchmarks only: send and receive media WITHOUT end-to-end encryption",
@@ -185,7 +191,9 @@ async def _join(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             "read this participant's media, and it cannot see encrypted participants'",
             file=sys.stderr,
         )
-    session = Session(grant, name, publish, e2ee=not args.no_e2ee)
+    session = Session(
+        grant, name, publish, e2ee=not args.no_e2ee, video_codec=args.video_codec.upper()
+    )
     await session.start()
     code = 0
     try:

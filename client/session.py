@@ -146,8 +146,6 @@ class Session:
         self.e2ee = e2ee
         if video_codec.upper() not in VIDEO_CODECS:
             raise ValueError(f"video codec {video_codec!r}: choose from {list(VIDEO_CODECS)}")
-        if e2ee and video_codec.upper() != "VP8":
-            raise ValueError("end-to-end encryption supports VP8 video only for now")
         #: the codec to send video in; the relay then offers it first (`join`)
         self.video_codec = video_codec.upper()
         self._identity = identity

@@ -5,7 +5,9 @@ Codec-aware (docs/e2ee.md): a VP8 frame keeps its first bytes in clear, as SFram
 metadata (authenticated, not encrypted): the 3-byte frame tag, and for a key frame
 also the start code, width and height (10 bytes). The relay reads exactly those to
 find key frames and layer sizes (relay/rtp.py); the VP8 payload descriptor is per
-packet and never part of the frame. Opus frames are encrypted whole.
+packet and never part of the frame. Opus frames are encrypted whole. H.264 is
+encrypted per NAL unit (client/e2ee/h264.py). Codecs are named by lower-case MIME
+type ("video/vp8", "video/h264", "audio/opus").
 
 aiortc has no public hook for encoded frames, so these wrap one sender's encoder
 and one receiver's jitter buffer (the object that hands complete frames to the
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import get_encoder
 
+from client.e2ee import h264
 from client.e2ee.context import DecryptStatus, UnprotectResult
 
 VP8_KEY_CLEAR = 10  # frame tag (3), start code (3), width (2), height (2)
@@ -39,28 +42,37 @@ class FrameCipher(Protocol):
     def missed(self, kid: int) -> bool: ...
 
 
-def clear_length(kind: str, frame: bytes) -> int:
-    """How many leading bytes of a frame stay in clear."""
-    if kind != "video" or not frame:
+def clear_length(codec: str, frame: bytes) -> int:
+    """How many leading bytes of a (VP8 or Opus) frame stay in clear."""
+    if codec != "video/vp8" or not frame:
         return 0
     return VP8_DELTA_CLEAR if frame[0] & 0x01 else VP8_KEY_CLEAR
 
 
-def seal_frame(cipher: FrameCipher, kind: str, frame: bytes) -> bytes | None:
-    clear = min(clear_length(kind, frame), len(frame))
+def seal_frame(cipher: FrameCipher, codec: str, frame: bytes) -> bytes | None:
+    """A VP8 or Opus frame as it goes out; None when there is no key yet."""
+    clear = min(clear_length(codec, frame), len(frame))
     sealed = cipher.protect(frame[clear:], frame[:clear])
     return None if sealed is None else frame[:clear] + sealed
 
 
 def open_frame(
-    cipher: FrameCipher, kind: str, data: bytes
+    cipher: FrameCipher, codec: str, data: bytes
 ) -> tuple[bytes | None, DecryptStatus, int | None]:
     """The frame in clear, or None and why not; and the KID it named, if any."""
-    clear = min(clear_length(kind, data), len(data))
+    if codec == "video/h264":
+        return h264.open_frame(cipher, data)
+    clear = min(clear_length(codec, data), len(data))
     result = cipher.unprotect(data[clear:], data[:clear])
     if result.plaintext is None:
         return None, result.status, result.kid
     return data[:clear] + result.plaintext, result.status, result.kid
+
+
+def is_keyframe(codec: str, frame: bytes) -> bool:
+    if codec == "video/h264":
+        return h264.is_keyframe(frame)
+    return bool(frame) and not frame[0] & 0x01
 
 
 def encrypt_sender(sender: RTCRtpSender, cipher: FrameCipher) -> None:
@@ -80,24 +92,35 @@ def encrypt_sender(sender: RTCRtpSender, cipher: FrameCipher) -> None:
 
 def _sealing_encoder(codec: RTCRtpCodecParameters, cipher: FrameCipher) -> Any:
     """aiortc's encoder for `codec`, encrypting each frame before it is split into
-    packets (VP8: at `_packetize`, which gets the whole frame; Opus: each frame)."""
+    packets (VP8: at `_packetize`, which gets the whole frame; H.264: at
+    `_packetize`, which gets the NAL units; Opus: each frame)."""
+    mime = codec.mimeType.lower()
+    if mime not in ("video/vp8", "video/h264", "audio/opus"):
+        raise ValueError(f"no end-to-end encryption for {codec.mimeType}")
     encoder: Any = get_encoder(codec)
-    if codec.mimeType.lower() == "video/vp8":
+    if mime == "video/vp8":
         packetize = encoder._packetize
 
         def sealed_packetize(buffer: bytes, picture_id: int) -> list[bytes]:
-            sealed = seal_frame(cipher, "video", buffer)
+            sealed = seal_frame(cipher, mime, buffer)
             return [] if sealed is None else packetize(sealed, picture_id)
 
         encoder._packetize = sealed_packetize
         return encoder
-    if codec.mimeType.lower() != "audio/opus":
-        raise ValueError(f"no end-to-end encryption for {codec.mimeType}")
+    if mime == "video/h264":
+        packetize_nals = encoder._packetize
+
+        def sealed_nals(packages: Any) -> list[bytes]:
+            sealed = h264.seal_nals(cipher, packages)
+            return [] if sealed is None else packetize_nals(sealed)
+
+        encoder._packetize = sealed_nals
+        return encoder
     encode, pack = encoder.encode, encoder.pack
 
     def seal_all(result: tuple[list[bytes], Any]) -> tuple[list[bytes], Any]:
         payloads, timestamp = result
-        sealed = [seal_frame(cipher, "audio", p) for p in payloads]
+        sealed = [seal_frame(cipher, mime, p) for p in payloads]
         return [s for s in sealed if s is not None], timestamp
 
     encoder.encode = lambda frame, force_keyframe=False: seal_all(encode(frame, force_keyframe))
@@ -118,10 +141,18 @@ class _OpeningJitterBuffer:
     refer to one the decoder never saw and would only fail to decode."""
 
     def __init__(
-        self, inner: Any, kind: str, cipher: FrameCipher, on_failure: Callable[[], None]
+        self,
+        inner: Any,
+        kind: str,
+        cipher: FrameCipher,
+        on_failure: Callable[[], None],
+        codec_of: Callable[[int], str] | None = None,
     ) -> None:
         self._inner = inner
         self._kind = kind
+        # The codec of a packet's payload type (several may be negotiated).
+        default = "video/vp8" if kind == "video" else "audio/opus"
+        self._codec_of = codec_of or (lambda _payload_type: default)
         self._cipher = cipher
         self._on_failure = on_failure
         self._need_keyframe = kind == "video"
@@ -134,7 +165,8 @@ class _OpeningJitterBuffer:
             return pli, None
         now = time.monotonic()
         self._settle_pending(now)
-        plaintext, status, kid = open_frame(self._cipher, self._kind, frame.data)
+        codec = self._codec_of(packet.payload_type)
+        plaintext, status, kid = open_frame(self._cipher, codec, frame.data)
         if plaintext is None:
             if status is DecryptStatus.PENDING and kid is not None:
                 self._pending.append((now, kid))
@@ -145,7 +177,7 @@ class _OpeningJitterBuffer:
                 return self._ask_keyframe(pli), None
             return pli, None
         if self._need_keyframe:
-            if plaintext[0] & 0x01:  # a delta frame: its reference is missing
+            if not is_keyframe(codec, plaintext):  # its reference is missing
                 return self._ask_keyframe(pli), None
             self._need_keyframe = False
         frame.data = plaintext
@@ -175,6 +207,13 @@ def decrypt_receiver(
     inner = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
     if isinstance(inner, _OpeningJitterBuffer):
         return
+    default = "video/vp8" if kind == "video" else "audio/opus"
+
+    def codec_of(payload_type: int) -> str:
+        codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+        codec = codecs.get(payload_type)
+        return codec.mimeType.lower() if codec is not None else default
+
     receiver._RTCRtpReceiver__jitter_buffer = _OpeningJitterBuffer(  # type: ignore[attr-defined]
-        inner, kind, cipher, on_failure
+        inner, kind, cipher, on_failure, codec_of
     )

@@ -1,8 +1,7 @@
 """H.264 when both ends offer it (issue 3): the relay offers VP8 first and H.264
 second; a publisher that prefers H.264 sends it, and the relay forwards it to
 subscribers on the payload types they negotiated, starting them at a key frame with
-its parameter sets. End-to-end encryption supports VP8 only so far, so these
-clients run without it (docs/e2ee.md)."""
+its parameter sets; end-to-end encrypted per NAL unit (client/e2ee/h264.py)."""
 
 from __future__ import annotations
 
@@ -29,16 +28,18 @@ async def test_an_h264_publisher_reaches_subscribers_in_h264(
         minter.join_response(relay, room, "p_ann", "ann"),
         "ann",
         ["video"],
-        e2ee=False,
         video_codec="H264",
     )
-    ben = Session(minter.join_response(relay, room, "p_ben", "ben"), "ben", [], e2ee=False)
+    ben = Session(minter.join_response(relay, room, "p_ben", "ben"), "ben", [])
     async with ann, ben:
         await wait_for_frames(ben, "ann", 30, timeout=30)
         assert sent_video_codec(ann) == "H264"
-        late = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [], e2ee=False)
+        late = Session(minter.join_response(relay, room, "p_cyd", "cyd"), "cyd", [])
         async with late:  # joins mid-stream: starts at the next key frame with its SPS
             await wait_for_frames(late, "ann", 30, timeout=30)
+            assert ben.security_code == late.security_code == ann.security_code
+        for session in (ben, late):
+            assert session.stats()["ann"]["decrypt_failures"] == 0, session.stats()
     assert relay.metric("conclave_codec_mismatches_total") == 0
     assert relay.metric("conclave_relay_decoders_created_total") == 0
 

@@ -85,9 +85,11 @@ class FakeSession:
         display_name: str,
         publish: list[str],
         e2ee: bool = True,
+        video_codec: str = "VP8",
     ) -> None:
         self.join, self.display_name, self.publish = join, display_name, publish
         self.e2ee = e2ee
+        self.video_codec = video_codec
         self.security_code = "12345 67890 12345 67890 12345" if e2ee else None
         self.participant_id = join.participant_id
         self.node_id = join.node_id
@@ -268,6 +270,7 @@ def test_join_prints_report(fakes: None, capsys: pytest.CaptureFixture[str]) -> 
     assert ("join_room", ("room-1", "alice", True)) in FakeRooms.calls
     (session,) = FakeSession.instances
     assert session.publish == ["audio", "video"] and session.left and session.e2ee
+    assert session.video_codec == "VP8"
     assert captured.err == ""
 
 

@@ -6,7 +6,7 @@
 //
 // Nothing here touches media: the SFrame keys it derives go to the frame worker
 // (web/e2ee/worker.js) through `onKeys`.
-import { constantTimeEqual } from "./sframe.js";
+import { concat, constantTimeEqual } from "./sframe.js";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder("utf-8", { fatal: true });
@@ -44,16 +44,6 @@ export class Refusal extends Error {
 }
 
 // --- bytes ---------------------------------------------------------------------
-
-function concat(...parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 function compareBytes(a, b) {
   for (let i = 0; i < Math.min(a.length, b.length); i++) {

@@ -295,7 +295,7 @@ function asBytes(value, name) {
 }
 
 /** @param {...Uint8Array} parts */
-function concat(...parts) {
+export function concat(...parts) {
   let size = 0;
   for (const p of parts) size += p.length;
   const out = new Uint8Array(size);

@@ -8,7 +8,8 @@
 //
 // Messages from the page: {type: "keys", send: {kid, key} | null, recv: [{kid, key}],
 // remove: [kid]} and {type: "stats"} (answered with the counters per receiving mid).
-import { SFrameContext } from "./sframe.js";
+import { SFrameContext, concat } from "./sframe.js";
+import * as h264 from "./h264.js";
 
 const SUITE = 4; // AES_128_GCM_SHA256_128, as web/e2ee/group.js
 // A frame under a KID not known yet waits this long for its key message before it
@@ -24,13 +25,6 @@ let keysApplied = Promise.resolve();
 function clearLength(kind, frame) {
   if (kind !== "video" || !frame.length) return 0;
   return Math.min(frame[0] & 0x01 ? 3 : 10, frame.length);
-}
-
-function concat(a, b) {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a, 0);
-  out.set(b, a.length);
-  return out;
 }
 
 async function applyKeys({ send, recv, remove }) {
@@ -52,10 +46,27 @@ self.onmessage = (event) => {
   }
 };
 
+/** The frame's codec, lower case ("video/vp8", "video/h264", "audio/opus"). */
+function codecOf(kind, frame) {
+  const mime = frame.getMetadata().mimeType;
+  return mime ? mime.toLowerCase() : kind === "video" ? "video/vp8" : "audio/opus";
+}
+
 function sealer(kind) {
   return async (frame, controller) => {
     await keysApplied;
     const data = new Uint8Array(frame.data);
+    if (codecOf(kind, frame) === "video/h264") {
+      const sealed = sendKid === null ? null : await h264.sealFrame(context, sendKid, data);
+      if (sealed === null) {
+        stats.unsent += 1;
+        return;
+      }
+      frame.data = sealed.buffer;
+      stats.encrypted += 1;
+      controller.enqueue(frame);
+      return;
+    }
     const clear = clearLength(kind, data);
     const sealed = sendKid === null ? null : await context.protect(sendKid, data.subarray(clear), data.subarray(0, clear));
     if (sealed === null) {
@@ -93,8 +104,16 @@ function opener(kind, mid) {
     const now = performance.now();
     settlePending(now);
     const data = new Uint8Array(frame.data);
-    const clear = clearLength(kind, data);
-    const result = await context.unprotect(data.subarray(clear), data.subarray(0, clear));
+    let result;
+    let opened;
+    if (codecOf(kind, frame) === "video/h264") {
+      result = await h264.openFrame(context, data);
+      opened = result.data;
+    } else {
+      const clear = clearLength(kind, data);
+      result = await context.unprotect(data.subarray(clear), data.subarray(0, clear));
+      opened = result.status === "ok" ? concat(data.subarray(0, clear), result.plaintext) : null;
+    }
     if (result.status !== "ok") {
       if (result.status === "pending" && result.kid !== null && result.kid !== undefined) {
         stats.pending[mid] = (stats.pending[mid] || 0) + 1;
@@ -104,7 +123,7 @@ function opener(kind, mid) {
       }
       return;
     }
-    frame.data = concat(data.subarray(0, clear), result.plaintext).buffer;
+    frame.data = opened.buffer;
     stats.decrypted[mid] = (stats.decrypted[mid] || 0) + 1;
     controller.enqueue(frame);
   };
