@@ -660,7 +660,7 @@ async def run_one(
     room = await rooms.create_room(name=f"bench-n{n}", max_participants=n + 1)
     sizes: list[VideoSize] = args.video_sizes if args.simulcast else []
     try:
-        join = await rooms.join_room(room.room_id, "bench-publisher", publish=True)
+        join = await rooms.join_room(room.room_id, "bench-publisher", True, room.passcode)
         await publisher.join(join)
         base = (await scrape(http, cluster.metrics_url)).get(METRIC_RECEIVED, 0)
 
@@ -674,7 +674,7 @@ async def run_one(
             size = min(args.batch, n - start)
             entries = []
             for i in range(start, start + size):
-                grant = await rooms.join_room(room.room_id, f"bench-sub-{i}", publish=False)
+                grant = await rooms.join_room(room.room_id, f"bench-sub-{i}", False, room.passcode)
                 wanted = sizes[i % len(sizes)] if sizes else None
                 entries.append((grant.signal_url, grant.grant, wanted))
             await pool.join(entries, 20.0, args.remb)

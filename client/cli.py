@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import sys
 from collections.abc import Callable, Coroutine
@@ -25,6 +26,7 @@ from conclave.arguments import int_between, non_negative_float
 from conclave.ice import addresses_from_env, use_host_addresses
 
 PROG = "conclave"
+PASSCODE_ENV = "CONCLAVE_PASSCODE"
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, tuple[dict[str, Any], int]]]
 
 
@@ -83,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="participant limit (default 0: the server's default)",
     )
+    create.add_argument(
+        "--passcode",
+        default="",
+        help="the meeting's passcode (default: the server draws one and prints it once)",
+    )
     create.set_defaults(handler=_room_create)
     for action, handler, help_text in (
         ("get", _room_get, "show a meeting"),
@@ -98,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     join.add_argument("room_id", metavar="ROOM_ID")
     join.add_argument("--name", default=None, help="display name (default: guest-XXXX)")
+    join.add_argument(
+        "--passcode",
+        default=None,
+        help="the meeting's passcode (default: $CONCLAVE_PASSCODE)",
+    )
     join.add_argument(
         "--publish",
         type=_publish_kinds,
@@ -133,8 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 async def _room_create(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     name = args.name if args.name is not None else f"meeting-{secrets.token_hex(2)}"
     async with RoomsClient(args.control_plane) as rooms:
-        room = await rooms.create_room(name, args.max_participants)
-    return {"room_id": room.room_id, "name": room.name, "node_id": room.node_id}, 0
+        room = await rooms.create_room(name, args.max_participants, args.passcode)
+    return {
+        "room_id": room.room_id,
+        "name": room.name,
+        "node_id": room.node_id,
+        "passcode": room.passcode,
+    }, 0
 
 
 async def _room_get(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
@@ -184,7 +201,8 @@ async def _join(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     name = args.name or f"guest-{secrets.token_hex(2)}"
     publish: list[str] = args.publish
     async with RoomsClient(args.control_plane) as rooms:
-        grant = await rooms.join_room(args.room_id, name, publish=bool(publish))
+        passcode = args.passcode if args.passcode is not None else os.environ.get(PASSCODE_ENV, "")
+        grant = await rooms.join_room(args.room_id, name, bool(publish), passcode)
     if args.no_e2ee:
         print(
             f"{PROG}: WARNING: end-to-end encryption is OFF (--no-e2ee): the relays can "

@@ -49,9 +49,14 @@ class RoomsClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def create_room(self, name: str = "", max_participants: int = 0) -> rooms_pb2.Room:
-        """Create a meeting; `max_participants` 0 means the server's default."""
-        request = rooms_pb2.CreateRoomRequest(name=name, max_participants=max_participants)
+    async def create_room(
+        self, name: str = "", max_participants: int = 0, passcode: str = ""
+    ) -> rooms_pb2.Room:
+        """Create a meeting; `max_participants` 0 means the server's default. Without
+        a `passcode` the server draws one: `Room.passcode` of the reply, told once."""
+        request = rooms_pb2.CreateRoomRequest(
+            name=name, max_participants=max_participants, passcode=passcode
+        )
         room: rooms_pb2.Room = await self._call("CreateRoom", self._stub.CreateRoom, request)
         return room
 
@@ -61,11 +66,12 @@ class RoomsClient:
         return room
 
     async def join_room(
-        self, room_id: str, display_name: str, publish: bool
+        self, room_id: str, display_name: str, publish: bool, passcode: str = ""
     ) -> rooms_pb2.JoinRoomResponse:
-        """A signed, short-lived grant and the relay to present it to."""
+        """A signed, short-lived grant and the relay to present it to. An unknown
+        meeting and a wrong passcode both fail with NOT_FOUND."""
         request = rooms_pb2.JoinRoomRequest(
-            room_id=room_id, display_name=display_name, publish=publish
+            room_id=room_id, display_name=display_name, publish=publish, passcode=passcode
         )
         response: rooms_pb2.JoinRoomResponse = await self._call(
             "JoinRoom", self._stub.JoinRoom, request

@@ -19,6 +19,14 @@ class RoomNotFound(ControlPlaneError):
         self.room_id = room_id
 
 
+class NoSuchMeeting(ControlPlaneError):
+    """JoinRoom's one refusal for an unknown meeting and a wrong passcode alike, so
+    that the reply says nothing about which ids are in use."""
+
+    def __init__(self) -> None:
+        super().__init__("no meeting with this id and passcode")
+
+
 class NoRelayAvailable(ControlPlaneError):
     """No live relay node has headroom for a new meeting."""
 

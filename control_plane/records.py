@@ -12,6 +12,7 @@ from typing import Any
 
 from conclave.store import NODES_PREFIX, PLACEMENT_PREFIX, ROOMS_PREFIX
 from control_plane.ids import NodeId, RoomId
+from control_plane.passcodes import PasscodeHash
 
 
 def node_key(node_id: NodeId) -> str:
@@ -83,26 +84,31 @@ class RoomRecord:
     name: str
     created_at_ms: int
     max_participants: int
+    # A meeting without one admits nobody through JoinRoom (control_plane/passcodes.py).
+    passcode: PasscodeHash | None = None
 
     @classmethod
     def from_json(cls, raw: bytes) -> RoomRecord:
         data = _object(raw)
+        passcode = data.get("passcode")
         return cls(
             room_id=RoomId(_field(data, "room_id", str)),
             name=_field(data, "name", str),
             created_at_ms=_field(data, "created_at_ms", int),
             max_participants=_field(data, "max_participants", int),
+            passcode=PasscodeHash.from_json(passcode) if passcode is not None else None,
         )
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "room_id": self.room_id,
-                "name": self.name,
-                "created_at_ms": self.created_at_ms,
-                "max_participants": self.max_participants,
-            }
-        ).encode()
+        data: dict[str, object] = {
+            "room_id": self.room_id,
+            "name": self.name,
+            "created_at_ms": self.created_at_ms,
+            "max_participants": self.max_participants,
+        }
+        if self.passcode is not None:
+            data["passcode"] = self.passcode.to_json()
+        return json.dumps(data).encode()
 
 
 def encode_placement(node_id: NodeId) -> bytes:

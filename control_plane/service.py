@@ -16,11 +16,12 @@ import grpc
 from etcd3aio.errors import EtcdError
 
 from conclave.store import EtcdStore, StoreError
-from control_plane import validation
+from control_plane import passcodes, validation
 from control_plane.errors import (
     ControlPlaneError,
     InvalidArgument,
     NoRelayAvailable,
+    NoSuchMeeting,
     PlacementUnsettled,
     RelayUnavailable,
     RoomNotFound,
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 _STATUS: dict[type[ControlPlaneError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     RoomNotFound: grpc.StatusCode.NOT_FOUND,
+    NoSuchMeeting: grpc.StatusCode.NOT_FOUND,
     NoRelayAvailable: grpc.StatusCode.UNAVAILABLE,
     PlacementUnsettled: grpc.StatusCode.UNAVAILABLE,
     RelayUnavailable: grpc.StatusCode.UNAVAILABLE,
@@ -110,7 +112,8 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     ) -> rooms_pb2.Room:
         name = validation.room_name(request.name)
         limit = validation.max_participants(request.max_participants)
-        room = await self._create_record(name, limit)
+        passcode = validation.passcode(request.passcode) or passcodes.generate()
+        room = await self._create_record(name, limit, await passcodes.protect(passcode))
         # Place now so GetRoom names the node; with no relay up the meeting still
         # exists and the first JoinRoom places it.
         node_id = ""
@@ -119,7 +122,9 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         except (NoRelayAvailable, PlacementUnsettled) as exc:
             log.debug("room %s created unplaced: %s", room.room_id, exc)
         log.debug("created room %s on node %r", room.room_id, node_id)
-        return _room_message(room, node_id)
+        reply = _room_message(room, node_id)
+        reply.passcode = passcode  # the only time it is told
+        return reply
 
     @_rpc
     async def GetRoom(self, request: rooms_pb2.GetRoomRequest, context: Any) -> rooms_pb2.Room:
@@ -133,7 +138,14 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     ) -> rooms_pb2.JoinRoomResponse:
         room_id = validation.room_id(request.room_id)
         display_name = validation.display_name(request.display_name)
-        await self._load_room(room_id)
+        passcode = validation.passcode(request.passcode)
+        raw = await self._store.get(room_key(room_id))
+        room = RoomRecord.from_json(raw) if raw is not None else None
+        # The same work and the same reply whether the meeting is missing or the
+        # passcode wrong: the answer must not tell which ids exist.
+        admitted = await passcodes.check(passcode, room.passcode if room else None)
+        if room is None or not admitted:
+            raise NoSuchMeeting()
         was_placed = self._registry.live_placement(room_id) is not None
         node = await self._placer.ensure_placed(room_id)
         if not was_placed and await self._store.get(room_key(room_id)) is None:
@@ -192,10 +204,12 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             raise RoomNotFound(room_id)
         return rooms_pb2.EndRoomResponse()
 
-    async def _create_record(self, name: str, limit: int) -> RoomRecord:
+    async def _create_record(
+        self, name: str, limit: int, passcode: passcodes.PasscodeHash
+    ) -> RoomRecord:
         now_ms = int(self._clock() * 1000)
-        for _ in range(3):  # a collision of 50-bit ids is next to impossible
-            room = RoomRecord(new_room_id(), name, now_ms, limit)
+        for _ in range(3):  # a collision of 100-bit ids is next to impossible
+            room = RoomRecord(new_room_id(), name, now_ms, limit, passcode)
             created, _ = await self._store.create_if_absent(room_key(room.room_id), room.to_json())
             if created:
                 return room

@@ -9,6 +9,7 @@ from control_plane.ids import MAX_ID_LENGTH, RoomId, is_safe_id
 
 MAX_DISPLAY_NAME = 64
 MAX_ROOM_NAME = 100
+MAX_PASSCODE = 64
 DEFAULT_MAX_PARTICIPANTS = 100
 MAX_PARTICIPANTS_LIMIT = 1000
 
@@ -41,6 +42,16 @@ def room_name(value: str) -> str:
         raise InvalidArgument(f"name is longer than {MAX_ROOM_NAME} characters")
     if _has_control_characters(value):
         raise InvalidArgument("name contains control characters")
+    return value
+
+
+def passcode(value: str) -> str:
+    """A meeting passcode: at most 64 characters, no control characters (empty when
+    creating a meeting: the server draws one)."""
+    if len(value) > MAX_PASSCODE:
+        raise InvalidArgument(f"passcode is longer than {MAX_PASSCODE} characters")
+    if _has_control_characters(value):
+        raise InvalidArgument("passcode contains control characters")
     return value
 
 

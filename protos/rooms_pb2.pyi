@@ -7,26 +7,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Room(_message.Message):
-    __slots__ = ("room_id", "name", "created_at_ms", "node_id", "max_participants")
+    __slots__ = ("room_id", "name", "created_at_ms", "node_id", "max_participants", "passcode")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    PASSCODE_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     name: str
     created_at_ms: int
     node_id: str
     max_participants: int
-    def __init__(self, room_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., node_id: _Optional[str] = ..., max_participants: _Optional[int] = ...) -> None: ...
+    passcode: str
+    def __init__(self, room_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., node_id: _Optional[str] = ..., max_participants: _Optional[int] = ..., passcode: _Optional[str] = ...) -> None: ...
 
 class CreateRoomRequest(_message.Message):
-    __slots__ = ("name", "max_participants")
+    __slots__ = ("name", "max_participants", "passcode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    PASSCODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_participants: int
-    def __init__(self, name: _Optional[str] = ..., max_participants: _Optional[int] = ...) -> None: ...
+    passcode: str
+    def __init__(self, name: _Optional[str] = ..., max_participants: _Optional[int] = ..., passcode: _Optional[str] = ...) -> None: ...
 
 class GetRoomRequest(_message.Message):
     __slots__ = ("room_id",)
@@ -35,14 +39,16 @@ class GetRoomRequest(_message.Message):
     def __init__(self, room_id: _Optional[str] = ...) -> None: ...
 
 class JoinRoomRequest(_message.Message):
-    __slots__ = ("room_id", "display_name", "publish")
+    __slots__ = ("room_id", "display_name", "publish", "passcode")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
+    PASSCODE_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     display_name: str
     publish: bool
-    def __init__(self, room_id: _Optional[str] = ..., display_name: _Optional[str] = ..., publish: _Optional[bool] = ...) -> None: ...
+    passcode: str
+    def __init__(self, room_id: _Optional[str] = ..., display_name: _Optional[str] = ..., publish: _Optional[bool] = ..., passcode: _Optional[str] = ...) -> None: ...
 
 class JoinRoomResponse(_message.Message):
     __slots__ = ("room_id", "participant_id", "node_id", "signal_url", "grant", "grant_expires_at_ms")

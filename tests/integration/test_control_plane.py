@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import sys
 import time
 import uuid
@@ -38,9 +39,10 @@ from conclave.store import (
     EtcdStore,
     Lease,
 )
+from control_plane import passcodes
 from control_plane.app import ControlPlane
 from control_plane.ids import NodeId, RoomId, new_room_id
-from control_plane.records import NodeInfo
+from control_plane.records import NodeInfo, RoomRecord
 from protos import relay_pb2, relay_pb2_grpc, rooms_pb2, rooms_pb2_grpc
 from protos.grants import GrantError, decode_public_key, verify
 
@@ -159,13 +161,21 @@ async def in_view(replica: Replica, nodes: Iterable[str]) -> None:
     await eventually(seen)
 
 
+PASSCODE = "tea for two"  # every meeting of these tests
+
+
 async def create_room(stub: Any, name: str = "standup") -> rooms_pb2.Room:
-    room: rooms_pb2.Room = await stub.CreateRoom(rooms_pb2.CreateRoomRequest(name=name))
+    request = rooms_pb2.CreateRoomRequest(name=name, passcode=PASSCODE)
+    room: rooms_pb2.Room = await stub.CreateRoom(request)
     return room
 
 
-async def join(stub: Any, room_id: str, name: str = "Ada", publish: bool = True) -> Any:
-    request = rooms_pb2.JoinRoomRequest(room_id=room_id, display_name=name, publish=publish)
+async def join(
+    stub: Any, room_id: str, name: str = "Ada", publish: bool = True, passcode: str = PASSCODE
+) -> Any:
+    request = rooms_pb2.JoinRoomRequest(
+        room_id=room_id, display_name=name, publish=publish, passcode=passcode
+    )
     return await stub.JoinRoom(request, timeout=5)
 
 
@@ -183,8 +193,8 @@ async def placement_of(store: EtcdStore, room_id: str) -> str | None:
 async def put_room(store: EtcdStore) -> str:
     """A meeting that exists but was never placed (as if created with no relay up)."""
     room_id = new_room_id()
-    record = {"room_id": room_id, "name": "", "created_at_ms": 1, "max_participants": 100}
-    await store.put(ROOMS_PREFIX + room_id, json.dumps(record).encode())
+    record = RoomRecord(room_id, "", 1, 100, passcodes.hash_passcode(PASSCODE))
+    await store.put(ROOMS_PREFIX + room_id, record.to_json())
     return room_id
 
 
@@ -205,7 +215,8 @@ async def test_rooms_created_back_to_back_land_on_different_nodes(
         got = await replica.stub.GetRoom(rooms_pb2.GetRoomRequest(room_id=room.room_id))
         assert (got.node_id, got.name, got.max_participants) == (room.node_id, room.name, 100)
         record = json.loads(await store.get(ROOMS_PREFIX + room.room_id) or b"{}")
-        assert set(record) == {"room_id", "name", "created_at_ms", "max_participants"}
+        assert set(record) == {"room_id", "name", "created_at_ms", "max_participants", "passcode"}
+        assert PASSCODE not in json.dumps(record)  # only its scrypt hash is kept
         assert abs(record["created_at_ms"] - time.time() * 1000) < 10_000
 
 
@@ -471,13 +482,43 @@ async def test_unknown_room_is_not_found(replica: Replica, relays: Relays) -> No
     room_id = new_room_id()
     err = await rpc_error(join(replica.stub, room_id))
     assert err.code() == grpc.StatusCode.NOT_FOUND
-    assert room_id in (err.details() or "")
+    assert room_id not in (err.details() or "")  # nothing to compare replies by
     for call in (
         replica.stub.GetRoom(rooms_pb2.GetRoomRequest(room_id=room_id)),
         replica.stub.ListParticipants(rooms_pb2.ListParticipantsRequest(room_id=room_id)),
         replica.stub.EndRoom(rooms_pb2.EndRoomRequest(room_id=room_id)),
     ):
         assert (await rpc_error(call)).code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_unknown_meeting_and_wrong_passcode_look_alike(
+    replica: Replica, relays: Relays
+) -> None:
+    """Same status, same message, same time: the reply is no existence oracle."""
+    await relays.add()
+    await in_view(replica, relays.leases)
+    room = await create_room(replica.stub)
+
+    async def attempt(room_id: str, passcode: str) -> tuple[str, str, float]:
+        start = time.perf_counter()
+        err = await rpc_error(join(replica.stub, room_id, passcode=passcode))
+        return err.code().name, err.details() or "", time.perf_counter() - start
+
+    wrong, unknown = [], []
+    for i in range(12):  # interleaved, so load on the machine hits both alike
+        wrong.append(await attempt(room.room_id, f"guess {i}"))
+        unknown.append(await attempt(new_room_id(), PASSCODE))
+    assert (
+        {(code, text) for code, text, _ in wrong}
+        == {(code, text) for code, text, _ in unknown}
+        == {("NOT_FOUND", "no meeting with this id and passcode")}
+    )
+    wrong_s = statistics.median(t for _, _, t in wrong)
+    unknown_s = statistics.median(t for _, _, t in unknown)
+    # Both run the scrypt check (~36 ms); skipping it for unknown ids would make
+    # them an order of magnitude faster.
+    assert 0.6 < unknown_s / wrong_s < 1.6, (unknown_s, wrong_s)
+    assert (await join(replica.stub, room.room_id)).node_id == room.node_id
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,10 @@ async def test_killed_relay_expires_and_meeting_moves_to_survivor(
                 await asyncio.sleep(0.1)
             assert await store.get(PLACEMENT_PREFIX + room.room_id) is None
 
-            joins = [await rooms.join_room(room.room_id, name, True) for name in ("ann", "ben")]
+            joins = [
+                await rooms.join_room(room.room_id, name, True, room.passcode)
+                for name in ("ann", "ben")
+            ]
             assert {j.node_id for j in joins} == {survivor.node_id}
             assert (await rooms.get_room(room.room_id)).node_id == survivor.node_id
 

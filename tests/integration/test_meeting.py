@@ -112,7 +112,8 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
     names = ["alice", "bob", "carol"]
     reports = await asyncio.gather(
         *(
-            conclave("join", room["room_id"], "--control-plane", cluster.control_plane,
+            conclave("join", room["room_id"], "--passcode", room["passcode"],
+                     "--control-plane", cluster.control_plane,
                      "--name", name, "--duration", "12")
             for name in names
         )

@@ -37,16 +37,25 @@ class FakeRooms:
     async def __aexit__(self, *exc: object) -> None:
         pass
 
-    async def create_room(self, name: str, max_participants: int) -> rooms_pb2.Room:
-        self.calls.append(("create_room", (name, max_participants)))
+    async def create_room(
+        self, name: str, max_participants: int, passcode: str = ""
+    ) -> rooms_pb2.Room:
+        self.calls.append(("create_room", (name, max_participants, passcode)))
         if self.fail:
             raise self.fail
-        return rooms_pb2.Room(room_id="room-1", name=name, node_id="relay-0", created_at_ms=5)
+        return rooms_pb2.Room(
+            room_id="room-1",
+            name=name,
+            node_id="relay-0",
+            created_at_ms=5,
+            passcode=passcode or "drawn123",
+        )
 
     async def join_room(
-        self, room_id: str, display_name: str, publish: bool
+        self, room_id: str, display_name: str, publish: bool, passcode: str = ""
     ) -> rooms_pb2.JoinRoomResponse:
         self.calls.append(("join_room", (room_id, display_name, publish)))
+        self.calls.append(("passcode", passcode))
         if self.fail:
             raise self.fail
         return rooms_pb2.JoinRoomResponse(
@@ -234,9 +243,11 @@ def test_room_create_prints_compact_json(fakes: None, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert code == 0
     assert out.count("\n") == 1 and " " not in out.strip()
-    assert json.loads(out) == {"room_id": "room-1", "name": "standup", "node_id": "relay-0"}
+    assert json.loads(out) == {
+        "room_id": "room-1", "name": "standup", "node_id": "relay-0", "passcode": "drawn123"
+    }  # fmt: skip
     assert ("target", "h:1") in FakeRooms.calls
-    assert ("create_room", ("standup", 4)) in FakeRooms.calls
+    assert ("create_room", ("standup", 4, "")) in FakeRooms.calls
 
 
 def test_room_create_pretty_by_default_with_generated_name(
@@ -247,7 +258,7 @@ def test_room_create_pretty_by_default_with_generated_name(
     assert out.count("\n") > 1
     room = json.loads(out)
     assert room["name"].startswith("meeting-")
-    assert set(room) == {"room_id", "name", "node_id"}
+    assert set(room) == {"room_id", "name", "node_id", "passcode"}
 
 
 def test_join_prints_report(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -411,3 +422,13 @@ def test_conclave_dispatches_client_commands_with_command_word(
 ) -> None:
     assert conclave_cli.run(["room", "create", "--json", "--name", "x"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "x"
+
+
+def test_join_passes_the_passcode_from_the_flag_or_the_environment(
+    fakes: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli.main(["join", "room-1", "--duration", "0", "--passcode", "s3cret"]) == 0
+    assert ("passcode", "s3cret") in FakeRooms.calls
+    monkeypatch.setenv("CONCLAVE_PASSCODE", "from-env")
+    assert cli.main(["join", "room-1", "--duration", "0"]) == 0
+    assert ("passcode", "from-env") in FakeRooms.calls
