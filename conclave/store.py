@@ -143,6 +143,29 @@ class EtcdStore:
         kvs = response.responses[0].response_range.kvs
         return False, bytes(kvs[0].value) if kvs else b""
 
+    async def get_versioned(self, key: str) -> tuple[bytes | None, int]:
+        """The value and its version (0: absent), for `put_if_version`."""
+        response = await self._kv.get(key, timeout=5)
+        if not response.kvs:
+            return None, 0
+        return bytes(response.kvs[0].value), int(response.kvs[0].version)
+
+    async def put_if_version(self, key: str, version: int, value: bytes, lease: int = 0) -> bool:
+        """Write `key` only if nobody wrote it since it was read at `version`
+        (compare-and-swap); False when somebody did."""
+        response = await self._kv.txn(
+            compare=[KVService.txn_compare_version(key, version)],
+            success=[KVService.txn_op_put(key, value, lease=lease)],
+            failure=[],
+            timeout=5,
+        )
+        return bool(response.succeeded)
+
+    async def grant_expiring_lease(self, ttl: int) -> int:
+        """A lease nobody keeps alive: its keys vanish `ttl` seconds from now."""
+        response = await self._client.lease.grant(ttl, timeout=5)  # type: ignore[union-attr]
+        return int(response.ID)
+
     async def grant_lease(self, ttl: int) -> Lease:
         response = await self._client.lease.grant(ttl, timeout=5)  # type: ignore[union-attr]
         return Lease(self._client, int(response.ID), ttl)

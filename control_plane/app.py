@@ -6,11 +6,14 @@ run a replica in-process with exactly the production wiring.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from collections.abc import Sequence
 
 import grpc
 
 from conclave.store import EtcdStore
+from control_plane.attempts import AttemptLimiter, Policy
 from control_plane.placement import PlacementStrategy, PowerOfTwoChoices
 from control_plane.placer import Placer
 from control_plane.registry import NodeRegistry
@@ -27,14 +30,30 @@ SHUTDOWN_GRACE_S = 3.0
 class ControlPlane:
     """A RoomService replica: `await start(host, port)`, later `await stop()`."""
 
-    def __init__(self, etcd: list[str], *, strategy: PlacementStrategy | None = None) -> None:
+    def __init__(
+        self,
+        etcd: list[str],
+        *,
+        strategy: PlacementStrategy | None = None,
+        attempts: Policy | None = None,
+        trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    ) -> None:
         self.store = EtcdStore(etcd)
+        self.attempts = AttemptLimiter(self.store, attempts)
         self.registry = NodeRegistry(self.store)
         self.signer = GrantSigner(self.store)
         self.relays = RelayClient()
         self.registry.on_node_removed(self.relays.forget)
         self.placer = Placer(self.store, self.registry, strategy or PowerOfTwoChoices())
-        self.service = RoomService(self.store, self.registry, self.placer, self.signer, self.relays)
+        self.service = RoomService(
+            self.store,
+            self.registry,
+            self.placer,
+            self.signer,
+            self.relays,
+            self.attempts,
+            trusted_proxies=trusted_proxies,
+        )
         # Without this gRPC sets SO_REUSEPORT, and a second replica started on the
         # same port would silently share it instead of failing.
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -52,6 +71,7 @@ class ControlPlane:
             await self.store.connect()
             await self.registry.start()
             await self.signer.start()
+            await self.attempts.start()
             bound = int(self._server.add_insecure_port(f"{host}:{port}"))
             await self._server.start()
         except BaseException:

@@ -27,6 +27,14 @@ class NoSuchMeeting(ControlPlaneError):
         super().__init__("no meeting with this id and passcode")
 
 
+class TooManyAttempts(ControlPlaneError):
+    """Failed attempts for this meeting or from this address exceeded the limits."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed attempts; try again in {max(1, round(retry_after))} s")
+        self.retry_after = retry_after
+
+
 class NoRelayAvailable(ControlPlaneError):
     """No live relay node has headroom for a new meeting."""
 

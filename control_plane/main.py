@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvloop
 
+from conclave.arguments import int_between
 from conclave.store import StoreError
 from control_plane.app import ControlPlane
+from control_plane.attempts import Policy
 
 log = logging.getLogger("control_plane")
 
@@ -27,6 +30,10 @@ class Options:
     host: str
     port: int
     log_level: str
+    attempts: Policy = field(default_factory=Policy)
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list
+    )
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -47,6 +54,43 @@ def parse_args(argv: list[str] | None) -> Options:
         metavar="HOST:PORT",
         help=f"gRPC address for RoomService; port 0 picks a free one (default: {DEFAULT_LISTEN})",
     )
+    defaults = Policy()
+    parser.add_argument(
+        "--attempt-burst",
+        type=int_between(1),
+        default=defaults.burst,
+        metavar="N",
+        help="failed joins allowed at once, per meeting and per source address "
+        f"(default {defaults.burst})",
+    )
+    parser.add_argument(
+        "--attempts-per-minute",
+        type=float,
+        default=defaults.per_minute,
+        metavar="N",
+        help=f"failed joins allowed per minute, sustained (default {defaults.per_minute:g})",
+    )
+    parser.add_argument(
+        "--lockout",
+        type=float,
+        default=defaults.lockout_s,
+        metavar="SECONDS",
+        help=f"first lockout once they are spent, doubling (default {defaults.lockout_s:g})",
+    )
+    parser.add_argument(
+        "--max-lockout",
+        type=float,
+        default=defaults.max_lockout_s,
+        metavar="SECONDS",
+        help=f"longest lockout (default {defaults.max_lockout_s:g})",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a proxy (ingress) whose x-forwarded-for names the real client; repeatable",
+    )
     parser.add_argument(
         "--log-level",
         default="info",
@@ -61,7 +105,17 @@ def parse_args(argv: list[str] | None) -> Options:
     host, sep, port = args.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         parser.error(f"--listen must be HOST:PORT, got {args.listen!r}")
-    return Options(endpoints, host, int(port), args.log_level)
+    try:
+        proxies = [ipaddress.ip_network(cidr, strict=False) for cidr in args.trusted_proxy]
+    except ValueError as exc:
+        parser.error(f"--trusted-proxy: {exc}")
+    policy = Policy(
+        burst=args.attempt_burst,
+        per_minute=args.attempts_per_minute,
+        lockout_s=args.lockout,
+        max_lockout_s=max(args.lockout, args.max_lockout),
+    )
+    return Options(endpoints, host, int(port), args.log_level, policy, proxies)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +139,9 @@ async def serve(options: Options) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    replica = ControlPlane(options.etcd)
+    replica = ControlPlane(
+        options.etcd, attempts=options.attempts, trusted_proxies=options.trusted_proxies
+    )
     try:
         port = await replica.start(options.host, options.port)
     except Exception as exc:

@@ -7,9 +7,10 @@ message meant for the caller. Room ids and names appear in logs at DEBUG only.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +18,7 @@ from etcd3aio.errors import EtcdError
 
 from conclave.store import EtcdStore, StoreError
 from control_plane import passcodes, validation
+from control_plane.attempts import AttemptLimiter
 from control_plane.errors import (
     ControlPlaneError,
     InvalidArgument,
@@ -26,6 +28,7 @@ from control_plane.errors import (
     RelayUnavailable,
     RoomNotFound,
     StoreUnavailable,
+    TooManyAttempts,
 )
 from control_plane.ids import RoomId, new_participant_id, new_room_id
 from control_plane.placer import Placer
@@ -47,6 +50,7 @@ _STATUS: dict[type[ControlPlaneError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     RoomNotFound: grpc.StatusCode.NOT_FOUND,
     NoSuchMeeting: grpc.StatusCode.NOT_FOUND,
+    TooManyAttempts: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NoRelayAvailable: grpc.StatusCode.UNAVAILABLE,
     PlacementUnsettled: grpc.StatusCode.UNAVAILABLE,
     RelayUnavailable: grpc.StatusCode.UNAVAILABLE,
@@ -96,7 +100,9 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         placer: Placer,
         signer: GrantSigner,
         relays: RelayClient,
+        attempts: AttemptLimiter,
         *,
+        trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -104,6 +110,8 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         self._placer = placer
         self._signer = signer
         self._relays = relays
+        self._attempts = attempts
+        self._trusted_proxies = tuple(trusted_proxies)
         self._clock = clock
 
     @_rpc
@@ -139,12 +147,17 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         room_id = validation.room_id(request.room_id)
         display_name = validation.display_name(request.display_name)
         passcode = validation.passcode(request.passcode)
+        limited = self._attempts.keys(room_id, self._source(context))
+        wait, spent = await self._attempts.admit(limited)
+        if wait > 0:
+            raise TooManyAttempts(wait)
         raw = await self._store.get(room_key(room_id))
         room = RoomRecord.from_json(raw) if raw is not None else None
         # The same work and the same reply whether the meeting is missing or the
         # passcode wrong: the answer must not tell which ids exist.
         admitted = await passcodes.check(passcode, room.passcode if room else None)
         if room is None or not admitted:
+            await self._attempts.failed(limited, spent)
             raise NoSuchMeeting()
         was_placed = self._registry.live_placement(room_id) is not None
         node = await self._placer.ensure_placed(room_id)
@@ -203,6 +216,21 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         if not existed:
             raise RoomNotFound(room_id)
         return rooms_pb2.EndRoomResponse()
+
+    def _source(self, context: Any) -> str:
+        """The caller's address: the peer's, or behind a trusted proxy (an ingress)
+        the first address of its x-forwarded-for."""
+        peer = str(context.peer() or "")
+        address = peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]") if ":" in peer else peer
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if any(ip in network for network in self._trusted_proxies):
+            for key, value in context.invocation_metadata() or ():
+                if key == "x-forwarded-for" and value:
+                    return str(value).split(",")[0].strip()
+        return address
 
     async def _create_record(
         self, name: str, limit: int, passcode: passcodes.PasscodeHash
