@@ -64,9 +64,7 @@ async def attempt(limits: AttemptLimiter, keys: list[str], right: bool) -> float
 
 
 async def test_a_burst_then_lockouts_that_double_and_leave_one_try() -> None:
-    limits, _, clock = await limiter(
-        Policy(burst=3, per_minute=1, lockout_s=10, max_lockout_s=25)
-    )
+    limits, _, clock = await limiter(Policy(burst=3, per_minute=1, lockout_s=10, max_lockout_s=25))
     keys = limits.keys("room-1", "198.51.100.7")
     assert [await attempt(limits, keys, False) for _ in range(3)] == [0, 0, 0]
     assert await attempt(limits, keys, False) == 10  # the bucket is empty: locked out
