@@ -707,7 +707,7 @@ async def run_one(
         await pool.leave_all()
         await publisher.leave()
         with contextlib.suppress(Exception):
-            await rooms.end_room(room.room_id)
+            await rooms.end_room(room.room_id, room.host_key)
 
         async def relay_empty() -> bool:
             metrics = await scrape(http, cluster.metrics_url)

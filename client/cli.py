@@ -27,6 +27,7 @@ from conclave.ice import addresses_from_env, use_host_addresses
 
 PROG = "conclave"
 PASSCODE_ENV = "CONCLAVE_PASSCODE"
+HOST_KEY_ENV = "CONCLAVE_HOST_KEY"
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, tuple[dict[str, Any], int]]]
 
 
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = room_commands.add_parser(action, parents=[common], help=help_text)
         sub.add_argument("room_id", metavar="ROOM_ID")
+        sub.add_argument(
+            "--host-key",
+            default=None,
+            help=f"the meeting's host key from `room create` (default: ${HOST_KEY_ENV})",
+        )
         sub.set_defaults(handler=handler)
 
     join = commands.add_parser(
@@ -109,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--passcode",
         default=None,
         help="the meeting's passcode (default: $CONCLAVE_PASSCODE)",
+    )
+    join.add_argument(
+        "--host-key",
+        default=None,
+        help="join as the meeting's host, with its host key instead of the passcode",
     )
     join.add_argument(
         "--publish",
@@ -151,12 +162,13 @@ async def _room_create(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         "name": room.name,
         "node_id": room.node_id,
         "passcode": room.passcode,
+        "host_key": room.host_key,
     }, 0
 
 
 async def _room_get(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     async with RoomsClient(args.control_plane) as rooms:
-        room = await rooms.get_room(args.room_id)
+        room = await rooms.get_room(args.room_id, _host_key(args))
     return {
         "room_id": room.room_id,
         "name": room.name,
@@ -168,13 +180,13 @@ async def _room_get(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 async def _room_end(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     async with RoomsClient(args.control_plane) as rooms:
-        await rooms.end_room(args.room_id)
+        await rooms.end_room(args.room_id, _host_key(args))
     return {"room_id": args.room_id, "ended": True}, 0
 
 
 async def _room_participants(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     async with RoomsClient(args.control_plane) as rooms:
-        participants = await rooms.list_participants(args.room_id)
+        participants = await rooms.list_participants(args.room_id, _host_key(args))
     return {
         "room_id": args.room_id,
         "participants": [
@@ -202,7 +214,9 @@ async def _join(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     publish: list[str] = args.publish
     async with RoomsClient(args.control_plane) as rooms:
         passcode = args.passcode if args.passcode is not None else os.environ.get(PASSCODE_ENV, "")
-        grant = await rooms.join_room(args.room_id, name, bool(publish), passcode)
+        grant = await rooms.join_room(
+            args.room_id, name, bool(publish), passcode, args.host_key or ""
+        )
     if args.no_e2ee:
         print(
             f"{PROG}: WARNING: end-to-end encryption is OFF (--no-e2ee): the relays can "
@@ -240,6 +254,10 @@ async def _join(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def _host_key(args: argparse.Namespace) -> str:
+    return str(args.host_key if args.host_key is not None else os.environ.get(HOST_KEY_ENV, ""))
 
 
 def _print_json(result: dict[str, Any], compact: bool) -> None:

@@ -60,33 +60,45 @@ class RoomsClient:
         room: rooms_pb2.Room = await self._call("CreateRoom", self._stub.CreateRoom, request)
         return room
 
-    async def get_room(self, room_id: str) -> rooms_pb2.Room:
-        request = rooms_pb2.GetRoomRequest(room_id=room_id)
+    async def get_room(self, room_id: str, host_key: str) -> rooms_pb2.Room:
+        """The meeting, for its host (`host_key` from `create_room`)."""
+        request = rooms_pb2.GetRoomRequest(room_id=room_id, host_key=host_key)
         room: rooms_pb2.Room = await self._call("GetRoom", self._stub.GetRoom, request)
         return room
 
     async def join_room(
-        self, room_id: str, display_name: str, publish: bool, passcode: str = ""
+        self,
+        room_id: str,
+        display_name: str,
+        publish: bool,
+        passcode: str = "",
+        host_key: str = "",
     ) -> rooms_pb2.JoinRoomResponse:
         """A signed, short-lived grant and the relay to present it to. An unknown
-        meeting and a wrong passcode both fail with NOT_FOUND."""
+        meeting and a wrong passcode both fail with NOT_FOUND. With the `host_key`
+        instead of the passcode, the grant makes its holder the host."""
         request = rooms_pb2.JoinRoomRequest(
-            room_id=room_id, display_name=display_name, publish=publish, passcode=passcode
+            room_id=room_id,
+            display_name=display_name,
+            publish=publish,
+            passcode=passcode,
+            host_key=host_key,
         )
         response: rooms_pb2.JoinRoomResponse = await self._call(
             "JoinRoom", self._stub.JoinRoom, request
         )
         return response
 
-    async def list_participants(self, room_id: str) -> list[rooms_pb2.Participant]:
-        request = rooms_pb2.ListParticipantsRequest(room_id=room_id)
+    async def list_participants(self, room_id: str, host_key: str) -> list[rooms_pb2.Participant]:
+        request = rooms_pb2.ListParticipantsRequest(room_id=room_id, host_key=host_key)
         response: rooms_pb2.ListParticipantsResponse = await self._call(
             "ListParticipants", self._stub.ListParticipants, request
         )
         return list(response.participants)
 
-    async def end_room(self, room_id: str) -> None:
-        await self._call("EndRoom", self._stub.EndRoom, rooms_pb2.EndRoomRequest(room_id=room_id))
+    async def end_room(self, room_id: str, host_key: str) -> None:
+        request = rooms_pb2.EndRoomRequest(room_id=room_id, host_key=host_key)
+        await self._call("EndRoom", self._stub.EndRoom, request)
 
     async def _call(self, name: str, method: Any, request: Any) -> Any:
         try:

@@ -27,6 +27,13 @@ class NoSuchMeeting(ControlPlaneError):
         super().__init__("no meeting with this id and passcode")
 
 
+class NotHost(ControlPlaneError):
+    """A host call for an unknown meeting or with a wrong host key (one reply)."""
+
+    def __init__(self) -> None:
+        super().__init__("no meeting with this id and host key")
+
+
 class TooManyAttempts(ControlPlaneError):
     """Failed attempts for this meeting or from this address exceeded the limits."""
 

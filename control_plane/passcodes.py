@@ -1,18 +1,22 @@
-"""Meeting passcodes: generated when the host gives none, stored only as a salted
-scrypt hash (memory-hard: a stolen etcd snapshot does not give them away cheaply),
+"""Meeting passcodes and host keys.
+
+Passcodes are generated when the host gives none, stored only as a salted scrypt
+hash (memory-hard: a stolen etcd snapshot does not give them away cheaply),
 compared in constant time, and checked just as long for a meeting that does not
 exist, so that neither the reply nor its timing tells whether an id is in use.
 
 scrypt with N = 2^14, r = 8, p = 1 costs about 36 ms and 16 MiB here: affordable
 per join, too dear to try many passcodes offline, and online guessing is bounded
 by the attempt limits long before the cost matters. It runs in a worker thread,
-never on the event loop.
+never on the event loop. Host keys are random 192-bit secrets: a SHA-256 of them
+is enough.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import os
 import secrets
@@ -86,3 +90,19 @@ async def check(passcode: str, stored: PasscodeHash | None) -> bool:
 async def protect(passcode: str) -> PasscodeHash:
     """`hash_passcode`, off the event loop."""
     return await asyncio.to_thread(hash_passcode, passcode)
+
+
+def new_host_key() -> str:
+    """The meeting's host secret: 192 random bits, so a fast hash suffices."""
+    return secrets.token_urlsafe(24)
+
+
+def host_key_digest(host_key: str) -> str:
+    return hashlib.sha256(host_key.encode("utf-8")).hexdigest()
+
+
+def is_host_key(host_key: str, digest: str) -> bool:
+    """Constant-time; False for an empty key or a meeting without a host."""
+    if not host_key or not digest:
+        return False
+    return hmac.compare_digest(host_key_digest(host_key), digest)

@@ -86,6 +86,7 @@ class RoomRecord:
     max_participants: int
     # A meeting without one admits nobody through JoinRoom (control_plane/passcodes.py).
     passcode: PasscodeHash | None = None
+    host_key_sha256: str = ""  # hex; empty: nobody is this meeting's host
 
     @classmethod
     def from_json(cls, raw: bytes) -> RoomRecord:
@@ -97,6 +98,7 @@ class RoomRecord:
             created_at_ms=_field(data, "created_at_ms", int),
             max_participants=_field(data, "max_participants", int),
             passcode=PasscodeHash.from_json(passcode) if passcode is not None else None,
+            host_key_sha256=str(data.get("host_key_sha256", "")),
         )
 
     def to_json(self) -> bytes:
@@ -108,6 +110,8 @@ class RoomRecord:
         }
         if self.passcode is not None:
             data["passcode"] = self.passcode.to_json()
+        if self.host_key_sha256:
+            data["host_key_sha256"] = self.host_key_sha256
         return json.dumps(data).encode()
 
 

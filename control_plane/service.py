@@ -24,6 +24,7 @@ from control_plane.errors import (
     InvalidArgument,
     NoRelayAvailable,
     NoSuchMeeting,
+    NotHost,
     PlacementUnsettled,
     RelayUnavailable,
     RoomNotFound,
@@ -50,6 +51,7 @@ _STATUS: dict[type[ControlPlaneError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     RoomNotFound: grpc.StatusCode.NOT_FOUND,
     NoSuchMeeting: grpc.StatusCode.NOT_FOUND,
+    NotHost: grpc.StatusCode.NOT_FOUND,
     TooManyAttempts: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NoRelayAvailable: grpc.StatusCode.UNAVAILABLE,
     PlacementUnsettled: grpc.StatusCode.UNAVAILABLE,
@@ -121,7 +123,10 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         name = validation.room_name(request.name)
         limit = validation.max_participants(request.max_participants)
         passcode = validation.passcode(request.passcode) or passcodes.generate()
-        room = await self._create_record(name, limit, await passcodes.protect(passcode))
+        host_key = passcodes.new_host_key()
+        room = await self._create_record(
+            name, limit, await passcodes.protect(passcode), passcodes.host_key_digest(host_key)
+        )
         # Place now so GetRoom names the node; with no relay up the meeting still
         # exists and the first JoinRoom places it.
         node_id = ""
@@ -131,12 +136,13 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             log.debug("room %s created unplaced: %s", room.room_id, exc)
         log.debug("created room %s on node %r", room.room_id, node_id)
         reply = _room_message(room, node_id)
-        reply.passcode = passcode  # the only time it is told
+        reply.passcode = passcode  # the only time either is told
+        reply.host_key = host_key
         return reply
 
     @_rpc
     async def GetRoom(self, request: rooms_pb2.GetRoomRequest, context: Any) -> rooms_pb2.Room:
-        room = await self._load_room(validation.room_id(request.room_id))
+        room = await self._host_room(validation.room_id(request.room_id), request.host_key)
         node = await self._current_node(room.room_id)
         return _room_message(room, node.node_id if node is not None else "")
 
@@ -154,8 +160,12 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         raw = await self._store.get(room_key(room_id))
         room = RoomRecord.from_json(raw) if raw is not None else None
         # The same work and the same reply whether the meeting is missing or the
-        # passcode wrong: the answer must not tell which ids exist.
-        admitted = await passcodes.check(passcode, room.passcode if room else None)
+        # passcode wrong: the answer must not tell which ids exist. A host comes
+        # with the host key instead.
+        if request.host_key:
+            admitted = passcodes.is_host_key(request.host_key, room.host_key_sha256 if room else "")
+        else:
+            admitted = await passcodes.check(passcode, room.passcode if room else None)
         if room is None or not admitted:
             await self._attempts.failed(limited, spent)
             raise NoSuchMeeting()
@@ -175,6 +185,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             can_publish=request.publish,
             can_subscribe=True,
             node_lease=node.lease,
+            role="host" if request.host_key else "participant",
         )
         log.debug("grant for room %s on node %s", room_id, node.node_id)
         return rooms_pb2.JoinRoomResponse(
@@ -190,7 +201,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     async def ListParticipants(
         self, request: rooms_pb2.ListParticipantsRequest, context: Any
     ) -> rooms_pb2.ListParticipantsResponse:
-        room = await self._load_room(validation.room_id(request.room_id))
+        room = await self._host_room(validation.room_id(request.room_id), request.host_key)
         node = await self._current_node(room.room_id)
         if node is None:
             return rooms_pb2.ListParticipantsResponse()
@@ -201,7 +212,9 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     async def EndRoom(
         self, request: rooms_pb2.EndRoomRequest, context: Any
     ) -> rooms_pb2.EndRoomResponse:
-        room_id = validation.room_id(request.room_id)
+        room_id = (
+            await self._host_room(validation.room_id(request.room_id), request.host_key)
+        ).room_id
         node = await self._current_node(room_id)
         existed = await self._store.delete(room_key(room_id))
         await self._store.delete(placement_key(room_id))
@@ -233,21 +246,23 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         return address
 
     async def _create_record(
-        self, name: str, limit: int, passcode: passcodes.PasscodeHash
+        self, name: str, limit: int, passcode: passcodes.PasscodeHash, host_key_sha256: str
     ) -> RoomRecord:
         now_ms = int(self._clock() * 1000)
         for _ in range(3):  # a collision of 100-bit ids is next to impossible
-            room = RoomRecord(new_room_id(), name, now_ms, limit, passcode)
+            room = RoomRecord(new_room_id(), name, now_ms, limit, passcode, host_key_sha256)
             created, _ = await self._store.create_if_absent(room_key(room.room_id), room.to_json())
             if created:
                 return room
         raise StoreUnavailable("could not allocate a unique room id")
 
-    async def _load_room(self, room_id: RoomId) -> RoomRecord:
+    async def _host_room(self, room_id: RoomId, host_key: str) -> RoomRecord:
+        """The meeting, for its host only; the same refusal for a missing meeting."""
         raw = await self._store.get(room_key(room_id))
-        if raw is None:
-            raise RoomNotFound(room_id)
-        return RoomRecord.from_json(raw)
+        room = RoomRecord.from_json(raw) if raw is not None else None
+        if room is None or not passcodes.is_host_key(host_key, room.host_key_sha256):
+            raise NotHost()
+        return room
 
     async def _current_node(self, room_id: RoomId) -> NodeInfo | None:
         """The live node hosting the meeting, without placing it (cache, then etcd)."""

@@ -76,6 +76,7 @@ class GrantSigner:
         can_publish: bool,
         can_subscribe: bool,
         node_lease: int = 0,
+        role: str = "participant",
     ) -> tuple[str, int]:
         """A signed grant for one join on one node, and on that node's current run
         (its etcd lease): (token, expires_at_ms)."""
@@ -89,6 +90,7 @@ class GrantSigner:
             can_subscribe=can_subscribe,
             expires_at_ms=expires_at_ms,
             node_lease=node_lease,
+            role=role,
         )
         return sign(grant, self._private_key), expires_at_ms
 

@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinGrant(_message.Message):
-    __slots__ = ("room_id", "participant_id", "node_id", "display_name", "can_publish", "can_subscribe", "expires_at_ms", "nonce", "key_id", "node_lease")
+    __slots__ = ("room_id", "participant_id", "node_id", "display_name", "can_publish", "can_subscribe", "expires_at_ms", "nonce", "key_id", "node_lease", "role")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class JoinGrant(_message.Message):
     NONCE_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_LEASE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     participant_id: str
     node_id: str
@@ -26,7 +27,8 @@ class JoinGrant(_message.Message):
     nonce: bytes
     key_id: str
     node_lease: int
-    def __init__(self, room_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., node_id: _Optional[str] = ..., display_name: _Optional[str] = ..., can_publish: _Optional[bool] = ..., can_subscribe: _Optional[bool] = ..., expires_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., key_id: _Optional[str] = ..., node_lease: _Optional[int] = ...) -> None: ...
+    role: str
+    def __init__(self, room_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., node_id: _Optional[str] = ..., display_name: _Optional[str] = ..., can_publish: _Optional[bool] = ..., can_subscribe: _Optional[bool] = ..., expires_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., key_id: _Optional[str] = ..., node_lease: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
 
 class SignedGrant(_message.Message):
     __slots__ = ("grant", "signature")

@@ -24,35 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/rooms.proto\x12\x0b\x63onclave.v1\"y\n\x04Room\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x03 \x01(\x03\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x18\n\x10max_participants\x18\x05 \x01(\r\x12\x10\n\x08passcode\x18\x06 \x01(\t\"M\n\x11\x43reateRoomRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10max_participants\x18\x02 \x01(\r\x12\x10\n\x08passcode\x18\x03 \x01(\t\"!\n\x0eGetRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\"[\n\x0fJoinRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07publish\x18\x03 \x01(\x08\x12\x10\n\x08passcode\x18\x04 \x01(\t\"\x8c\x01\n\x10JoinRoomResponse\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x12\n\nsignal_url\x18\x04 \x01(\t\x12\r\n\x05grant\x18\x05 \x01(\t\x12\x1b\n\x13grant_expires_at_ms\x18\x06 \x01(\x03\"6\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05muted\x18\x03 \x01(\x08\"u\n\x0bParticipant\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0cjoined_at_ms\x18\x03 \x01(\x03\x12\"\n\x06tracks\x18\x04 \x03(\x0b\x32\x12.conclave.v1.Track\"*\n\x17ListParticipantsRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\"J\n\x18ListParticipantsResponse\x12.\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x18.conclave.v1.Participant\"!\n\x0e\x45ndRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\"\x11\n\x0f\x45ndRoomResponse2\xf9\x02\n\x0bRoomService\x12?\n\nCreateRoom\x12\x1e.conclave.v1.CreateRoomRequest\x1a\x11.conclave.v1.Room\x12\x39\n\x07GetRoom\x12\x1b.conclave.v1.GetRoomRequest\x1a\x11.conclave.v1.Room\x12G\n\x08JoinRoom\x12\x1c.conclave.v1.JoinRoomRequest\x1a\x1d.conclave.v1.JoinRoomResponse\x12_\n\x10ListParticipants\x12$.conclave.v1.ListParticipantsRequest\x1a%.conclave.v1.ListParticipantsResponse\x12\x44\n\x07\x45ndRoom\x12\x1b.conclave.v1.EndRoomRequest\x1a\x1c.conclave.v1.EndRoomResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/rooms.proto\x12\x0b\x63onclave.v1\"\x8b\x01\n\x04Room\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x03 \x01(\x03\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x18\n\x10max_participants\x18\x05 \x01(\r\x12\x10\n\x08passcode\x18\x06 \x01(\t\x12\x10\n\x08host_key\x18\x07 \x01(\t\"M\n\x11\x43reateRoomRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10max_participants\x18\x02 \x01(\r\x12\x10\n\x08passcode\x18\x03 \x01(\t\"3\n\x0eGetRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"m\n\x0fJoinRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07publish\x18\x03 \x01(\x08\x12\x10\n\x08passcode\x18\x04 \x01(\t\x12\x10\n\x08host_key\x18\x05 \x01(\t\"\x8c\x01\n\x10JoinRoomResponse\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x12\n\nsignal_url\x18\x04 \x01(\t\x12\r\n\x05grant\x18\x05 \x01(\t\x12\x1b\n\x13grant_expires_at_ms\x18\x06 \x01(\x03\"6\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05muted\x18\x03 \x01(\x08\"u\n\x0bParticipant\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0cjoined_at_ms\x18\x03 \x01(\x03\x12\"\n\x06tracks\x18\x04 \x03(\x0b\x32\x12.conclave.v1.Track\"<\n\x17ListParticipantsRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"J\n\x18ListParticipantsResponse\x12.\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x18.conclave.v1.Participant\"3\n\x0e\x45ndRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"\x11\n\x0f\x45ndRoomResponse2\xf9\x02\n\x0bRoomService\x12?\n\nCreateRoom\x12\x1e.conclave.v1.CreateRoomRequest\x1a\x11.conclave.v1.Room\x12\x39\n\x07GetRoom\x12\x1b.conclave.v1.GetRoomRequest\x1a\x11.conclave.v1.Room\x12G\n\x08JoinRoom\x12\x1c.conclave.v1.JoinRoomRequest\x1a\x1d.conclave.v1.JoinRoomResponse\x12_\n\x10ListParticipants\x12$.conclave.v1.ListParticipantsRequest\x1a%.conclave.v1.ListParticipantsResponse\x12\x44\n\x07\x45ndRoom\x12\x1b.conclave.v1.EndRoomRequest\x1a\x1c.conclave.v1.EndRoomResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.rooms_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROOM']._serialized_start=35
-  _globals['_ROOM']._serialized_end=156
-  _globals['_CREATEROOMREQUEST']._serialized_start=158
-  _globals['_CREATEROOMREQUEST']._serialized_end=235
-  _globals['_GETROOMREQUEST']._serialized_start=237
-  _globals['_GETROOMREQUEST']._serialized_end=270
-  _globals['_JOINROOMREQUEST']._serialized_start=272
-  _globals['_JOINROOMREQUEST']._serialized_end=363
-  _globals['_JOINROOMRESPONSE']._serialized_start=366
-  _globals['_JOINROOMRESPONSE']._serialized_end=506
-  _globals['_TRACK']._serialized_start=508
-  _globals['_TRACK']._serialized_end=562
-  _globals['_PARTICIPANT']._serialized_start=564
-  _globals['_PARTICIPANT']._serialized_end=681
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=683
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=725
-  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_start=727
-  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_end=801
-  _globals['_ENDROOMREQUEST']._serialized_start=803
-  _globals['_ENDROOMREQUEST']._serialized_end=836
-  _globals['_ENDROOMRESPONSE']._serialized_start=838
-  _globals['_ENDROOMRESPONSE']._serialized_end=855
-  _globals['_ROOMSERVICE']._serialized_start=858
-  _globals['_ROOMSERVICE']._serialized_end=1235
+  _globals['_ROOM']._serialized_start=36
+  _globals['_ROOM']._serialized_end=175
+  _globals['_CREATEROOMREQUEST']._serialized_start=177
+  _globals['_CREATEROOMREQUEST']._serialized_end=254
+  _globals['_GETROOMREQUEST']._serialized_start=256
+  _globals['_GETROOMREQUEST']._serialized_end=307
+  _globals['_JOINROOMREQUEST']._serialized_start=309
+  _globals['_JOINROOMREQUEST']._serialized_end=418
+  _globals['_JOINROOMRESPONSE']._serialized_start=421
+  _globals['_JOINROOMRESPONSE']._serialized_end=561
+  _globals['_TRACK']._serialized_start=563
+  _globals['_TRACK']._serialized_end=617
+  _globals['_PARTICIPANT']._serialized_start=619
+  _globals['_PARTICIPANT']._serialized_end=736
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=738
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=798
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_start=800
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_end=874
+  _globals['_ENDROOMREQUEST']._serialized_start=876
+  _globals['_ENDROOMREQUEST']._serialized_end=927
+  _globals['_ENDROOMRESPONSE']._serialized_start=929
+  _globals['_ENDROOMRESPONSE']._serialized_end=946
+  _globals['_ROOMSERVICE']._serialized_start=949
+  _globals['_ROOMSERVICE']._serialized_end=1326
 # @@protoc_insertion_point(module_scope)

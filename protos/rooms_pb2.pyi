@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Room(_message.Message):
-    __slots__ = ("room_id", "name", "created_at_ms", "node_id", "max_participants", "passcode")
+    __slots__ = ("room_id", "name", "created_at_ms", "node_id", "max_participants", "passcode", "host_key")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     PASSCODE_FIELD_NUMBER: _ClassVar[int]
+    HOST_KEY_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     name: str
     created_at_ms: int
     node_id: str
     max_participants: int
     passcode: str
-    def __init__(self, room_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., node_id: _Optional[str] = ..., max_participants: _Optional[int] = ..., passcode: _Optional[str] = ...) -> None: ...
+    host_key: str
+    def __init__(self, room_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., node_id: _Optional[str] = ..., max_participants: _Optional[int] = ..., passcode: _Optional[str] = ..., host_key: _Optional[str] = ...) -> None: ...
 
 class CreateRoomRequest(_message.Message):
     __slots__ = ("name", "max_participants", "passcode")
@@ -33,22 +35,26 @@ class CreateRoomRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., max_participants: _Optional[int] = ..., passcode: _Optional[str] = ...) -> None: ...
 
 class GetRoomRequest(_message.Message):
-    __slots__ = ("room_id",)
+    __slots__ = ("room_id", "host_key")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_KEY_FIELD_NUMBER: _ClassVar[int]
     room_id: str
-    def __init__(self, room_id: _Optional[str] = ...) -> None: ...
+    host_key: str
+    def __init__(self, room_id: _Optional[str] = ..., host_key: _Optional[str] = ...) -> None: ...
 
 class JoinRoomRequest(_message.Message):
-    __slots__ = ("room_id", "display_name", "publish", "passcode")
+    __slots__ = ("room_id", "display_name", "publish", "passcode", "host_key")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
     PASSCODE_FIELD_NUMBER: _ClassVar[int]
+    HOST_KEY_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     display_name: str
     publish: bool
     passcode: str
-    def __init__(self, room_id: _Optional[str] = ..., display_name: _Optional[str] = ..., publish: _Optional[bool] = ..., passcode: _Optional[str] = ...) -> None: ...
+    host_key: str
+    def __init__(self, room_id: _Optional[str] = ..., display_name: _Optional[str] = ..., publish: _Optional[bool] = ..., passcode: _Optional[str] = ..., host_key: _Optional[str] = ...) -> None: ...
 
 class JoinRoomResponse(_message.Message):
     __slots__ = ("room_id", "participant_id", "node_id", "signal_url", "grant", "grant_expires_at_ms")
@@ -89,10 +95,12 @@ class Participant(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., joined_at_ms: _Optional[int] = ..., tracks: _Optional[_Iterable[_Union[Track, _Mapping]]] = ...) -> None: ...
 
 class ListParticipantsRequest(_message.Message):
-    __slots__ = ("room_id",)
+    __slots__ = ("room_id", "host_key")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_KEY_FIELD_NUMBER: _ClassVar[int]
     room_id: str
-    def __init__(self, room_id: _Optional[str] = ...) -> None: ...
+    host_key: str
+    def __init__(self, room_id: _Optional[str] = ..., host_key: _Optional[str] = ...) -> None: ...
 
 class ListParticipantsResponse(_message.Message):
     __slots__ = ("participants",)
@@ -101,10 +109,12 @@ class ListParticipantsResponse(_message.Message):
     def __init__(self, participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ...) -> None: ...
 
 class EndRoomRequest(_message.Message):
-    __slots__ = ("room_id",)
+    __slots__ = ("room_id", "host_key")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_KEY_FIELD_NUMBER: _ClassVar[int]
     room_id: str
-    def __init__(self, room_id: _Optional[str] = ...) -> None: ...
+    host_key: str
+    def __init__(self, room_id: _Optional[str] = ..., host_key: _Optional[str] = ...) -> None: ...
 
 class EndRoomResponse(_message.Message):
     __slots__ = ()

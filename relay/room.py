@@ -108,6 +108,7 @@ class Participant:
     signal: Signal
     peer: ParticipantPeer
     disconnect: Disconnect
+    role: str = "participant"  # from the grant: "host" or "participant"
     joined_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     tracks: dict[str, PublishedTrack] = field(default_factory=dict)  # by kind: one each
     voice: VoiceLevel | None = None  # audio level, while publishing audio
@@ -119,6 +120,7 @@ class Participant:
         return {
             "participant_id": self.participant_id,
             "name": self.name,
+            "role": self.role,
             "tracks": [t.describe() for t in self.tracks.values()],
         }
 
@@ -147,6 +149,7 @@ class Room:
         signal: Signal,
         disconnect: Disconnect,
         video_codec: str | None = None,
+        role: str = "participant",
     ) -> Participant:
         """Add a participant, wire subscriptions both ways, and start negotiating.
         `video_codec` (a MIME type) is offered first for the video it publishes."""
@@ -155,7 +158,9 @@ class Room:
         if participant_id in self.participants:
             raise SignalingError("already_joined", "this participant is already connected", 4009)
         peer = ParticipantPeer(participant_id, signal, self)
-        participant = Participant(participant_id, name, can_subscribe, signal, peer, disconnect)
+        participant = Participant(
+            participant_id, name, can_subscribe, signal, peer, disconnect, role=role
+        )
         for kind in publish:
             peer.add_publish(kind, video_codec if kind == "video" else None)
         if can_subscribe:

@@ -194,6 +194,7 @@ class SignalingSession:
             self.send,
             self.disconnect,
             f"video/{video_codec.lower()}",
+            "host" if grant.role == "host" else "participant",
         )
         self.room = room
         self.node.participants_changed(room.room_id)

@@ -71,7 +71,7 @@ async def test_killed_relay_expires_and_meeting_moves_to_survivor(
                 for name in ("ann", "ben")
             ]
             assert {j.node_id for j in joins} == {survivor.node_id}
-            assert (await rooms.get_room(room.room_id)).node_id == survivor.node_id
+            assert (await rooms.get_room(room.room_id, room.host_key)).node_id == survivor.node_id
 
             ann = Session(joins[0], "ann", ["video"])
             ben = Session(joins[1], "ben", [])

@@ -103,7 +103,8 @@ async def test_meetings_created_back_to_back_land_on_different_relays(
     assert first["node_id"] and second["node_id"]
     assert first["node_id"] != second["node_id"]
     for room in (first, second):
-        await conclave("room", "end", room["room_id"], "--control-plane", cluster.control_plane)
+        await conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
+                       "--control-plane", cluster.control_plane)  # fmt: skip
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -140,12 +141,14 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
     assert forwarded > 1000
     # Everyone left: nothing of the meeting remains on any relay.
     listing = await conclave("room", "participants", room["room_id"],
+                             "--host-key", room["host_key"],
                              "--control-plane", cluster.control_plane)  # fmt: skip
     assert listing["participants"] == []
     for port in cluster.http_ports:
         assert cluster.metric(port, "conclave_participants") == 0
         assert cluster.metric(port, "conclave_rooms") == 0
-    await conclave("room", "end", room["room_id"], "--control-plane", cluster.control_plane)
+    await conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
+                   "--control-plane", cluster.control_plane)  # fmt: skip
 
 
 @pytest.mark.asyncio(loop_scope="module")

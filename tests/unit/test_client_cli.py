@@ -49,10 +49,16 @@ class FakeRooms:
             node_id="relay-0",
             created_at_ms=5,
             passcode=passcode or "drawn123",
+            host_key="hk-drawn",
         )
 
     async def join_room(
-        self, room_id: str, display_name: str, publish: bool, passcode: str = ""
+        self,
+        room_id: str,
+        display_name: str,
+        publish: bool,
+        passcode: str = "",
+        host_key: str = "",
     ) -> rooms_pb2.JoinRoomResponse:
         self.calls.append(("join_room", (room_id, display_name, publish)))
         self.calls.append(("passcode", passcode))
@@ -66,7 +72,8 @@ class FakeRooms:
             grant="g",
         )
 
-    async def list_participants(self, room_id: str) -> list[rooms_pb2.Participant]:
+    async def list_participants(self, room_id: str, host_key: str) -> list[rooms_pb2.Participant]:
+        self.calls.append(("host_key", host_key))
         return [
             rooms_pb2.Participant(
                 participant_id="p-1",
@@ -76,8 +83,9 @@ class FakeRooms:
             )
         ]
 
-    async def end_room(self, room_id: str) -> None:
+    async def end_room(self, room_id: str, host_key: str) -> None:
         self.calls.append(("end_room", room_id))
+        self.calls.append(("host_key", host_key))
 
 
 class FakeSession:
@@ -244,7 +252,8 @@ def test_room_create_prints_compact_json(fakes: None, capsys: pytest.CaptureFixt
     assert code == 0
     assert out.count("\n") == 1 and " " not in out.strip()
     assert json.loads(out) == {
-        "room_id": "room-1", "name": "standup", "node_id": "relay-0", "passcode": "drawn123"
+        "room_id": "room-1", "name": "standup", "node_id": "relay-0", "passcode": "drawn123",
+        "host_key": "hk-drawn",
     }  # fmt: skip
     assert ("target", "h:1") in FakeRooms.calls
     assert ("create_room", ("standup", 4, "")) in FakeRooms.calls
@@ -258,7 +267,7 @@ def test_room_create_pretty_by_default_with_generated_name(
     assert out.count("\n") > 1
     room = json.loads(out)
     assert room["name"].startswith("meeting-")
-    assert set(room) == {"room_id", "name", "node_id", "passcode"}
+    assert set(room) == {"room_id", "name", "node_id", "passcode", "host_key"}
 
 
 def test_join_prints_report(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -342,9 +351,13 @@ def test_control_plane_error_is_one_line_exit_1(
     assert capsys.readouterr().err.strip().endswith("no such room (NOT_FOUND)")
 
 
-def test_thin_room_subcommands(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["room", "end", "room-1", "--json"]) == 0
+def test_thin_room_subcommands(
+    fakes: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli.main(["room", "end", "room-1", "--host-key", "hk", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"room_id": "room-1", "ended": True}
+    assert ("host_key", "hk") in FakeRooms.calls
+    monkeypatch.setenv("CONCLAVE_HOST_KEY", "from-env")
     assert cli.main(["room", "participants", "room-1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "room_id": "room-1",
