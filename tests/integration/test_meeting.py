@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 import pytest_asyncio
 
 from conclave.processes import free_port, wait_for_line
+from conclave.store import EtcdStore
 from tests.integration.relay_harness import scrape_metric
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
@@ -32,6 +35,7 @@ class DevCluster:
     process: asyncio.subprocess.Process
     control_plane: str
     http_ports: list[int]
+    etcd: str
 
     def metric(self, port: int, name: str) -> float:
         return scrape_metric(port, name)
@@ -65,16 +69,18 @@ def alive(pid: int) -> bool:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[DevCluster]:
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port, etcd_port = free_port(), free_port(), free_port()
     process = await asyncio.create_subprocess_exec(
         *CONCLAVE, "dev", "--relays", "2", "--grpc-port", str(grpc_port),
-        "--http-port", str(http_port),
+        "--http-port", str(http_port), "--etcd-port", str(etcd_port),
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert process.stdout is not None
     line = await wait_for_line(process.stdout, "ready", timeout=90)
     assert line == f"ready control-plane=127.0.0.1:{grpc_port} http=http://127.0.0.1:{http_port}"
-    yield DevCluster(process, f"127.0.0.1:{grpc_port}", [http_port, http_port + 1])
+    yield DevCluster(
+        process, f"127.0.0.1:{grpc_port}", [http_port, http_port + 1], f"127.0.0.1:{etcd_port}"
+    )
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 30)
@@ -149,6 +155,87 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
         assert cluster.metric(port, "conclave_rooms") == 0
     await conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
                    "--control-plane", cluster.control_plane)  # fmt: skip
+
+
+# Every key Conclave keeps in etcd and every field of its value (None: not JSON),
+# as docs/privacy.md lists them. Anything else found in a running cluster fails.
+ETCD_INVENTORY: dict[str, set[str] | None] = {
+    r"/conclave/nodes/[\w-]+": {"node_id", "signal_url", "rpc_address", "capacity", "load",
+                                "lease"},
+    r"/conclave/rooms/[\w-]+": {"room_id", "name", "created_at_ms", "max_participants",
+                                "passcode", "host_key_sha256"},
+    r"/conclave/placement/[\w-]+": {"node_id"},
+    r"/conclave/keys/grant-signing/[\w-]+": None,
+    r"/conclave/attempts/address-key": None,
+    r"/conclave/attempts/room/[\w-]+": {"tokens", "at", "locked_until", "strikes"},
+    r"/conclave/attempts/source/[0-9a-f]{32}": {"tokens", "at", "locked_until", "strikes"},
+}  # fmt: skip
+IPV4 = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_privacy_inventory_holds_for_a_running_cluster(cluster: DevCluster) -> None:
+    """The etcd key space and the metric labels of a cluster that holds a meeting
+    (and a failed join) have nothing docs/privacy.md does not list; ending the
+    meeting removes its records."""
+    privacy = (REPO_ROOT / "docs" / "privacy.md").read_text()
+    for pattern, fields in ETCD_INVENTORY.items():
+        prefix = pattern.split("[", 1)[0]
+        assert prefix in privacy, f"docs/privacy.md does not list {prefix}"
+        for field in fields or ():
+            assert f"`{field}`" in privacy, f"docs/privacy.md does not list field {field}"
+
+    room = await conclave("room", "create", "--name", "Secret Board Meeting",
+                          "--control-plane", cluster.control_plane)  # fmt: skip
+    failed = await asyncio.create_subprocess_exec(
+        *CONCLAVE, "join", room["room_id"], "--passcode", "wrong", "--name", "Mallory",
+        "--control-plane", cluster.control_plane,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.wait_for(failed.communicate(), 60)
+    assert failed.returncode != 0
+    report = await conclave("join", room["room_id"], "--passcode", room["passcode"],
+                            "--name", "Alice Example", "--duration", "3",
+                            "--control-plane", cluster.control_plane)  # fmt: skip
+
+    store = EtcdStore([cluster.etcd])
+    await store.connect()
+    try:
+        items, _ = await store.get_prefix("/conclave/")
+        for key, value in items.items():
+            matched = next((p for p in ETCD_INVENTORY if re.fullmatch(p, key)), None)
+            assert matched is not None, f"{key} is not in the privacy inventory"
+            fields = ETCD_INVENTORY[matched]
+            if fields is not None:
+                extra = set(json.loads(value)) - fields
+                assert not extra, f"{key} holds fields the inventory lacks: {extra}"
+            for secret in ("Alice Example", "Mallory", room["passcode"], room["host_key"]):
+                assert secret.encode() not in value, f"{key} holds {secret!r}"
+            assert not IPV4.search(value.decode("latin-1").replace("127.0.0.1", "")), key
+        assert f"/conclave/attempts/room/{room['room_id']}" in items  # the failed join
+        await conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
+                       "--control-plane", cluster.control_plane)  # fmt: skip
+        left, _ = await store.get_prefix("/conclave/")
+        assert f"/conclave/rooms/{room['room_id']}" not in left
+        assert f"/conclave/placement/{room['room_id']}" not in left
+    finally:
+        await store.close()
+
+    # No name, id or address in any metric label of any relay.
+    secrets = {room["room_id"], report["participant_id"], "Alice Example", "Mallory"}
+    for port in cluster.http_ports:
+        text = await asyncio.to_thread(metrics_text, port)
+        for line in text.splitlines():
+            if line.startswith("#") or "{" not in line:
+                continue
+            labels = line[line.index("{") + 1 : line.rindex("}")]
+            assert not any(secret in labels for secret in secrets), line
+            assert not IPV4.search(labels), line
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 @pytest.mark.asyncio(loop_scope="module")
