@@ -39,7 +39,7 @@ from protos import rooms_pb2
 log = logging.getLogger("conclave.client")
 
 KINDS = ("audio", "video")
-VIDEO_CODECS = {"VP8": "video/vp8", "H264": "video/h264"}  # Session(video_codec=...)
+VIDEO_CODECS = ("VP8", "H264")  # Session(video_codec=...)
 
 
 @dataclass(frozen=True)

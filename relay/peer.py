@@ -32,7 +32,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from relay import metrics, rtcp, simulcast
 from relay.errors import SignalingError
-from relay.forwarder import MID_URI, SubscriberOutput
+from relay.forwarder import CLOCK_RATES, MID_URI, SubscriberOutput
 from relay.reception import MissingPackets, ReceptionStats
 from relay.rtp import RtpHeader, one_byte_element
 from relay.speaker import AUDIO_LEVEL_URI
@@ -49,7 +49,6 @@ CODECS = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
 
 RTCP_INTERVAL_S = 1.0
 CNAME = b"conclave-relay"
-CLOCK_RATES = {"audio": 48000, "video": 90000}
 
 Signal = Callable[[dict[str, Any]], Awaitable[None]]
 

@@ -84,11 +84,6 @@ class MeetingKeys:
             return self.group.security_code
 
     @property
-    def epoch(self) -> int:
-        with self._lock:
-            return self.group.epoch
-
-    @property
     def members(self) -> tuple[str, ...]:
         with self._lock:
             roster = self.group.roster
@@ -135,9 +130,7 @@ class MeetingKeys:
     async def _issued(self, messages: list[Any] | None) -> None:
         """As leader: send what `on_roster_change`/`tick` produced, and come back
         when the rekey policy says the next epoch is due."""
-        if messages is not None:
-            with self._lock:
-                roster = self.group.roster
+        if messages is not None:  # an epoch was issued (and installed here)
             for message in messages:
                 await self._send(
                     {
@@ -146,8 +139,7 @@ class MeetingKeys:
                         "message": _text(message.to_bytes()),
                     }
                 )
-            if roster is not None:
-                self._installed()
+            self._installed()
         with self._lock:
             due = self.group.policy.next_due()
         if due is not None:
