@@ -93,8 +93,10 @@ async def protect(passcode: str) -> PasscodeHash:
 
 
 def new_host_key() -> str:
-    """The meeting's host secret: 192 random bits, so a fast hash suffices."""
-    return secrets.token_urlsafe(24)
+    """The meeting's host secret: 192 random bits, so a fast hash suffices. Hex,
+    because a base64url key may start with "-", which a command line takes for an
+    option (`conclave room end ID --host-key -x...` failed that way)."""
+    return secrets.token_hex(24)
 
 
 def host_key_digest(host_key: str) -> str:

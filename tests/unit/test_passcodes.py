@@ -32,6 +32,16 @@ def test_generated_passcodes_are_random_and_typable() -> None:
     assert all(len(p) == 8 and set(p) <= set(passcodes.GENERATED_ALPHABET) for p in drawn)
 
 
+def test_host_keys_are_192_bits_of_hex_that_a_command_line_takes() -> None:
+    keys = {passcodes.new_host_key() for _ in range(2000)}
+    assert len(keys) == 2000
+    assert all(len(k) == 48 and int(k, 16) >= 0 and not k.startswith("-") for k in keys)
+    key = passcodes.new_host_key()
+    assert passcodes.is_host_key(key, passcodes.host_key_digest(key))
+    assert not passcodes.is_host_key(key.upper(), passcodes.host_key_digest(key))
+    assert not passcodes.is_host_key("", passcodes.host_key_digest(""))
+
+
 def test_the_record_keeps_the_hash_never_the_passcode() -> None:
     record = RoomRecord(RoomId("r"), "n", 1, 10, passcodes.hash_passcode("hunter2"))
     raw = record.to_json()
