@@ -14,3 +14,9 @@ class ConclaveError(Exception):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class AdmissionRefused(ConclaveError):
+    """The meeting did not let this participant in: the host denied it from the
+    waiting room (`code` "denied"), removed it ("removed"), or the meeting is locked
+    or suspended ("locked"). Asking again does not help."""

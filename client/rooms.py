@@ -4,6 +4,7 @@ and end meetings. Every failure becomes one `ConclaveError` a person can act on.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -50,12 +51,25 @@ class RoomsClient:
         await self._channel.close()
 
     async def create_room(
-        self, name: str = "", max_participants: int = 0, passcode: str = ""
+        self,
+        name: str = "",
+        max_participants: int = 0,
+        passcode: str = "",
+        *,
+        waiting_room: bool = False,
+        screen_share: str = "",
     ) -> rooms_pb2.Room:
         """Create a meeting; `max_participants` 0 means the server's default. Without
-        a `passcode` the server draws one: `Room.passcode` of the reply, told once."""
+        a `passcode` the server draws one (`Room.passcode` of the reply, told once),
+        unless `waiting_room` is on: then the meeting has no passcode and the host
+        admits whoever knocks (`Room.has_passcode` says which). `screen_share` is
+        "hosts" (the server's default, also for "") or "everyone"."""
         request = rooms_pb2.CreateRoomRequest(
-            name=name, max_participants=max_participants, passcode=passcode
+            name=name,
+            max_participants=max_participants,
+            passcode=passcode,
+            waiting_room=waiting_room,
+            screen_share=screen_share,
         )
         room: rooms_pb2.Room = await self._call("CreateRoom", self._stub.CreateRoom, request)
         return room
@@ -99,6 +113,106 @@ class RoomsClient:
     async def end_room(self, room_id: str, host_key: str) -> None:
         request = rooms_pb2.EndRoomRequest(room_id=room_id, host_key=host_key)
         await self._call("EndRoom", self._stub.EndRoom, request)
+
+    # ------------------------------------------------------------ host controls
+    # Each takes the meeting's host key; an unknown meeting, a wrong key and an
+    # unknown participant fail with NOT_FOUND. The control plane writes each call
+    # to the meeting's audit log (actor "host-api").
+
+    async def update_room(
+        self,
+        room_id: str,
+        host_key: str,
+        *,
+        locked: bool | None = None,
+        suspended: bool | None = None,
+        waiting_room: bool | None = None,
+        screen_share: str | None = None,
+    ) -> rooms_pb2.Room:
+        """Change the meeting's policy; arguments left at None stay as they are.
+        Returns the meeting as it is afterwards."""
+        request = rooms_pb2.UpdateRoomRequest(room_id=room_id, host_key=host_key)
+        if locked is not None:
+            request.locked = locked
+        if suspended is not None:
+            request.suspended = suspended
+        if waiting_room is not None:
+            request.waiting_room = waiting_room
+        if screen_share is not None:
+            request.screen_share = screen_share
+        room: rooms_pb2.Room = await self._call("UpdateRoom", self._stub.UpdateRoom, request)
+        return room
+
+    async def admit_participants(
+        self,
+        room_id: str,
+        host_key: str,
+        participant_ids: Sequence[str] = (),
+        *,
+        all: bool = False,
+    ) -> list[str]:
+        """Let these waiting participants in (or, with `all`, everyone waiting now);
+        returns the ids admitted."""
+        request = rooms_pb2.AdmitParticipantsRequest(
+            room_id=room_id, host_key=host_key, participant_ids=list(participant_ids), all=all
+        )
+        response: rooms_pb2.AdmitParticipantsResponse = await self._call(
+            "AdmitParticipants", self._stub.AdmitParticipants, request
+        )
+        return list(response.admitted)
+
+    async def deny_participants(
+        self, room_id: str, host_key: str, participant_ids: Sequence[str]
+    ) -> list[str]:
+        """Turn these waiting participants away; returns the ids denied."""
+        request = rooms_pb2.DenyParticipantsRequest(
+            room_id=room_id, host_key=host_key, participant_ids=list(participant_ids)
+        )
+        response: rooms_pb2.DenyParticipantsResponse = await self._call(
+            "DenyParticipants", self._stub.DenyParticipants, request
+        )
+        return list(response.denied)
+
+    async def remove_participant(self, room_id: str, host_key: str, participant_id: str) -> None:
+        """Disconnect a participant (connected or waiting); it cannot come back."""
+        request = rooms_pb2.ParticipantRequest(
+            room_id=room_id, host_key=host_key, participant_id=participant_id
+        )
+        await self._call("RemoveParticipant", self._stub.RemoveParticipant, request)
+
+    async def mute_participant(
+        self, room_id: str, host_key: str, participant_id: str, source: str
+    ) -> None:
+        """Stop forwarding one source ("microphone", "camera", "screen") of a
+        participant until it unmutes itself."""
+        request = rooms_pb2.MuteParticipantRequest(
+            room_id=room_id, host_key=host_key, participant_id=participant_id, source=source
+        )
+        await self._call("MuteParticipant", self._stub.MuteParticipant, request)
+
+    async def set_publish_rights(
+        self, room_id: str, host_key: str, participant_id: str, sources: Sequence[str]
+    ) -> None:
+        """What the participant may publish from now on (empty: nothing); the relay
+        stops any track it publishes outside these."""
+        request = rooms_pb2.SetPublishRightsRequest(
+            room_id=room_id, host_key=host_key, participant_id=participant_id, sources=list(sources)
+        )
+        await self._call("SetPublishRights", self._stub.SetPublishRights, request)
+
+    async def set_role(self, room_id: str, host_key: str, participant_id: str, role: str) -> None:
+        """Make a participant a co-host ("cohost") or a participant again."""
+        request = rooms_pb2.SetRoleRequest(
+            room_id=room_id, host_key=host_key, participant_id=participant_id, role=role
+        )
+        await self._call("SetRole", self._stub.SetRole, request)
+
+    async def get_audit_log(self, room_id: str, host_key: str) -> list[rooms_pb2.AuditEntry]:
+        """The meeting's audit log, oldest first; readable for the retention period
+        after the meeting ended, with the same host key."""
+        request = rooms_pb2.GetAuditLogRequest(room_id=room_id, host_key=host_key)
+        log: rooms_pb2.AuditLog = await self._call("GetAuditLog", self._stub.GetAuditLog, request)
+        return list(log.entries)
 
     async def _call(self, name: str, method: Any, request: Any) -> Any:
         try:

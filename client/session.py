@@ -32,14 +32,31 @@ from av import AudioFrame, VideoFrame
 from client.e2ee.exchange import MeetingKeys
 from client.e2ee.identity import IdentityKey
 from client.e2ee.media import decrypt_receiver, encrypt_sender
-from client.errors import ConclaveError
+from client.errors import AdmissionRefused, ConclaveError
 from client.media import PatternVideoTrack, SineAudioTrack
 from protos import rooms_pb2
 
 log = logging.getLogger("conclave.client")
 
 KINDS = ("audio", "video")
+#: What a participant publishes (grants, publish rights, signalling): the camera and
+#: the screen are both video tracks.
+SOURCES = ("microphone", "camera", "screen")
+SOURCE_KINDS = {"microphone": "audio", "camera": "video", "screen": "video"}
+#: The source a kind means in `Session(publish=...)`, `set_muted` and `is_muted`.
+KIND_SOURCES = {"audio": "microphone", "video": "camera"}
+ROLES = ("host", "cohost", "participant")
+SCREEN_SHARE = ("hosts", "everyone")
 VIDEO_CODECS = ("VP8", "H264")  # Session(video_codec=...)
+
+#: Why a meeting turned a participant away (room_closed reason / close code), as said
+#: to a person.
+REFUSALS = {
+    "denied": "the host did not let you into the meeting",
+    "removed": "you were removed from this meeting",
+    "locked": "the meeting is locked: nobody new may enter",
+}
+REFUSAL_CLOSE_CODES = {4005: "locked", 4006: "removed", 4007: "denied"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,7 @@ class RemoteStream:
     participant_id: str
     track_id: str
     kind: str
+    source: str = ""  # "microphone", "camera" or "screen" ("" if the relay did not say)
 
 
 class RemoteStats(TypedDict):
@@ -63,6 +81,7 @@ class _Counters:
     audio_frames: int = 0
     video_frames: int = 0
     video_size: tuple[int, int] | None = None  # of the latest decoded frame
+    screen_frames: int = 0  # of video_frames, those of a screen track
     decrypt_failures: int = 0  # frames that did not decrypt (dropped, never decoded)
 
 
@@ -102,11 +121,20 @@ class Session:
     """One participant's connection to its relay: a WebSocket for signalling and one
     RTCPeerConnection that answers the relay's offers.
 
-    Publishes `publish` kinds (synthetic tracks unless `tracks` supplies them),
-    receives everyone else's media, keeps the roster, the active speakers and who
-    muted what, and counts what arrives per publisher. `on_active_speakers` is called
-    with the display names of the speakers (loudest first) whenever the relay sends
-    a new list. Use `async with Session(...)` or `start()` / `leave()`.
+    Publishes `publish` kinds ("audio" is the microphone source, "video" the
+    camera; synthetic tracks unless `tracks` supplies them, keyed by kind), and a
+    screen on demand (`publish_screen`); receives everyone else's media, keeps the
+    roster with roles, the active speakers and who muted what, and counts what
+    arrives per publisher. `on_active_speakers` is called with the display names of
+    the speakers (loudest first) whenever the relay sends a new list.
+
+    In a meeting with a waiting room, `start()` returns only once a host admitted
+    us (`waiting` is True meanwhile, and `on_waiting` is called when the wait
+    begins); `wait_timeout` bounds the wait (None: as long as it takes). Hosts and
+    co-hosts see `waiting_list` and act with `admit`, `deny`, `remove`,
+    `mute_participant`, `set_publish_rights`, `set_role` and `update_room`.
+
+    Use `async with Session(...)` or `start()` / `leave()`.
     """
 
     def __init__(
@@ -117,8 +145,10 @@ class Session:
         *,
         tracks: Mapping[str, MediaStreamTrack] | None = None,
         join_timeout: float = 10.0,
+        wait_timeout: float | None = None,
         stats_interval: float = 1.0,
         on_active_speakers: Callable[[list[str]], None] | None = None,
+        on_waiting: Callable[[], None] | None = None,
         e2ee: bool = True,
         identity: IdentityKey | None = None,
         video_codec: str = "VP8",
@@ -132,16 +162,40 @@ class Session:
         self.room_id = join.room_id
         self.node_id = join.node_id
         self.display_name = display_name
+        #: the kinds asked for at the join ("audio", "video"); `publishing` says
+        #: which sources are being sent now
         self.publish = list(dict.fromkeys(publish))
+        #: how long the relay may take to answer the join (`joined` or `waiting`)
         self.join_timeout = join_timeout
+        #: how long to wait in the waiting room for a host; None: as long as it takes
+        self.wait_timeout = wait_timeout
         self.stats_interval = stats_interval
         #: relay error messages after the join, oldest first: (code, message)
         self.errors: list[tuple[str, str]] = []
-        #: why the meeting ended, when the relay sent `room_closed`
+        #: why the meeting ended, when the relay sent `room_closed` ("ended",
+        #: "removed", ...)
         self.closed_reason: str | None = None
-        #: our own mute state per published kind (`set_muted`)
-        self.muted: dict[str, bool] = {kind: False for kind in self.publish}
+        #: our own mute state per published source ("microphone", "camera",
+        #: "screen"): `set_muted`, or a host's `muted_by_host`
+        self.muted: dict[str, bool] = {KIND_SOURCES[kind]: False for kind in self.publish}
+        #: in the meeting's waiting room: joined the relay, not admitted yet
+        self.waiting = False
+        #: for hosts and co-hosts: who waits to be admitted, (participant_id, name)
+        self.waiting_list: list[tuple[str, str]] = []
+        #: "host", "cohost" or "participant" once joined (None before)
+        self.role: str | None = None
+        #: the sources we may publish now, as the relay says (`joined`,
+        #: `publish_rights`)
+        self.publish_rights: list[str] = []
+        #: the meeting's policy flags from `joined` / `room_updated`: waiting_room,
+        #: locked, suspended, screen_share
+        self.room_state: dict[str, Any] = {}
+        #: sources of ours a host muted (`muted_by_host`), oldest first
+        self.muted_by_host: list[str] = []
+        #: sources the relay stopped taking from us (`unpublished`): (source, reason)
+        self.unpublished: list[tuple[str, str]] = []
         self.on_active_speakers = on_active_speakers
+        self.on_waiting = on_waiting
         #: end-to-end encryption (docs/e2ee.md); off only for benchmarks
         self.e2ee = e2ee
         if video_codec.upper() not in VIDEO_CODECS:
@@ -151,22 +205,22 @@ class Session:
         self._identity = identity
         self._keys: MeetingKeys | None = None
 
-        self._tracks: dict[str, MediaStreamTrack] = {}
+        self._tracks: dict[str, MediaStreamTrack] = {}  # source -> what we send
         self._own_tracks: list[MediaStreamTrack] = []
         for kind in self.publish:
-            track = (tracks or {}).get(kind)
-            if track is None:
-                track = SineAudioTrack() if kind == "audio" else PatternVideoTrack()
-                self._own_tracks.append(track)
-            if track.kind != kind:
-                raise ValueError(f"track for {kind!r} is a {track.kind} track")
-            self._tracks[kind] = _MutableAudioTrack(track) if kind == "audio" else track
+            source = KIND_SOURCES[kind]
+            given = tracks or {}
+            self._add_own_track(source, given.get(kind) or given.get(source))
 
         self._roster: dict[str, str] = {}  # present now, self included
         self._seen: dict[str, str] = {}  # everyone ever present, self included
+        self._roles: dict[str, str] = {}  # pid -> role, present now
         self._published: dict[str, dict[str, str]] = {}  # pid -> track_id -> kind
+        self._sources: dict[str, dict[str, str]] = {}  # pid -> track_id -> source
         self._streams: dict[str, RemoteStream] = {}  # mid -> publisher, latest offer
-        self._publish_mids: dict[str, str] = {}  # kind -> mid, latest offer
+        self._publish_mids: dict[str, str] = {}  # source -> mid, latest offer
+        self._pending_publish: dict[str, asyncio.Future[None]] = {}  # publish_source
+        self._join_timer: asyncio.Timeout | None = None  # start(), until joined
         self._counters: dict[str, _Counters] = {}
         self._audio_rtp: dict[str, tuple[str, int]] = {}  # mid -> (pid, packetsReceived)
         self._speakers: list[tuple[str, float]] = []  # (pid, level), loudest first
@@ -199,7 +253,14 @@ class Session:
     async def start(self) -> None:
         """Open the signalling connection and join; returns once `joined` arrived.
 
-        The relay's first offer is answered in the background right after.
+        The relay must answer the join within `join_timeout`. If it puts us in the
+        meeting's waiting room (`waiting`), `waiting` turns True, `on_waiting` is
+        called, and the wait for a host lasts `wait_timeout` from then on (None, the
+        default: as long as it takes; cancel `start()` or give up with a timeout of
+        your own). Raises `AdmissionRefused` (a `ConclaveError`) with code "denied",
+        "removed" or "locked" when the meeting turns us away, and `ConclaveError` with
+        code "wait_timeout" when no host admitted us in time. The relay's first offer
+        is answered in the background right after `joined`.
         """
         if self._http is not None:
             raise RuntimeError("a Session can only be started once")
@@ -229,18 +290,32 @@ class Session:
                 {
                     "type": "join",
                     "grant": self.grant,
-                    "publish": self.publish,
+                    "publish": [KIND_SOURCES[kind] for kind in self.publish],
                     "video_codec": self.video_codec.lower(),
                 }
             )
             try:
-                async with asyncio.timeout(self.join_timeout):
+                async with asyncio.timeout(self.join_timeout) as timer:
+                    self._join_timer = timer  # `waiting` moves its deadline
                     await asyncio.shield(self._joined)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._left and (task is None or not task.cancelling()):
+                    # `leave()` from elsewhere, while we were waiting to be let in
+                    raise ConclaveError("left the meeting before the join", "left") from None
+                raise
             except TimeoutError:
+                if self.waiting and self.wait_timeout is not None:
+                    raise ConclaveError(
+                        f"no host admitted us from the waiting room within {self.wait_timeout:g} s",
+                        "wait_timeout",
+                    ) from None
                 raise ConclaveError(
                     f"the relay at {self.signal_url} did not answer the join "
                     f"within {self.join_timeout:g} s"
                 ) from None
+            finally:
+                self._join_timer = None
         except BaseException:
             self._left = True
             await self._teardown()
@@ -324,6 +399,29 @@ class Session:
         return {pid: dict(tracks) for pid, tracks in self._published.items()}
 
     @property
+    def published_sources(self) -> dict[str, dict[str, str]]:
+        """participant_id -> track_id -> source ("microphone", "camera", "screen"),
+        as announced by the relay."""
+        return {pid: dict(tracks) for pid, tracks in self._sources.items()}
+
+    @property
+    def roles(self) -> dict[str, str]:
+        """participant_id -> "host", "cohost" or "participant", of everyone present
+        (self included once joined)."""
+        return dict(self._roles)
+
+    @property
+    def publishing(self) -> list[str]:
+        """The sources we publish: asked for at the join or with `publish_source`,
+        and neither unpublished by us nor stopped by the relay (`unpublished`)."""
+        return [source for source in SOURCES if source in self._tracks]
+
+    @property
+    def publish_mids(self) -> dict[str, str]:
+        """source -> mid of the m-line we send it on, from the latest offer."""
+        return dict(self._publish_mids)
+
+    @property
     def active_speakers(self) -> list[str]:
         """Display names of who is speaking now, dominant speaker first (self
         included when speaking); empty in silence."""
@@ -336,33 +434,217 @@ class Session:
 
     @property
     def mute_state(self) -> dict[str, dict[str, bool]]:
-        """participant_id -> kind -> muted, for every track the relay announced."""
+        """participant_id -> kind -> muted, for every microphone and camera track the
+        relay announced (`source_mute_state` has screens too)."""
+        state: dict[str, dict[str, bool]] = {}
+        for pid, sources in self.source_mute_state.items():
+            state[pid] = {
+                SOURCE_KINDS[source]: muted
+                for source, muted in sources.items()
+                if source in ("microphone", "camera")
+            }
+        return state
+
+    @property
+    def source_mute_state(self) -> dict[str, dict[str, bool]]:
+        """participant_id -> source -> muted, for every track the relay announced."""
         state: dict[str, dict[str, bool]] = {}
         for pid, tracks in self._published.items():
             muted = self._muted.get(pid, {})
-            state[pid] = {kind: muted.get(tid, False) for tid, kind in tracks.items()}
+            sources = self._sources.get(pid, {})
+            state[pid] = {
+                sources.get(tid) or KIND_SOURCES.get(kind, kind): muted.get(tid, False)
+                for tid, kind in tracks.items()
+            }
         return state
 
     def is_muted(self, participant_id: str, kind: str) -> bool:
-        """Whether that participant's `kind` track is muted (ours: `set_muted`)."""
+        """Whether that participant's track is muted (ours: `set_muted`, or a host
+        muted it). `kind` is a source, or a kind for the microphone or camera."""
+        source = _source_name(kind)
         if participant_id == self.participant_id:
-            return self.muted.get(kind, False)
-        return self.mute_state.get(participant_id, {}).get(kind, False)
+            return self.muted.get(source, False)
+        return self.source_mute_state.get(participant_id, {}).get(source, False)
 
     async def set_muted(self, kind: str, muted: bool) -> None:
         """Mute or unmute what we publish and tell the meeting (`mute` message).
+        `kind` is a source ("microphone", "camera", "screen") or a kind ("audio" is
+        the microphone, "video" the camera).
 
         Audio: from now on silence is sent in place of the track's samples (same
         packet timing; the relay and everyone else see a silent level). Video: only
         signalled; the frames keep flowing (pause or replace the source to stop them).
+        Unmuting also ends a host's mute (`muted_by_host`): the relay forwards the
+        source again.
         """
-        track = self._tracks.get(kind)
-        if track is None:
+        source = _source_name(kind)
+        if source not in self._tracks:
             raise ValueError(f"this session does not publish {kind!r}")
+        self._mute_locally(source, muted)
+        await self._send({"type": "mute", "source": source, "muted": muted})
+
+    def _mute_locally(self, source: str, muted: bool) -> None:
+        track = self._tracks.get(source)
         if isinstance(track, _MutableAudioTrack):
             track.muted = muted
-        self.muted[kind] = muted
-        await self._send({"type": "mute", "kind": kind, "muted": muted})
+        self.muted[source] = muted
+
+    # ----------------------------------------------------------- publishing
+
+    async def publish_screen(
+        self, track: MediaStreamTrack | None = None, *, timeout: float | None = None
+    ) -> None:
+        """Share a screen: a second video track (`track`, or a synthetic pattern like
+        the camera's), end-to-end encrypted like the camera.
+
+        Asks the relay (`publish`), which renegotiates with a screen m-line; returns
+        once our answer to that offer is sent. Raises `ConclaveError` with code
+        "not_allowed" when the meeting does not let us share (the host can give the
+        right at run time: `publish_rights`), and after `timeout` (default
+        `join_timeout`) seconds without an answer.
+        """
+        await self.publish_source("screen", track, timeout=timeout)
+
+    async def publish_source(
+        self,
+        source: str,
+        track: MediaStreamTrack | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Start publishing `source` after the join (see `publish_screen`); also
+        publishes the microphone or camera again after `unpublish` or after the
+        relay stopped it (`unpublished`). Without `track`, a synthetic one."""
+        source = _source_name(source)
+        if self.role is None:
+            raise ConclaveError("not in the meeting yet: publish after the join")
+        if source in self._tracks:
+            raise ValueError(f"already publishing {source!r}")
+        if source in self._pending_publish:
+            raise ValueError(f"already asked to publish {source!r}")
+        self._add_own_track(source, track)
+        self.muted[source] = False
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending_publish[source] = done
+        limit = self.join_timeout if timeout is None else timeout
+        try:
+            await self._send({"type": "publish", "source": source})
+            try:
+                async with asyncio.timeout(limit):
+                    await asyncio.shield(done)
+            except TimeoutError:
+                raise ConclaveError(
+                    f"the relay did not take our {source} within {limit:g} s", "timeout"
+                ) from None
+        except BaseException:
+            if self._pending_publish.get(source) is done:
+                del self._pending_publish[source]
+            self._drop_own_track(source)
+            raise
+
+    async def unpublish(self, source: str) -> None:
+        """Stop publishing `source` (a source, or "audio"/"video"): nothing more is
+        sent at once, and the relay (`unpublish`) tells the others and renegotiates."""
+        source = _source_name(source)
+        if source not in self._tracks:
+            raise ValueError(f"this session does not publish {source!r}")
+        self._drop_own_track(source)
+        await self._send({"type": "unpublish", "source": source})
+
+    def _add_own_track(self, source: str, track: MediaStreamTrack | None) -> None:
+        kind = SOURCE_KINDS[source]
+        if track is None:
+            track = SineAudioTrack() if kind == "audio" else PatternVideoTrack()
+            self._own_tracks.append(track)
+        if track.kind != kind:
+            raise ValueError(f"track for {source!r} is a {track.kind} track")
+        self._tracks[source] = _MutableAudioTrack(track) if kind == "audio" else track
+
+    def _drop_own_track(self, source: str) -> None:
+        """Stop sending `source` now; stop its track if we made it."""
+        track = self._tracks.pop(source, None)
+        self.muted.pop(source, None)
+        if track is None:
+            return
+        mid = self._publish_mids.get(source)
+        transceiver = _by_mid(self._pc, mid) if self._pc is not None and mid else None
+        if transceiver is not None and transceiver.sender.track is track:
+            transceiver.sender.replaceTrack(None)
+        raw = track.source if isinstance(track, _MutableAudioTrack) else track
+        if raw in self._own_tracks:
+            self._own_tracks.remove(raw)
+            raw.stop()
+
+    # --------------------------------------------------------- host controls
+    # Over signalling, for a host or co-host in the meeting (the same as the
+    # control plane's host calls, without the host key). The relay answers a
+    # participant with an `error` "not_host" (in `errors`); the effect shows in
+    # `waiting_list`, `roles`, `room_state` and the roster.
+
+    async def admit(self, participant_ids: Sequence[str] = (), *, all: bool = False) -> None:
+        """Let these waiting participants in, or with `all=True` everyone waiting."""
+        if all:
+            await self._send({"type": "admit", "all": True})
+            return
+        await self._send({"type": "admit", "participant_ids": _ids(participant_ids)})
+
+    async def deny(self, participant_ids: Sequence[str]) -> None:
+        """Turn these waiting participants away."""
+        await self._send({"type": "deny", "participant_ids": _ids(participant_ids)})
+
+    async def remove(self, participant_id: str) -> None:
+        """Disconnect a participant (present or waiting); it cannot come back."""
+        await self._send({"type": "remove", "participant_id": participant_id})
+
+    async def mute_participant(self, participant_id: str, source: str) -> None:
+        """Stop forwarding a participant's source until it unmutes itself."""
+        await self._send(
+            {
+                "type": "mute_participant",
+                "participant_id": participant_id,
+                "source": _source_name(source),
+            }
+        )
+
+    async def set_publish_rights(self, participant_id: str, sources: Sequence[str]) -> None:
+        """What a participant may publish from now on (empty: nothing)."""
+        names = list(dict.fromkeys(_source_name(source) for source in sources))
+        await self._send(
+            {"type": "set_publish_rights", "participant_id": participant_id, "sources": names}
+        )
+
+    async def set_role(self, participant_id: str, role: str) -> None:
+        """Make a participant a co-host ("cohost") or a participant again (hosts
+        only)."""
+        if role not in ("cohost", "participant"):
+            raise ValueError(f"role {role!r}: choose cohost or participant")
+        await self._send({"type": "set_role", "participant_id": participant_id, "role": role})
+
+    async def update_room(
+        self,
+        *,
+        locked: bool | None = None,
+        suspended: bool | None = None,
+        waiting_room: bool | None = None,
+        screen_share: str | None = None,
+    ) -> None:
+        """Change the meeting's policy; arguments left at None stay as they are.
+        The relay then sends everyone `room_updated` (see `room_state`)."""
+        flags: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("locked", locked),
+                ("suspended", suspended),
+                ("waiting_room", waiting_room),
+                ("screen_share", screen_share),
+            )
+            if value is not None
+        }
+        if not flags:
+            raise ValueError("update_room needs at least one of locked, suspended, ...")
+        if screen_share is not None and screen_share not in SCREEN_SHARE:
+            raise ValueError(f"screen_share {screen_share!r}: choose from {list(SCREEN_SHARE)}")
+        await self._send({"type": "update_room", **flags})
 
     async def set_video_size(self, track_id: str, width: int, height: int) -> None:
         """Tell the relay the largest size we show that video track at (`video_size`
@@ -377,6 +659,12 @@ class Session:
         """Width and height of the latest video frame decoded from that participant."""
         counters = self._counters.get(participant_id)
         return counters.video_size if counters is not None else None
+
+    def received_screen_frames(self, participant_id: str) -> int:
+        """Frames decoded from that participant's screen (also counted in
+        `video_frames_decoded` of `stats()`)."""
+        counters = self._counters.get(participant_id)
+        return counters.screen_frames if counters is not None else 0
 
     @property
     def connection_state(self) -> str:
@@ -470,14 +758,35 @@ class Session:
 
     def _on_disconnected(self, close_code: int | None) -> None:
         self._disconnected.set()
+        refusal = self.closed_reason if self.closed_reason in REFUSALS else None
+        refusal = refusal or REFUSAL_CLOSE_CODES.get(close_code or 0)
+        if refusal is not None and self.closed_reason is None:
+            self.closed_reason = refusal
         if self._joined is not None and not self._joined.done():
-            last = self.errors[-1] if self.errors else None
-            detail = f"{last[0]}: {last[1]}" if last else f"close code {close_code}"
-            code = last[0] if last else None
-            self._joined.set_exception(
-                ConclaveError(f"the relay closed the connection before the join ({detail})", code)
-            )
+            error: ConclaveError
+            if refusal is not None:
+                error = AdmissionRefused(REFUSALS[refusal], refusal)
+            elif self._left:
+                error = ConclaveError("left the meeting before the join", "left")
+            else:
+                last = self.errors[-1] if self.errors else None
+                detail = f"{last[0]}: {last[1]}" if last else f"close code {close_code}"
+                code = last[0] if last else None
+                error = ConclaveError(
+                    f"the relay closed the connection before the join ({detail})", code
+                )
+            self._joined.set_exception(error)
             self._joined.exception()  # retrieved: start() may have given up already
+        for source in list(self._pending_publish):
+            self._fail_publish(
+                source, ConclaveError(f"the meeting ended before our {source} was taken")
+            )
+
+    def _fail_publish(self, source: str, error: ConclaveError) -> None:
+        done = self._pending_publish.pop(source, None)
+        if done is not None and not done.done():
+            done.set_exception(error)
+            done.exception()  # retrieved: publish_source may have given up already
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -498,13 +807,18 @@ class Session:
         elif kind == "participant_left":
             pid = _text(message, "participant_id")
             self._roster.pop(pid, None)
+            self._roles.pop(pid, None)
             self._published.pop(pid, None)
+            self._sources.pop(pid, None)
             self._muted.pop(pid, None)
+        elif kind == "participant_updated":
+            self._update_participant(message["participant"])
         elif kind == "track_published":
             self._add_track(_text(message, "participant_id"), message["track"])
         elif kind == "track_unpublished":
             pid = _text(message, "participant_id")
             self._published.get(pid, {}).pop(_text(message, "track_id"), None)
+            self._sources.get(pid, {}).pop(_text(message, "track_id"), None)
             self._muted.get(pid, {}).pop(_text(message, "track_id"), None)
         elif kind == "track_muted":
             muted = message["muted"]
@@ -514,6 +828,32 @@ class Session:
             self._muted.setdefault(pid, {})[_text(message, "track_id")] = muted
         elif kind == "active_speakers":
             self._on_active_speakers(message["speakers"])
+        elif kind == "waiting":
+            self._on_waiting()
+        elif kind == "waiting_list":
+            self.waiting_list = [
+                (_text(p, "participant_id"), str(p.get("name") or p["participant_id"]))
+                for p in _objects(message, "participants")
+            ]
+        elif kind == "room_updated":
+            self.room_state = dict(_object(message, "room"))
+        elif kind == "publish_rights":
+            self.publish_rights = _sources(message["sources"])
+        elif kind == "muted_by_host":
+            source = _source_name(_text(message, "source"))
+            self.muted_by_host.append(source)
+            if source in self._tracks:
+                self._mute_locally(source, True)
+            log.info("a host muted our %s", source)
+        elif kind == "unpublished":
+            source = _source_name(_text(message, "source"))
+            reason = str(message.get("reason") or "")
+            self.unpublished.append((source, reason))
+            self._drop_own_track(source)
+            self._fail_publish(
+                source, ConclaveError(f"the relay stopped our {source}: {reason}", reason)
+            )
+            log.info("the relay stopped our %s (%s)", source, reason or "no reason given")
         elif kind == "room_closed":
             self.closed_reason = str(message.get("reason") or "closed")
             log.info("meeting closed: %s", self.closed_reason)
@@ -521,21 +861,61 @@ class Session:
             code, text = str(message.get("code")), str(message.get("message"))
             self.errors.append((code, text))
             if self._joined is not None and not self._joined.done():
+                error_class = AdmissionRefused if code in REFUSALS else ConclaveError
                 self._joined.set_exception(
-                    ConclaveError(f"the relay refused the join: {code}: {text}", code)
+                    error_class(f"the relay refused the join: {code}: {text}", code)
                 )
                 self._joined.exception()
+            elif code == "not_allowed" and self._pending_publish:
+                # the refusal of a `publish` still unanswered: the one it names, else
+                # the oldest
+                pending = list(self._pending_publish)
+                source = next((s for s in pending if s in text), pending[0])
+                self._fail_publish(
+                    source,
+                    ConclaveError(f"the meeting does not let us publish {source}: {text}", code),
+                )
             else:
                 log.warning("relay error %s: %s", code, text)
         else:
             log.debug("ignoring relay message %r", kind)
 
+    def _on_waiting(self) -> None:
+        """The relay put us in the waiting room: wait for a host, up to
+        `wait_timeout` from now instead of `join_timeout`."""
+        if self.waiting or self.role is not None:
+            return
+        self.waiting = True
+        timer = self._join_timer
+        if timer is not None:
+            deadline = None
+            if self.wait_timeout is not None:
+                deadline = asyncio.get_running_loop().time() + self.wait_timeout
+            with contextlib.suppress(RuntimeError):  # already expiring: start() says so
+                timer.reschedule(deadline)
+        log.info("in the waiting room until a host admits us")
+        callback = self.on_waiting
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # the application's bug must not end the signalling
+                log.exception("on_waiting callback failed")
+
     def _on_joined(self, message: dict[str, Any]) -> None:
         self.participant_id = _text(message, "participant_id")
         self.room_id = str(message.get("room_id") or self.room_id)
         self.node_id = str(message.get("node_id") or self.node_id)
+        self.role = str(message.get("role") or "participant")
+        if "publish_rights" in message:
+            self.publish_rights = _sources(message["publish_rights"])
+        else:  # a relay that does not say: what we asked for
+            self.publish_rights = [KIND_SOURCES[kind] for kind in self.publish]
+        if message.get("room") is not None:
+            self.room_state = dict(_object(message, "room"))
+        self.waiting = False
         self._roster[self.participant_id] = self.display_name
         self._seen[self.participant_id] = self.display_name
+        self._roles[self.participant_id] = self.role
         if self.e2ee and self._keys is None:
             self._keys = MeetingKeys(
                 self.room_id,
@@ -554,13 +934,38 @@ class Session:
         name = str(participant.get("name") or pid)
         self._roster[pid] = name
         self._seen[pid] = name
+        self._roles[pid] = str(participant.get("role") or "participant")
         self._published.setdefault(pid, {})
+        self._sources.setdefault(pid, {})
         for track in participant.get("tracks") or []:
             self._add_track(pid, track)
 
+    def _update_participant(self, participant: dict[str, Any]) -> None:
+        """`participant_updated`: a new role (or name) of somebody present, us too."""
+        pid = _text(participant, "participant_id")
+        if pid != self.participant_id and pid not in self._roster:
+            return  # left meanwhile, or never admitted
+        role = participant.get("role")
+        if isinstance(role, str) and role:
+            self._roles[pid] = role
+            if pid == self.participant_id:
+                self.role = role
+        name = participant.get("name")
+        if isinstance(name, str) and name and pid != self.participant_id:
+            self._roster[pid] = name
+            self._seen[pid] = name
+        rights = participant.get("publish_rights")
+        if pid == self.participant_id and rights is not None:
+            self.publish_rights = _sources(rights)
+
     def _add_track(self, pid: str, track: dict[str, Any]) -> None:
         track_id = _text(track, "track_id")
-        self._published.setdefault(pid, {})[track_id] = _text(track, "kind")
+        kind = _text(track, "kind")
+        source = track.get("source")
+        if not isinstance(source, str) or not source:
+            source = KIND_SOURCES.get(kind, kind)
+        self._published.setdefault(pid, {})[track_id] = kind
+        self._sources.setdefault(pid, {})[track_id] = source
         self._muted.setdefault(pid, {})[track_id] = track.get("muted") is True
 
     def _on_active_speakers(self, entries: list[dict[str, Any]]) -> None:
@@ -574,37 +979,52 @@ class Session:
                 log.exception("on_active_speakers callback failed")
 
     async def _on_offer(self, message: dict[str, Any]) -> None:
-        """Apply the relay's offer, attach our tracks on its `publish` m-lines, answer.
+        """Apply the relay's offer, attach our tracks on its `publish` m-lines
+        (source -> mid), answer.
 
         `streams` is recorded before the description is applied, because aiortc
         fires the "track" event from inside setRemoteDescription.
         """
         sdp = _text(message, "sdp")
-        publish = {str(k): str(v) for k, v in (message.get("publish") or {}).items()}
+        publish: dict[str, str] = {}
+        for source, mid in _object(message, "publish").items():
+            publish[str(source)] = str(mid)
         streams = {}
         for entry in message.get("streams") or []:
+            pid = _text(entry, "participant_id")
+            track_id = str(entry.get("track_id") or "")
+            kind = str(entry.get("kind") or "")
+            source = str(entry.get("source") or "")
             stream = RemoteStream(
                 mid=_text(entry, "mid"),
-                participant_id=_text(entry, "participant_id"),
-                track_id=str(entry.get("track_id") or ""),
-                kind=str(entry.get("kind") or ""),
+                participant_id=pid,
+                track_id=track_id,
+                kind=kind,
+                source=source,
             )
             streams[stream.mid] = stream
         self._streams = streams
-        self._publish_mids = publish
+        previous, self._publish_mids = self._publish_mids, publish
         pc = self._pc
         if pc is None or self._left:
             return  # leaving: the relay gets `leave`, not an answer
         try:
+            for source, mid in previous.items():
+                if publish.get(source) != mid:  # the relay no longer takes it there
+                    old = _by_mid(pc, mid)
+                    if old is not None and old.sender.track is not None:
+                        old.sender.replaceTrack(None)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             self._encrypt_media(pc, publish)
-            for kind, mid in publish.items():
+            for source, mid in publish.items():
                 transceiver = _by_mid(pc, mid)
-                track = self._tracks.get(kind)
-                if transceiver is None or track is None or transceiver.kind != kind:
-                    log.warning("offer asks to publish %s on mid %s: not possible", kind, mid)
+                track = self._tracks.get(source)
+                wanted = SOURCE_KINDS.get(source)
+                if transceiver is None or track is None or transceiver.kind != wanted:
+                    log.warning("offer asks to publish %s on mid %s: not possible", source, mid)
                     continue
-                transceiver.sender.replaceTrack(track)
+                if transceiver.sender.track is not track:
+                    transceiver.sender.replaceTrack(track)
                 transceiver.direction = "sendonly"
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
@@ -612,15 +1032,23 @@ class Session:
             self.errors.append(("client_bad_offer", str(exc)))
             return
         await self._send({"type": "answer", "sdp": pc.localDescription.sdp})
+        for source in publish:
+            done = self._pending_publish.get(source)
+            if done is not None and source in self._tracks:
+                del self._pending_publish[source]
+                if not done.done():
+                    done.set_result(None)
 
     # ------------------------------------------------------------------- media
 
     def _encrypt_media(self, pc: RTCPeerConnection, publish: Mapping[str, str]) -> None:
-        """Encrypt what we send and decrypt what we receive on every m-line, before
-        any media flows (the relay connects only after our answer)."""
+        """Encrypt what we send (on the m-line of every source we publish: microphone,
+        camera, screen) and decrypt what we receive on every m-line, before any media
+        flows (the relay connects only after our answer)."""
         keys = self._keys
         if keys is None:
             return
+        publish_mids = set(publish.values())
         for transceiver in pc.getTransceivers():
             mid = transceiver.mid or ""
             decrypt_receiver(
@@ -629,7 +1057,7 @@ class Session:
                 keys,
                 functools.partial(self._decrypt_failed, mid),
             )
-            if publish.get(transceiver.kind) == mid:
+            if mid in publish_mids:
                 encrypt_sender(transceiver.sender, keys)
 
     def _decrypt_failed(self, mid: str) -> None:
@@ -638,13 +1066,16 @@ class Session:
             self._counters.setdefault(stream.participant_id, _Counters()).decrypt_failures += 1
 
     def _on_epoch(self) -> None:
-        """New keys: start our video on a key frame under them, so receivers that
-        could not decrypt the frames before have a picture at once."""
+        """New keys: start our video (camera and screen) on a key frame under them,
+        so receivers that could not decrypt the frames before have a picture at once."""
         pc = self._pc
-        mid = self._publish_mids.get("video")
-        transceiver = _by_mid(pc, mid) if pc is not None and mid is not None else None
-        if transceiver is not None:
-            transceiver.sender._send_keyframe()
+        if pc is None:
+            return
+        for source in ("camera", "screen"):
+            mid = self._publish_mids.get(source)
+            transceiver = _by_mid(pc, mid) if mid is not None else None
+            if transceiver is not None:
+                transceiver.sender._send_keyframe()
 
     @property
     def security_code(self) -> str | None:
@@ -690,6 +1121,8 @@ class Session:
                     counters.audio_frames += 1
                 else:
                     counters.video_frames += 1
+                    if stream.source == "screen":
+                        counters.screen_frames += 1
                     if isinstance(frame, VideoFrame):
                         counters.video_size = (frame.width, frame.height)
         except MediaStreamError:
@@ -704,6 +1137,48 @@ class Session:
 
 def _by_mid(pc: RTCPeerConnection, mid: str) -> RTCRtpTransceiver | None:
     return next((t for t in pc.getTransceivers() if t.mid == mid), None)
+
+
+def _source_name(name: str) -> str:
+    """A source, from its name or from a kind ("audio": microphone, "video": camera)."""
+    source = KIND_SOURCES.get(name, name)
+    if source not in SOURCES:
+        raise ValueError(f"{name!r} is not a source: choose from {list(SOURCES)}")
+    return source
+
+
+def _sources(value: Any) -> list[str]:
+    """A list of sources from the relay; TypeError/ValueError mark it malformed."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("sources must be a list of strings")
+    return [_source_name(v) for v in value]
+
+
+def _ids(participant_ids: Sequence[str]) -> list[str]:
+    if isinstance(participant_ids, str):
+        raise TypeError("participant_ids is a list of ids, not one id")
+    ids = list(dict.fromkeys(participant_ids))
+    if not ids:
+        raise ValueError("no participant ids given")
+    return ids
+
+
+def _object(message: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """An optional object field ({} when absent); TypeError marks it malformed."""
+    value = message.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{key!r} must be an object")
+    return value
+
+
+def _objects(message: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    """A required list of objects; KeyError/TypeError mark the message malformed."""
+    value = message[key]
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TypeError(f"{key!r} must be a list of objects")
+    return value
 
 
 def _text(message: Mapping[str, Any], key: str) -> str:

@@ -14,11 +14,12 @@ import grpc
 
 from conclave.store import EtcdStore
 from control_plane.attempts import AttemptLimiter, Policy
+from control_plane.expiry import ExpiryWatcher
 from control_plane.placement import PlacementStrategy, PowerOfTwoChoices
 from control_plane.placer import Placer
 from control_plane.registry import NodeRegistry
 from control_plane.relay_client import RelayClient
-from control_plane.service import RoomService
+from control_plane.service import DEFAULT_AUDIT_RETENTION_S, DEFAULT_MEETING_TTL_S, RoomService
 from control_plane.signing import GrantSigner
 from protos import rooms_pb2_grpc
 
@@ -37,6 +38,8 @@ class ControlPlane:
         strategy: PlacementStrategy | None = None,
         attempts: Policy | None = None,
         trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        meeting_ttl: int = DEFAULT_MEETING_TTL_S,
+        audit_retention: int = DEFAULT_AUDIT_RETENTION_S,
     ) -> None:
         self.store = EtcdStore(etcd)
         self.attempts = AttemptLimiter(self.store, attempts)
@@ -45,6 +48,7 @@ class ControlPlane:
         self.relays = RelayClient()
         self.registry.on_node_removed(self.relays.forget)
         self.placer = Placer(self.store, self.registry, strategy or PowerOfTwoChoices())
+        self.expiry = ExpiryWatcher(self.store, self.registry, self.relays)
         self.service = RoomService(
             self.store,
             self.registry,
@@ -53,6 +57,8 @@ class ControlPlane:
             self.relays,
             self.attempts,
             trusted_proxies=trusted_proxies,
+            meeting_ttl=meeting_ttl,
+            audit_retention=audit_retention,
         )
         # Without this gRPC sets SO_REUSEPORT, and a second replica started on the
         # same port would silently share it instead of failing.
@@ -72,6 +78,7 @@ class ControlPlane:
             await self.registry.start()
             await self.signer.start()
             await self.attempts.start()
+            await self.expiry.start()
             bound = int(self._server.add_insecure_port(f"{host}:{port}"))
             await self._server.start()
         except BaseException:
@@ -86,6 +93,7 @@ class ControlPlane:
             return
         self._started = False
         await self._server.stop(grace)
+        await self.expiry.stop()
         await self.signer.stop()
         await self.registry.stop()
         await self.relays.close()

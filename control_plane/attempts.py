@@ -61,9 +61,15 @@ class AttemptLimiter:
 
     def keys(self, room_id: str, source: str) -> list[str]:
         """The two limited keys of an attempt: its meeting, and its source address."""
+        return [f"{ATTEMPTS_PREFIX}room/{room_id}", f"{ATTEMPTS_PREFIX}source/{self.tag(source)}"]
+
+    def tag(self, source: str) -> str:
+        """The HMAC of a source address under the cluster's address key: the same on
+        every replica, and never the address itself. It names the source's attempt
+        bucket, and goes into join grants as `source_tag` (a removed participant's
+        address is refused by it)."""
         assert self._address_key is not None, "start() first"
-        digest = hmac.new(self._address_key, source.encode(), hashlib.sha256).hexdigest()[:32]
-        return [f"{ATTEMPTS_PREFIX}room/{room_id}", f"{ATTEMPTS_PREFIX}source/{digest}"]
+        return hmac.new(self._address_key, source.encode(), hashlib.sha256).hexdigest()[:32]
 
     async def start(self) -> None:
         """Agree the address key with the other replicas (the first one draws it)."""

@@ -73,3 +73,37 @@ class RelayUnavailable(ControlPlaneError):
 
 class StoreUnavailable(ControlPlaneError):
     """etcd could not be reached or refused the request."""
+
+
+class MeetingLocked(ControlPlaneError):
+    """The meeting is locked (or suspended): nobody new may enter but its hosts."""
+
+    def __init__(self) -> None:
+        super().__init__("the meeting is locked")
+
+
+class RemovedFromMeeting(ControlPlaneError):
+    """A host removed this participant (or a participant from the same address)."""
+
+    def __init__(self) -> None:
+        super().__init__("you were removed from this meeting")
+
+
+class NoSuchParticipant(ControlPlaneError):
+    """A host control named a participant the meeting's relay does not have (or the
+    meeting is not on any relay now)."""
+
+    def __init__(self) -> None:
+        super().__init__("no such participant")
+
+
+class PolicyConflict(ControlPlaneError):
+    """A host asked for a meeting state the rules do not allow."""
+
+
+class RelayRefused(ControlPlaneError):
+    """The relay turned a host control down; `code` is its gRPC status name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -17,11 +17,13 @@ from conclave.arguments import int_between
 from conclave.store import StoreError
 from control_plane.app import ControlPlane
 from control_plane.attempts import Policy
+from control_plane.service import DEFAULT_AUDIT_RETENTION_S, DEFAULT_MEETING_TTL_S
 
 log = logging.getLogger("control_plane")
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 DEFAULT_LISTEN = "127.0.0.1:50051"
+MAX_TTL_S = 10 * 365 * 86_400  # far below etcd's lease limit
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Options:
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
         default_factory=list
     )
+    meeting_ttl: int = DEFAULT_MEETING_TTL_S
+    audit_retention: int = DEFAULT_AUDIT_RETENTION_S
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -92,6 +96,22 @@ def parse_args(argv: list[str] | None) -> Options:
         help="a proxy (ingress) whose x-forwarded-for names the real client; repeatable",
     )
     parser.add_argument(
+        "--meeting-ttl",
+        type=int_between(2, MAX_TTL_S),
+        default=DEFAULT_MEETING_TTL_S,
+        metavar="SECONDS",
+        help="a meeting and its data are deleted this long after it was created, "
+        f"unless ended earlier (default {DEFAULT_MEETING_TTL_S}: a day)",
+    )
+    parser.add_argument(
+        "--audit-retention",
+        type=int_between(0, MAX_TTL_S),
+        default=DEFAULT_AUDIT_RETENTION_S,
+        metavar="SECONDS",
+        help="a meeting's audit log is kept this long after the meeting expires "
+        f"(default {DEFAULT_AUDIT_RETENTION_S}: 30 days)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -115,7 +135,16 @@ def parse_args(argv: list[str] | None) -> Options:
         lockout_s=args.lockout,
         max_lockout_s=max(args.lockout, args.max_lockout),
     )
-    return Options(endpoints, host, int(port), args.log_level, policy, proxies)
+    return Options(
+        endpoints,
+        host,
+        int(port),
+        args.log_level,
+        policy,
+        proxies,
+        meeting_ttl=args.meeting_ttl,
+        audit_retention=args.audit_retention,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +169,11 @@ async def serve(options: Options) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     replica = ControlPlane(
-        options.etcd, attempts=options.attempts, trusted_proxies=options.trusted_proxies
+        options.etcd,
+        attempts=options.attempts,
+        trusted_proxies=options.trusted_proxies,
+        meeting_ttl=options.meeting_ttl,
+        audit_retention=options.audit_retention,
     )
     try:
         port = await replica.start(options.host, options.port)

@@ -7,9 +7,10 @@ Parsing is strict: a record written by a buggy or foreign writer raises
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from conclave.meeting import MeetingPolicy
 from conclave.store import NODES_PREFIX, PLACEMENT_PREFIX, ROOMS_PREFIX
 from control_plane.ids import NodeId, RoomId
 from control_plane.passcodes import PasscodeHash
@@ -78,15 +79,27 @@ class NodeInfo:
 
 @dataclass(frozen=True, slots=True)
 class RoomRecord:
-    """A meeting as stored under /conclave/rooms/{room_id}."""
+    """A meeting as stored under /conclave/rooms/{room_id}.
+
+    `lease` is the expiring etcd lease the record is put under (etcd deletes the
+    record when it runs out, at `expires_at_ms`); every rewrite of the record (the
+    policy's compare-and-swap writes) reuses it. `audit_lease` outlives it by the
+    audit retention: the audit log and the host-key digest kept for it are on that
+    one. Zero for either means none (records written before meetings expired).
+    """
 
     room_id: RoomId
     name: str
     created_at_ms: int
     max_participants: int
-    # A meeting without one admits nobody through JoinRoom (control_plane/passcodes.py).
+    # None: joiners need no passcode while the waiting room is on, and cannot join
+    # without the host key while it is off (control_plane/service.py, JoinRoom).
     passcode: PasscodeHash | None = None
     host_key_sha256: str = ""  # hex; empty: nobody is this meeting's host
+    policy: MeetingPolicy = field(default_factory=MeetingPolicy)
+    expires_at_ms: int = 0
+    lease: int = 0
+    audit_lease: int = 0
 
     @classmethod
     def from_json(cls, raw: bytes) -> RoomRecord:
@@ -99,6 +112,10 @@ class RoomRecord:
             max_participants=_field(data, "max_participants", int),
             passcode=PasscodeHash.from_json(passcode) if passcode is not None else None,
             host_key_sha256=str(data.get("host_key_sha256", "")),
+            policy=MeetingPolicy.from_json(data.get("policy")),
+            expires_at_ms=_checked(data.get("expires_at_ms", 0), "expires_at_ms", int),
+            lease=_checked(data.get("lease", 0), "lease", int),
+            audit_lease=_checked(data.get("audit_lease", 0), "audit_lease", int),
         )
 
     def to_json(self) -> bytes:
@@ -112,6 +129,13 @@ class RoomRecord:
             data["passcode"] = self.passcode.to_json()
         if self.host_key_sha256:
             data["host_key_sha256"] = self.host_key_sha256
+        data["policy"] = self.policy.to_json()
+        if self.expires_at_ms:
+            data["expires_at_ms"] = self.expires_at_ms
+        if self.lease:
+            data["lease"] = self.lease
+        if self.audit_lease:
+            data["audit_lease"] = self.audit_lease
         return json.dumps(data).encode()
 
 

@@ -1,4 +1,5 @@
-"""Calls from the control plane to a relay's RelayService (roster, close meeting).
+"""Calls from the control plane to a relay's RelayService (roster, close meeting,
+the host controls it passes on).
 
 One channel per node, opened lazily and closed when the node leaves the registry,
 so a departed relay's address is not dialled again. Calls are short: a relay that
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
-from control_plane.errors import RelayUnavailable
+from control_plane.errors import NoSuchParticipant, RelayRefused, RelayUnavailable
 from control_plane.ids import NodeId, RoomId
 from control_plane.records import NodeInfo
 from protos import relay_pb2, relay_pb2_grpc, rooms_pb2
@@ -22,6 +26,14 @@ log = logging.getLogger(__name__)
 RELAY_TIMEOUT_S = 2.0
 
 Stub = relay_pb2_grpc.RelayServiceStub
+Reply = TypeVar("Reply")
+
+# A relay's refusals of a host control that the caller should see as they are.
+_PASSED_ON = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
 
 
 class RelayClient:
@@ -61,6 +73,59 @@ class RelayClient:
             raise self._unavailable(node, exc) from None
         return int(response.disconnected)
 
+    # --- host controls: the control plane checked the host key; the relay acts -----
+
+    async def admit_participants(
+        self, node: NodeInfo, request: rooms_pb2.AdmitParticipantsRequest
+    ) -> list[str]:
+        """Let waiting participants in; returns the ids the relay admitted."""
+        reply: rooms_pb2.AdmitParticipantsResponse = await self._control(
+            node, self._stub(node).AdmitParticipants, _without_key(request)
+        )
+        return list(reply.admitted)
+
+    async def deny_participants(
+        self, node: NodeInfo, request: rooms_pb2.DenyParticipantsRequest
+    ) -> list[str]:
+        """Turn waiting participants away; returns the ids the relay denied."""
+        reply: rooms_pb2.DenyParticipantsResponse = await self._control(
+            node, self._stub(node).DenyParticipants, _without_key(request)
+        )
+        return list(reply.denied)
+
+    async def remove_participant(
+        self, node: NodeInfo, request: rooms_pb2.ParticipantRequest
+    ) -> None:
+        await self._control(node, self._stub(node).RemoveParticipant, _without_key(request))
+
+    async def mute_participant(
+        self, node: NodeInfo, request: rooms_pb2.MuteParticipantRequest
+    ) -> None:
+        await self._control(node, self._stub(node).MuteParticipant, _without_key(request))
+
+    async def set_publish_rights(
+        self, node: NodeInfo, request: rooms_pb2.SetPublishRightsRequest
+    ) -> None:
+        await self._control(node, self._stub(node).SetPublishRights, _without_key(request))
+
+    async def set_role(self, node: NodeInfo, request: rooms_pb2.SetRoleRequest) -> None:
+        await self._control(node, self._stub(node).SetRole, _without_key(request))
+
+    async def _control(
+        self, node: NodeInfo, call: Callable[..., Awaitable[Reply]], request: Any
+    ) -> Reply:
+        """One host-control call. The relay's NOT_FOUND (no such participant on it)
+        becomes `NoSuchParticipant`; its refusals are passed on; anything else means
+        the relay is not answering."""
+        try:
+            return await call(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NoSuchParticipant() from None
+            if exc.code() in _PASSED_ON:
+                raise RelayRefused(exc.code().name, exc.details() or "refused") from None
+            raise self._unavailable(node, exc) from None
+
     def forget(self, node_id: NodeId) -> None:
         """Close the node's channel (the node left); safe to call from a sync callback."""
         entry = self._channels.pop(node_id, None)
@@ -96,3 +161,14 @@ class RelayClient:
     def _unavailable(node: NodeInfo, exc: grpc.aio.AioRpcError) -> RelayUnavailable:
         log.debug("relay %s at %s failed: %s", node.node_id, node.rpc_address, exc.details())
         return RelayUnavailable(node.node_id, exc.code().name)
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _without_key(request: M) -> M:
+    """A copy of the request without the host key: the relay has no use for it."""
+    copy: M = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("host_key")
+    return copy

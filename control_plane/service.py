@@ -1,11 +1,19 @@
-"""The public RoomService: meetings, joining them, rosters, ending them.
+"""The public RoomService: meetings, joining them, rosters, host controls, the
+audit log, ending them.
 
 Every handler turns the named errors of errors.py into one gRPC status with a
 message meant for the caller. Room ids and names appear in logs at DEBUG only.
+
+A meeting's record lives on an expiring lease (`meeting_ttl`): etcd deletes it when
+the meeting expires, and control_plane/expiry.py then drops its placement. Its audit
+log (conclave/audit.py) is on a second lease that runs `audit_retention` longer, so
+hosts can read it after the meeting ended or expired (docs/privacy.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -16,17 +24,24 @@ from typing import Any, TypeVar
 import grpc
 from etcd3aio.errors import EtcdError
 
+from conclave import audit
+from conclave.meeting import MeetingGone, MeetingPolicy, policy_actions, update_policy
 from conclave.store import EtcdStore, StoreError
 from control_plane import passcodes, validation
 from control_plane.attempts import AttemptLimiter
 from control_plane.errors import (
     ControlPlaneError,
     InvalidArgument,
+    MeetingLocked,
     NoRelayAvailable,
     NoSuchMeeting,
+    NoSuchParticipant,
     NotHost,
     PlacementUnsettled,
+    PolicyConflict,
+    RelayRefused,
     RelayUnavailable,
+    RemovedFromMeeting,
     RoomNotFound,
     StoreUnavailable,
     TooManyAttempts,
@@ -47,12 +62,20 @@ from protos import rooms_pb2, rooms_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MEETING_TTL_S = 86_400  # a day
+DEFAULT_AUDIT_RETENTION_S = 30 * 86_400  # after the meeting's expiry
+HOST_API = "host-api"  # the audit log's actor for RoomService calls with the host key
+
 _STATUS: dict[type[ControlPlaneError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     RoomNotFound: grpc.StatusCode.NOT_FOUND,
     NoSuchMeeting: grpc.StatusCode.NOT_FOUND,
     NotHost: grpc.StatusCode.NOT_FOUND,
     TooManyAttempts: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    MeetingLocked: grpc.StatusCode.FAILED_PRECONDITION,
+    PolicyConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    RemovedFromMeeting: grpc.StatusCode.PERMISSION_DENIED,
+    NoSuchParticipant: grpc.StatusCode.NOT_FOUND,
     NoRelayAvailable: grpc.StatusCode.UNAVAILABLE,
     PlacementUnsettled: grpc.StatusCode.UNAVAILABLE,
     RelayUnavailable: grpc.StatusCode.UNAVAILABLE,
@@ -75,7 +98,10 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await handler(self, request, context)
         except ControlPlaneError as exc:
-            code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
+            if isinstance(exc, RelayRefused):
+                code = getattr(grpc.StatusCode, exc.code, grpc.StatusCode.FAILED_PRECONDITION)
+            else:
+                code = _STATUS.get(type(exc), grpc.StatusCode.INTERNAL)
             log.debug("%s -> %s: %s", handler.__name__, code.name, exc)
             await context.abort(code, str(exc))
         except _STORE_FAILURES as exc:
@@ -105,6 +131,8 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         attempts: AttemptLimiter,
         *,
         trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        meeting_ttl: int = DEFAULT_MEETING_TTL_S,
+        audit_retention: int = DEFAULT_AUDIT_RETENTION_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -114,6 +142,8 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         self._relays = relays
         self._attempts = attempts
         self._trusted_proxies = tuple(trusted_proxies)
+        self._meeting_ttl = meeting_ttl
+        self._audit_retention = audit_retention
         self._clock = clock
 
     @_rpc
@@ -122,10 +152,15 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     ) -> rooms_pb2.Room:
         name = validation.room_name(request.name)
         limit = validation.max_participants(request.max_participants)
-        passcode = validation.passcode(request.passcode) or passcodes.generate()
+        screen_share = validation.screen_share(request.screen_share)
+        passcode = validation.passcode(request.passcode)
+        if not passcode and not request.waiting_room:
+            passcode = passcodes.generate()  # a waiting room is the only other gate
+        protected = await passcodes.protect(passcode) if passcode else None
         host_key = passcodes.new_host_key()
+        policy = MeetingPolicy(waiting_room=request.waiting_room, screen_share=screen_share)
         room = await self._create_record(
-            name, limit, await passcodes.protect(passcode), passcodes.host_key_digest(host_key)
+            name, limit, protected, passcodes.host_key_digest(host_key), policy
         )
         # Place now so GetRoom names the node; with no relay up the meeting still
         # exists and the first JoinRoom places it.
@@ -136,7 +171,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             log.debug("room %s created unplaced: %s", room.room_id, exc)
         log.debug("created room %s on node %r", room.room_id, node_id)
         reply = _room_message(room, node_id)
-        reply.passcode = passcode  # the only time either is told
+        reply.passcode = passcode  # the only time either is told ("": none needed)
         reply.host_key = host_key
         return reply
 
@@ -153,7 +188,8 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         room_id = validation.room_id(request.room_id)
         display_name = validation.display_name(request.display_name)
         passcode = validation.passcode(request.passcode)
-        limited = self._attempts.keys(room_id, self._source(context))
+        source = self._source(context)
+        limited = self._attempts.keys(room_id, source)
         wait, spent = await self._attempts.admit(limited)
         if wait > 0:
             raise TooManyAttempts(wait)
@@ -161,14 +197,26 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         room = RoomRecord.from_json(raw) if raw is not None else None
         # The same work and the same reply whether the meeting is missing or the
         # passcode wrong: the answer must not tell which ids exist. A host comes
-        # with the host key instead.
+        # with the host key instead. A meeting without a passcode needs none while
+        # its waiting room is on (the host is the gate then); without either (a
+        # record from before passcodes) it admits nobody but its host.
         if request.host_key:
             admitted = passcodes.is_host_key(request.host_key, room.host_key_sha256 if room else "")
+        elif room is not None and room.passcode is None:
+            admitted = room.policy.waiting_room
         else:
             admitted = await passcodes.check(passcode, room.passcode if room else None)
         if room is None or not admitted:
             await self._attempts.failed(limited, spent)
             raise NoSuchMeeting()
+        role = "host" if request.host_key else "participant"
+        if room.policy.closed_to_newcomers and role != "host":
+            raise MeetingLocked()
+        source_tag = self._attempts.tag(source)
+        # A host holds the key that decides: a removal of someone behind the same
+        # address does not keep it out (the relay applies the same rule).
+        if role != "host" and room.policy.is_removed("", source_tag):
+            raise RemovedFromMeeting()
         was_placed = self._registry.live_placement(room_id) is not None
         node = await self._placer.ensure_placed(room_id)
         if not was_placed and await self._store.get(room_key(room_id)) is None:
@@ -182,10 +230,11 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             participant_id,
             node.node_id,
             display_name,
-            can_publish=request.publish,
+            sources=room.policy.default_sources(role, request.publish),
             can_subscribe=True,
             node_lease=node.lease,
-            role="host" if request.host_key else "participant",
+            role=role,
+            source_tag=source_tag,
         )
         log.debug("grant for room %s on node %s", room_id, node.node_id)
         return rooms_pb2.JoinRoomResponse(
@@ -212,13 +261,15 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     async def EndRoom(
         self, request: rooms_pb2.EndRoomRequest, context: Any
     ) -> rooms_pb2.EndRoomResponse:
-        room_id = (
-            await self._host_room(validation.room_id(request.room_id), request.host_key)
-        ).room_id
+        room = await self._host_room(validation.room_id(request.room_id), request.host_key)
+        room_id = room.room_id
         node = await self._current_node(room_id)
-        existed = await self._store.delete(room_key(room_id))
+        await self._audit(room, "end")  # first: a meeting never ends unrecorded
+        # The placement before the record: replicas that see the record go (expiry.py)
+        # then find no placement left to clean up, and leave closing it to us.
         await self._store.delete(placement_key(room_id))
         self._registry.forget_placement(room_id)
+        existed = await self._store.delete(room_key(room_id))
         if node is not None:
             try:
                 await self._relays.close_room(node, room_id)
@@ -229,6 +280,158 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         if not existed:
             raise RoomNotFound(room_id)
         return rooms_pb2.EndRoomResponse()
+
+    # --- host controls ------------------------------------------------------------------
+
+    @_rpc
+    async def UpdateRoom(
+        self, request: rooms_pb2.UpdateRoomRequest, context: Any
+    ) -> rooms_pb2.Room:
+        room_id = validation.room_id(request.room_id)
+        screen_share = (
+            validation.screen_share(request.screen_share)
+            if request.HasField("screen_share")
+            else None
+        )
+        room = await self._host_room(room_id, request.host_key)
+        if request.HasField("waiting_room") and not request.waiting_room and room.passcode is None:
+            raise PolicyConflict(
+                "this meeting has no passcode: its waiting room cannot be turned off"
+            )
+        changes: dict[str, Any] = {}
+        for flag in ("locked", "suspended", "waiting_room"):
+            if request.HasField(flag):
+                changes[flag] = getattr(request, flag)
+        if screen_share is not None:
+            changes["screen_share"] = screen_share
+
+        def change(policy: MeetingPolicy) -> MeetingPolicy:
+            return dataclasses.replace(policy, **changes)
+
+        try:
+            before, after = await update_policy(self._store, room_id, change)
+        except MeetingGone:
+            raise NotHost() from None
+        for action, detail in policy_actions(before, after):
+            await self._audit(room, action, detail=detail)
+        log.debug("room %s policy now %s", room_id, after)
+        node = await self._current_node(room_id)
+        updated = dataclasses.replace(room, policy=after)
+        return _room_message(updated, node.node_id if node is not None else "")
+
+    @_rpc
+    async def AdmitParticipants(
+        self, request: rooms_pb2.AdmitParticipantsRequest, context: Any
+    ) -> rooms_pb2.AdmitParticipantsResponse:
+        room_id = validation.room_id(request.room_id)
+        ids = validation.participant_ids(request.participant_ids)
+        if not ids and not request.all:
+            raise InvalidArgument("participant_ids or all is required")
+        room, node = await self._host_node(room_id, request.host_key)
+        admitted = await self._relays.admit_participants(
+            node,
+            rooms_pb2.AdmitParticipantsRequest(
+                room_id=room_id, participant_ids=ids, all=request.all
+            ),
+        )
+        await self._audit_each(room, "admit", admitted)
+        return rooms_pb2.AdmitParticipantsResponse(admitted=admitted)
+
+    @_rpc
+    async def DenyParticipants(
+        self, request: rooms_pb2.DenyParticipantsRequest, context: Any
+    ) -> rooms_pb2.DenyParticipantsResponse:
+        room_id = validation.room_id(request.room_id)
+        ids = validation.participant_ids(request.participant_ids)
+        if not ids:
+            raise InvalidArgument("participant_ids is required")
+        room, node = await self._host_node(room_id, request.host_key)
+        denied = await self._relays.deny_participants(
+            node, rooms_pb2.DenyParticipantsRequest(room_id=room_id, participant_ids=ids)
+        )
+        await self._audit_each(room, "deny", denied)
+        return rooms_pb2.DenyParticipantsResponse(denied=denied)
+
+    @_rpc
+    async def RemoveParticipant(
+        self, request: rooms_pb2.ParticipantRequest, context: Any
+    ) -> rooms_pb2.ParticipantActionResponse:
+        room_id = validation.room_id(request.room_id)
+        pid = validation.participant_id(request.participant_id)
+        room, node = await self._host_node(room_id, request.host_key)
+        # The relay writes the removal into the meeting's policy: it knows the
+        # participant's source tag, which bars later joins from the same address.
+        await self._relays.remove_participant(
+            node, rooms_pb2.ParticipantRequest(room_id=room_id, participant_id=pid)
+        )
+        await self._audit(room, "remove", target=pid)
+        return rooms_pb2.ParticipantActionResponse()
+
+    @_rpc
+    async def MuteParticipant(
+        self, request: rooms_pb2.MuteParticipantRequest, context: Any
+    ) -> rooms_pb2.ParticipantActionResponse:
+        room_id = validation.room_id(request.room_id)
+        pid = validation.participant_id(request.participant_id)
+        source = validation.source(request.source)
+        room, node = await self._host_node(room_id, request.host_key)
+        await self._relays.mute_participant(
+            node,
+            rooms_pb2.MuteParticipantRequest(room_id=room_id, participant_id=pid, source=source),
+        )
+        await self._audit(room, "mute", target=pid, detail=source)
+        return rooms_pb2.ParticipantActionResponse()
+
+    @_rpc
+    async def SetPublishRights(
+        self, request: rooms_pb2.SetPublishRightsRequest, context: Any
+    ) -> rooms_pb2.ParticipantActionResponse:
+        room_id = validation.room_id(request.room_id)
+        pid = validation.participant_id(request.participant_id)
+        sources = validation.sources(request.sources)
+        room, node = await self._host_node(room_id, request.host_key)
+        await self._relays.set_publish_rights(
+            node,
+            rooms_pb2.SetPublishRightsRequest(room_id=room_id, participant_id=pid, sources=sources),
+        )
+        await self._audit(room, "publish_rights", target=pid, detail=",".join(sources) or "none")
+        return rooms_pb2.ParticipantActionResponse()
+
+    @_rpc
+    async def SetRole(
+        self, request: rooms_pb2.SetRoleRequest, context: Any
+    ) -> rooms_pb2.ParticipantActionResponse:
+        room_id = validation.room_id(request.room_id)
+        pid = validation.participant_id(request.participant_id)
+        role = validation.role(request.role)
+        room, node = await self._host_node(room_id, request.host_key)
+        await self._relays.set_role(
+            node, rooms_pb2.SetRoleRequest(room_id=room_id, participant_id=pid, role=role)
+        )
+        await self._audit(room, "role", target=pid, detail=role)
+        return rooms_pb2.ParticipantActionResponse()
+
+    @_rpc
+    async def GetAuditLog(
+        self, request: rooms_pb2.GetAuditLogRequest, context: Any
+    ) -> rooms_pb2.AuditLog:
+        room_id = validation.room_id(request.room_id)
+        raw = await self._store.get(room_key(room_id))
+        if raw is not None:
+            digest = RoomRecord.from_json(raw).host_key_sha256
+        else:  # ended or expired: the log outlives it, with the host key's digest
+            digest = (await self._store.get(audit.host_key(room_id)) or b"").decode()
+        if not passcodes.is_host_key(request.host_key, digest):
+            raise NotHost()
+        entries = await audit.read(self._store, room_id)
+        return rooms_pb2.AuditLog(
+            entries=[
+                rooms_pb2.AuditEntry(
+                    at_ms=e.at_ms, action=e.action, actor=e.actor, target=e.target, detail=e.detail
+                )
+                for e in entries
+            ]
+        )
 
     def _source(self, context: Any) -> str:
         """The caller's address: the peer's, or behind a trusted proxy (an ingress)
@@ -246,15 +449,71 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         return address
 
     async def _create_record(
-        self, name: str, limit: int, passcode: passcodes.PasscodeHash, host_key_sha256: str
+        self,
+        name: str,
+        limit: int,
+        passcode: passcodes.PasscodeHash | None,
+        host_key_sha256: str,
+        policy: MeetingPolicy,
     ) -> RoomRecord:
+        """Write a new meeting: its record on a lease that ends at its expiry, and
+        the start of its audit log (with the host key's digest, for reading the log
+        after the record is gone) on a lease that ends `audit_retention` later."""
         now_ms = int(self._clock() * 1000)
+        lease = await self._store.grant_expiring_lease(self._meeting_ttl)
+        audit_lease = await self._store.grant_expiring_lease(
+            self._meeting_ttl + self._audit_retention
+        )
         for _ in range(3):  # a collision of 100-bit ids is next to impossible
-            room = RoomRecord(new_room_id(), name, now_ms, limit, passcode, host_key_sha256)
-            created, _ = await self._store.create_if_absent(room_key(room.room_id), room.to_json())
+            room = RoomRecord(
+                new_room_id(),
+                name,
+                now_ms,
+                limit,
+                passcode,
+                host_key_sha256,
+                policy=policy,
+                expires_at_ms=now_ms + self._meeting_ttl * 1000,
+                lease=lease,
+                audit_lease=audit_lease,
+            )
+            created, _ = await self._store.create_if_absent(
+                audit.host_key(room.room_id), host_key_sha256.encode(), audit_lease
+            )
+            if not created:
+                continue
+            detail = (
+                f"waiting_room={'on' if policy.waiting_room else 'off'} "
+                f"screen_share={policy.screen_share} passcode={'yes' if passcode else 'no'}"
+            )
+            await self._audit(room, "create", detail=detail)
+            created, _ = await self._store.create_if_absent(
+                room_key(room.room_id), room.to_json(), lease
+            )
             if created:
                 return room
         raise StoreUnavailable("could not allocate a unique room id")
+
+    async def _audit(
+        self, room: RoomRecord, action: str, *, target: str = "", detail: str = ""
+    ) -> None:
+        """One audit entry by the host API (none for meetings made before audit logs)."""
+        if room.audit_lease > 0:
+            await audit.append(
+                self._store, room.room_id, room.audit_lease, action, HOST_API, target, detail
+            )
+
+    async def _audit_each(self, room: RoomRecord, action: str, targets: Sequence[str]) -> None:
+        await asyncio.gather(*(self._audit(room, action, target=t) for t in targets))
+
+    async def _host_node(self, room_id: RoomId, host_key: str) -> tuple[RoomRecord, NodeInfo]:
+        """The meeting, for its host, and the relay hosting it; a meeting on no relay
+        has no participants to act on."""
+        room = await self._host_room(room_id, host_key)
+        node = await self._current_node(room_id)
+        if node is None:
+            raise NoSuchParticipant()
+        return room, node
 
     async def _host_room(self, room_id: RoomId, host_key: str) -> RoomRecord:
         """The meeting, for its host only; the same refusal for a missing meeting."""
@@ -276,10 +535,17 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
 
 
 def _room_message(room: RoomRecord, node_id: str) -> rooms_pb2.Room:
+    policy = room.policy
     return rooms_pb2.Room(
         room_id=room.room_id,
         name=room.name,
         created_at_ms=room.created_at_ms,
         node_id=node_id,
         max_participants=room.max_participants,
+        waiting_room=policy.waiting_room,
+        locked=policy.locked,
+        suspended=policy.suspended,
+        screen_share=policy.screen_share,
+        expires_at_ms=room.expires_at_ms,
+        has_passcode=room.passcode is not None,
     )

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -73,24 +73,28 @@ class GrantSigner:
         participant_id: ParticipantId,
         node_id: NodeId,
         display_name: str,
-        can_publish: bool,
+        *,
+        sources: Sequence[str],
         can_subscribe: bool,
         node_lease: int = 0,
         role: str = "participant",
+        source_tag: str = "",
     ) -> tuple[str, int]:
         """A signed grant for one join on one node, and on that node's current run
-        (its etcd lease): (token, expires_at_ms)."""
+        (its etcd lease): (token, expires_at_ms). `sources` is what it may publish
+        (empty: nothing); `source_tag` the HMAC of the address it was asked from."""
         expires_at_ms = int(self._clock() * 1000) + self._lifetime_ms
         grant = JoinGrant(
             room_id=room_id,
             participant_id=participant_id,
             node_id=node_id,
             display_name=display_name,
-            can_publish=can_publish,
+            sources=list(sources),
             can_subscribe=can_subscribe,
             expires_at_ms=expires_at_ms,
             node_lease=node_lease,
             role=role,
+            source_tag=source_tag,
         )
         return sign(grant, self._private_key), expires_at_ms
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 
+from conclave.meeting import SCREEN_SHARE, SOURCES
 from control_plane.errors import InvalidArgument
-from control_plane.ids import MAX_ID_LENGTH, RoomId, is_safe_id
+from control_plane.ids import MAX_ID_LENGTH, ParticipantId, RoomId, is_safe_id
 
 MAX_DISPLAY_NAME = 64
 MAX_ROOM_NAME = 100
 MAX_PASSCODE = 64
 DEFAULT_MAX_PARTICIPANTS = 100
 MAX_PARTICIPANTS_LIMIT = 1000
+ASSIGNABLE_ROLES = ("cohost", "participant")  # "host" comes with the host key only
 
 
 def room_id(value: str) -> RoomId:
@@ -23,6 +26,59 @@ def room_id(value: str) -> RoomId:
     if not is_safe_id(value):
         raise InvalidArgument("room_id may only contain letters, digits, '-' and '_'")
     return RoomId(value)
+
+
+def participant_id(value: str) -> ParticipantId:
+    """A participant id as the control plane issues them (and relays echo them)."""
+    if not value:
+        raise InvalidArgument("participant_id is required")
+    if not is_safe_id(value):
+        raise InvalidArgument(
+            f"participant_id must be 1..{MAX_ID_LENGTH} letters, digits, '-' or '_'"
+        )
+    return ParticipantId(value)
+
+
+def participant_ids(values: Iterable[str]) -> list[ParticipantId]:
+    """A list of participant ids, each checked, duplicates dropped, at most one
+    meeting's worth."""
+    checked: list[ParticipantId] = []
+    for value in values:
+        pid = participant_id(value)
+        if pid not in checked:
+            checked.append(pid)
+        if len(checked) > MAX_PARTICIPANTS_LIMIT:
+            raise InvalidArgument(f"more than {MAX_PARTICIPANTS_LIMIT} participant_ids")
+    return checked
+
+
+def source(value: str) -> str:
+    """One media source: "microphone", "camera" or "screen"."""
+    if value not in SOURCES:
+        raise InvalidArgument(f"source must be one of {', '.join(SOURCES)}")
+    return value
+
+
+def sources(values: Iterable[str]) -> list[str]:
+    """A set of media sources, in the canonical order (empty: nothing)."""
+    wanted = {source(value) for value in values}
+    return [s for s in SOURCES if s in wanted]
+
+
+def role(value: str) -> str:
+    """A role a host may give at run time: "cohost" or "participant"."""
+    if value not in ASSIGNABLE_ROLES:
+        raise InvalidArgument(f"role must be one of {', '.join(ASSIGNABLE_ROLES)}")
+    return value
+
+
+def screen_share(value: str) -> str:
+    """Who may share a screen by default: "hosts" or "everyone" ("" is "hosts")."""
+    if not value:
+        return "hosts"
+    if value not in SCREEN_SHARE:
+        raise InvalidArgument(f"screen_share must be one of {', '.join(SCREEN_SHARE)}")
+    return value
 
 
 def display_name(value: str) -> str:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import rooms_pb2 as protos_dot_rooms__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/relay.proto\x12\x0b\x63onclave.v1\x1a\x12protos/rooms.proto\"#\n\x10\x43loseRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\")\n\x11\x43loseRoomResponse\x12\x14\n\x0c\x64isconnected\x18\x01 \x01(\r2\xbb\x01\n\x0cRelayService\x12_\n\x10ListParticipants\x12$.conclave.v1.ListParticipantsRequest\x1a%.conclave.v1.ListParticipantsResponse\x12J\n\tCloseRoom\x12\x1d.conclave.v1.CloseRoomRequest\x1a\x1e.conclave.v1.CloseRoomResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/relay.proto\x12\x0b\x63onclave.v1\x1a\x12protos/rooms.proto\"#\n\x10\x43loseRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\")\n\x11\x43loseRoomResponse\x12\x14\n\x0c\x64isconnected\x18\x01 \x01(\r2\xf0\x05\n\x0cRelayService\x12_\n\x10ListParticipants\x12$.conclave.v1.ListParticipantsRequest\x1a%.conclave.v1.ListParticipantsResponse\x12J\n\tCloseRoom\x12\x1d.conclave.v1.CloseRoomRequest\x1a\x1e.conclave.v1.CloseRoomResponse\x12\x62\n\x11\x41\x64mitParticipants\x12%.conclave.v1.AdmitParticipantsRequest\x1a&.conclave.v1.AdmitParticipantsResponse\x12_\n\x10\x44\x65nyParticipants\x12$.conclave.v1.DenyParticipantsRequest\x1a%.conclave.v1.DenyParticipantsResponse\x12\\\n\x11RemoveParticipant\x12\x1f.conclave.v1.ParticipantRequest\x1a&.conclave.v1.ParticipantActionResponse\x12^\n\x0fMuteParticipant\x12#.conclave.v1.MuteParticipantRequest\x1a&.conclave.v1.ParticipantActionResponse\x12`\n\x10SetPublishRights\x12$.conclave.v1.SetPublishRightsRequest\x1a&.conclave.v1.ParticipantActionResponse\x12N\n\x07SetRole\x12\x1b.conclave.v1.SetRoleRequest\x1a&.conclave.v1.ParticipantActionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,5 +37,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLOSEROOMRESPONSE']._serialized_start=92
   _globals['_CLOSEROOMRESPONSE']._serialized_end=133
   _globals['_RELAYSERVICE']._serialized_start=136
-  _globals['_RELAYSERVICE']._serialized_end=323
+  _globals['_RELAYSERVICE']._serialized_end=888
 # @@protoc_insertion_point(module_scope)

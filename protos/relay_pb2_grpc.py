@@ -45,6 +45,36 @@ class RelayServiceStub:
                 request_serializer=protos_dot_relay__pb2.CloseRoomRequest.SerializeToString,
                 response_deserializer=protos_dot_relay__pb2.CloseRoomResponse.FromString,
                 _registered_method=True)
+        self.AdmitParticipants = channel.unary_unary(
+                '/conclave.v1.RelayService/AdmitParticipants',
+                request_serializer=protos_dot_rooms__pb2.AdmitParticipantsRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.AdmitParticipantsResponse.FromString,
+                _registered_method=True)
+        self.DenyParticipants = channel.unary_unary(
+                '/conclave.v1.RelayService/DenyParticipants',
+                request_serializer=protos_dot_rooms__pb2.DenyParticipantsRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.DenyParticipantsResponse.FromString,
+                _registered_method=True)
+        self.RemoveParticipant = channel.unary_unary(
+                '/conclave.v1.RelayService/RemoveParticipant',
+                request_serializer=protos_dot_rooms__pb2.ParticipantRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+                _registered_method=True)
+        self.MuteParticipant = channel.unary_unary(
+                '/conclave.v1.RelayService/MuteParticipant',
+                request_serializer=protos_dot_rooms__pb2.MuteParticipantRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+                _registered_method=True)
+        self.SetPublishRights = channel.unary_unary(
+                '/conclave.v1.RelayService/SetPublishRights',
+                request_serializer=protos_dot_rooms__pb2.SetPublishRightsRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+                _registered_method=True)
+        self.SetRole = channel.unary_unary(
+                '/conclave.v1.RelayService/SetRole',
+                request_serializer=protos_dot_rooms__pb2.SetRoleRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+                _registered_method=True)
 
 
 class RelayServiceServicer:
@@ -63,6 +93,44 @@ class RelayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdmitParticipants(self, request, context):
+        """Host controls the control plane passes on (host_key fields are ignored here;
+        the control plane checked them). NOT_FOUND: no such participant on this node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyParticipants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveParticipant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MuteParticipant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPublishRights(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RelayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +143,36 @@ def add_RelayServiceServicer_to_server(servicer, server):
                     servicer.CloseRoom,
                     request_deserializer=protos_dot_relay__pb2.CloseRoomRequest.FromString,
                     response_serializer=protos_dot_relay__pb2.CloseRoomResponse.SerializeToString,
+            ),
+            'AdmitParticipants': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdmitParticipants,
+                    request_deserializer=protos_dot_rooms__pb2.AdmitParticipantsRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.AdmitParticipantsResponse.SerializeToString,
+            ),
+            'DenyParticipants': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyParticipants,
+                    request_deserializer=protos_dot_rooms__pb2.DenyParticipantsRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.DenyParticipantsResponse.SerializeToString,
+            ),
+            'RemoveParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveParticipant,
+                    request_deserializer=protos_dot_rooms__pb2.ParticipantRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.ParticipantActionResponse.SerializeToString,
+            ),
+            'MuteParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.MuteParticipant,
+                    request_deserializer=protos_dot_rooms__pb2.MuteParticipantRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.ParticipantActionResponse.SerializeToString,
+            ),
+            'SetPublishRights': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPublishRights,
+                    request_deserializer=protos_dot_rooms__pb2.SetPublishRightsRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.ParticipantActionResponse.SerializeToString,
+            ),
+            'SetRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRole,
+                    request_deserializer=protos_dot_rooms__pb2.SetRoleRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.ParticipantActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +229,168 @@ class RelayService:
             '/conclave.v1.RelayService/CloseRoom',
             protos_dot_relay__pb2.CloseRoomRequest.SerializeToString,
             protos_dot_relay__pb2.CloseRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdmitParticipants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RelayService/AdmitParticipants',
+            protos_dot_rooms__pb2.AdmitParticipantsRequest.SerializeToString,
+            protos_dot_rooms__pb2.AdmitParticipantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyParticipants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RelayService/DenyParticipants',
+            protos_dot_rooms__pb2.DenyParticipantsRequest.SerializeToString,
+            protos_dot_rooms__pb2.DenyParticipantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RelayService/RemoveParticipant',
+            protos_dot_rooms__pb2.ParticipantRequest.SerializeToString,
+            protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MuteParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RelayService/MuteParticipant',
+            protos_dot_rooms__pb2.MuteParticipantRequest.SerializeToString,
+            protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPublishRights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RelayService/SetPublishRights',
+            protos_dot_rooms__pb2.SetPublishRightsRequest.SerializeToString,
+            protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RelayService/SetRole',
+            protos_dot_rooms__pb2.SetRoleRequest.SerializeToString,
+            protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

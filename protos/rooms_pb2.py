@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/rooms.proto\x12\x0b\x63onclave.v1\"\x8b\x01\n\x04Room\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x03 \x01(\x03\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x18\n\x10max_participants\x18\x05 \x01(\r\x12\x10\n\x08passcode\x18\x06 \x01(\t\x12\x10\n\x08host_key\x18\x07 \x01(\t\"M\n\x11\x43reateRoomRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10max_participants\x18\x02 \x01(\r\x12\x10\n\x08passcode\x18\x03 \x01(\t\"3\n\x0eGetRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"m\n\x0fJoinRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07publish\x18\x03 \x01(\x08\x12\x10\n\x08passcode\x18\x04 \x01(\t\x12\x10\n\x08host_key\x18\x05 \x01(\t\"\x8c\x01\n\x10JoinRoomResponse\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x12\n\nsignal_url\x18\x04 \x01(\t\x12\r\n\x05grant\x18\x05 \x01(\t\x12\x1b\n\x13grant_expires_at_ms\x18\x06 \x01(\x03\"6\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05muted\x18\x03 \x01(\x08\"u\n\x0bParticipant\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0cjoined_at_ms\x18\x03 \x01(\x03\x12\"\n\x06tracks\x18\x04 \x03(\x0b\x32\x12.conclave.v1.Track\"<\n\x17ListParticipantsRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"J\n\x18ListParticipantsResponse\x12.\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x18.conclave.v1.Participant\"3\n\x0e\x45ndRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"\x11\n\x0f\x45ndRoomResponse2\xf9\x02\n\x0bRoomService\x12?\n\nCreateRoom\x12\x1e.conclave.v1.CreateRoomRequest\x1a\x11.conclave.v1.Room\x12\x39\n\x07GetRoom\x12\x1b.conclave.v1.GetRoomRequest\x1a\x11.conclave.v1.Room\x12G\n\x08JoinRoom\x12\x1c.conclave.v1.JoinRoomRequest\x1a\x1d.conclave.v1.JoinRoomResponse\x12_\n\x10ListParticipants\x12$.conclave.v1.ListParticipantsRequest\x1a%.conclave.v1.ListParticipantsResponse\x12\x44\n\x07\x45ndRoom\x12\x1b.conclave.v1.EndRoomRequest\x1a\x1c.conclave.v1.EndRoomResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/rooms.proto\x12\x0b\x63onclave.v1\"\x87\x02\n\x04Room\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x03 \x01(\x03\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x18\n\x10max_participants\x18\x05 \x01(\r\x12\x10\n\x08passcode\x18\x06 \x01(\t\x12\x10\n\x08host_key\x18\x07 \x01(\t\x12\x14\n\x0cwaiting_room\x18\x08 \x01(\x08\x12\x0e\n\x06locked\x18\t \x01(\x08\x12\x11\n\tsuspended\x18\n \x01(\x08\x12\x14\n\x0cscreen_share\x18\x0b \x01(\t\x12\x15\n\rexpires_at_ms\x18\x0c \x01(\x03\x12\x14\n\x0chas_passcode\x18\r \x01(\x08\"y\n\x11\x43reateRoomRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10max_participants\x18\x02 \x01(\r\x12\x10\n\x08passcode\x18\x03 \x01(\t\x12\x14\n\x0cwaiting_room\x18\x04 \x01(\x08\x12\x14\n\x0cscreen_share\x18\x05 \x01(\t\"3\n\x0eGetRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"m\n\x0fJoinRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07publish\x18\x03 \x01(\x08\x12\x10\n\x08passcode\x18\x04 \x01(\t\x12\x10\n\x08host_key\x18\x05 \x01(\t\"\x8c\x01\n\x10JoinRoomResponse\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x12\n\nsignal_url\x18\x04 \x01(\t\x12\r\n\x05grant\x18\x05 \x01(\t\x12\x1b\n\x13grant_expires_at_ms\x18\x06 \x01(\x03\"F\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05muted\x18\x03 \x01(\x08\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xac\x01\n\x0bParticipant\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0cjoined_at_ms\x18\x03 \x01(\x03\x12\"\n\x06tracks\x18\x04 \x03(\x0b\x32\x12.conclave.v1.Track\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0f\n\x07waiting\x18\x06 \x01(\x08\x12\x16\n\x0epublish_rights\x18\x07 \x03(\t\"<\n\x17ListParticipantsRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"J\n\x18ListParticipantsResponse\x12.\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x18.conclave.v1.Participant\"3\n\x0e\x45ndRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"\x11\n\x0f\x45ndRoomResponse\"\xd4\x01\n\x11UpdateRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\x12\x13\n\x06locked\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\tsuspended\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x19\n\x0cwaiting_room\x18\x05 \x01(\x08H\x02\x88\x01\x01\x12\x19\n\x0cscreen_share\x18\x06 \x01(\tH\x03\x88\x01\x01\x42\t\n\x07_lockedB\x0c\n\n_suspendedB\x0f\n\r_waiting_roomB\x0f\n\r_screen_share\"c\n\x18\x41\x64mitParticipantsRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\x12\x17\n\x0fparticipant_ids\x18\x03 \x03(\t\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\"-\n\x19\x41\x64mitParticipantsResponse\x12\x10\n\x08\x61\x64mitted\x18\x01 \x03(\t\"U\n\x17\x44\x65nyParticipantsRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\x12\x17\n\x0fparticipant_ids\x18\x03 \x03(\t\"*\n\x18\x44\x65nyParticipantsResponse\x12\x0e\n\x06\x64\x65nied\x18\x01 \x03(\t\"O\n\x12ParticipantRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\"\x1b\n\x19ParticipantActionResponse\"c\n\x16MuteParticipantRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"e\n\x17SetPublishRightsRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x0f\n\x07sources\x18\x04 \x03(\t\"Y\n\x0eSetRoleRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\"7\n\x12GetAuditLogRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x10\n\x08host_key\x18\x02 \x01(\t\"Z\n\nAuditEntry\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"4\n\x08\x41uditLog\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.conclave.v1.AuditEntry2\xb6\x08\n\x0bRoomService\x12?\n\nCreateRoom\x12\x1e.conclave.v1.CreateRoomRequest\x1a\x11.conclave.v1.Room\x12\x39\n\x07GetRoom\x12\x1b.conclave.v1.GetRoomRequest\x1a\x11.conclave.v1.Room\x12G\n\x08JoinRoom\x12\x1c.conclave.v1.JoinRoomRequest\x1a\x1d.conclave.v1.JoinRoomResponse\x12_\n\x10ListParticipants\x12$.conclave.v1.ListParticipantsRequest\x1a%.conclave.v1.ListParticipantsResponse\x12\x44\n\x07\x45ndRoom\x12\x1b.conclave.v1.EndRoomRequest\x1a\x1c.conclave.v1.EndRoomResponse\x12?\n\nUpdateRoom\x12\x1e.conclave.v1.UpdateRoomRequest\x1a\x11.conclave.v1.Room\x12\x62\n\x11\x41\x64mitParticipants\x12%.conclave.v1.AdmitParticipantsRequest\x1a&.conclave.v1.AdmitParticipantsResponse\x12_\n\x10\x44\x65nyParticipants\x12$.conclave.v1.DenyParticipantsRequest\x1a%.conclave.v1.DenyParticipantsResponse\x12\\\n\x11RemoveParticipant\x12\x1f.conclave.v1.ParticipantRequest\x1a&.conclave.v1.ParticipantActionResponse\x12^\n\x0fMuteParticipant\x12#.conclave.v1.MuteParticipantRequest\x1a&.conclave.v1.ParticipantActionResponse\x12`\n\x10SetPublishRights\x12$.conclave.v1.SetPublishRightsRequest\x1a&.conclave.v1.ParticipantActionResponse\x12N\n\x07SetRole\x12\x1b.conclave.v1.SetRoleRequest\x1a&.conclave.v1.ParticipantActionResponse\x12\x45\n\x0bGetAuditLog\x12\x1f.conclave.v1.GetAuditLogRequest\x1a\x15.conclave.v1.AuditLogb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,27 +32,53 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.rooms_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROOM']._serialized_start=36
-  _globals['_ROOM']._serialized_end=175
-  _globals['_CREATEROOMREQUEST']._serialized_start=177
-  _globals['_CREATEROOMREQUEST']._serialized_end=254
-  _globals['_GETROOMREQUEST']._serialized_start=256
-  _globals['_GETROOMREQUEST']._serialized_end=307
-  _globals['_JOINROOMREQUEST']._serialized_start=309
-  _globals['_JOINROOMREQUEST']._serialized_end=418
-  _globals['_JOINROOMRESPONSE']._serialized_start=421
-  _globals['_JOINROOMRESPONSE']._serialized_end=561
-  _globals['_TRACK']._serialized_start=563
-  _globals['_TRACK']._serialized_end=617
-  _globals['_PARTICIPANT']._serialized_start=619
-  _globals['_PARTICIPANT']._serialized_end=736
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=738
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=798
-  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_start=800
-  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_end=874
-  _globals['_ENDROOMREQUEST']._serialized_start=876
-  _globals['_ENDROOMREQUEST']._serialized_end=927
-  _globals['_ENDROOMRESPONSE']._serialized_start=929
-  _globals['_ENDROOMRESPONSE']._serialized_end=946
-  _globals['_ROOMSERVICE']._serialized_start=949
-  _globals['_ROOMSERVICE']._serialized_end=1326
+  _globals['_ROOM']._serialized_end=299
+  _globals['_CREATEROOMREQUEST']._serialized_start=301
+  _globals['_CREATEROOMREQUEST']._serialized_end=422
+  _globals['_GETROOMREQUEST']._serialized_start=424
+  _globals['_GETROOMREQUEST']._serialized_end=475
+  _globals['_JOINROOMREQUEST']._serialized_start=477
+  _globals['_JOINROOMREQUEST']._serialized_end=586
+  _globals['_JOINROOMRESPONSE']._serialized_start=589
+  _globals['_JOINROOMRESPONSE']._serialized_end=729
+  _globals['_TRACK']._serialized_start=731
+  _globals['_TRACK']._serialized_end=801
+  _globals['_PARTICIPANT']._serialized_start=804
+  _globals['_PARTICIPANT']._serialized_end=976
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=978
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=1038
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_start=1040
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_end=1114
+  _globals['_ENDROOMREQUEST']._serialized_start=1116
+  _globals['_ENDROOMREQUEST']._serialized_end=1167
+  _globals['_ENDROOMRESPONSE']._serialized_start=1169
+  _globals['_ENDROOMRESPONSE']._serialized_end=1186
+  _globals['_UPDATEROOMREQUEST']._serialized_start=1189
+  _globals['_UPDATEROOMREQUEST']._serialized_end=1401
+  _globals['_ADMITPARTICIPANTSREQUEST']._serialized_start=1403
+  _globals['_ADMITPARTICIPANTSREQUEST']._serialized_end=1502
+  _globals['_ADMITPARTICIPANTSRESPONSE']._serialized_start=1504
+  _globals['_ADMITPARTICIPANTSRESPONSE']._serialized_end=1549
+  _globals['_DENYPARTICIPANTSREQUEST']._serialized_start=1551
+  _globals['_DENYPARTICIPANTSREQUEST']._serialized_end=1636
+  _globals['_DENYPARTICIPANTSRESPONSE']._serialized_start=1638
+  _globals['_DENYPARTICIPANTSRESPONSE']._serialized_end=1680
+  _globals['_PARTICIPANTREQUEST']._serialized_start=1682
+  _globals['_PARTICIPANTREQUEST']._serialized_end=1761
+  _globals['_PARTICIPANTACTIONRESPONSE']._serialized_start=1763
+  _globals['_PARTICIPANTACTIONRESPONSE']._serialized_end=1790
+  _globals['_MUTEPARTICIPANTREQUEST']._serialized_start=1792
+  _globals['_MUTEPARTICIPANTREQUEST']._serialized_end=1891
+  _globals['_SETPUBLISHRIGHTSREQUEST']._serialized_start=1893
+  _globals['_SETPUBLISHRIGHTSREQUEST']._serialized_end=1994
+  _globals['_SETROLEREQUEST']._serialized_start=1996
+  _globals['_SETROLEREQUEST']._serialized_end=2085
+  _globals['_GETAUDITLOGREQUEST']._serialized_start=2087
+  _globals['_GETAUDITLOGREQUEST']._serialized_end=2142
+  _globals['_AUDITENTRY']._serialized_start=2144
+  _globals['_AUDITENTRY']._serialized_end=2234
+  _globals['_AUDITLOG']._serialized_start=2236
+  _globals['_AUDITLOG']._serialized_end=2288
+  _globals['_ROOMSERVICE']._serialized_start=2291
+  _globals['_ROOMSERVICE']._serialized_end=3369
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,46 @@ class RoomServiceStub:
                 request_serializer=protos_dot_rooms__pb2.EndRoomRequest.SerializeToString,
                 response_deserializer=protos_dot_rooms__pb2.EndRoomResponse.FromString,
                 _registered_method=True)
+        self.UpdateRoom = channel.unary_unary(
+                '/conclave.v1.RoomService/UpdateRoom',
+                request_serializer=protos_dot_rooms__pb2.UpdateRoomRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.Room.FromString,
+                _registered_method=True)
+        self.AdmitParticipants = channel.unary_unary(
+                '/conclave.v1.RoomService/AdmitParticipants',
+                request_serializer=protos_dot_rooms__pb2.AdmitParticipantsRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.AdmitParticipantsResponse.FromString,
+                _registered_method=True)
+        self.DenyParticipants = channel.unary_unary(
+                '/conclave.v1.RoomService/DenyParticipants',
+                request_serializer=protos_dot_rooms__pb2.DenyParticipantsRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.DenyParticipantsResponse.FromString,
+                _registered_method=True)
+        self.RemoveParticipant = channel.unary_unary(
+                '/conclave.v1.RoomService/RemoveParticipant',
+                request_serializer=protos_dot_rooms__pb2.ParticipantRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+                _registered_method=True)
+        self.MuteParticipant = channel.unary_unary(
+                '/conclave.v1.RoomService/MuteParticipant',
+                request_serializer=protos_dot_rooms__pb2.MuteParticipantRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+                _registered_method=True)
+        self.SetPublishRights = channel.unary_unary(
+                '/conclave.v1.RoomService/SetPublishRights',
+                request_serializer=protos_dot_rooms__pb2.SetPublishRightsRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+                _registered_method=True)
+        self.SetRole = channel.unary_unary(
+                '/conclave.v1.RoomService/SetRole',
+                request_serializer=protos_dot_rooms__pb2.SetRoleRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+                _registered_method=True)
+        self.GetAuditLog = channel.unary_unary(
+                '/conclave.v1.RoomService/GetAuditLog',
+                request_serializer=protos_dot_rooms__pb2.GetAuditLogRequest.SerializeToString,
+                response_deserializer=protos_dot_rooms__pb2.AuditLog.FromString,
+                _registered_method=True)
 
 
 class RoomServiceServicer:
@@ -98,6 +138,63 @@ class RoomServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateRoom(self, request, context):
+        """Host controls (docs/security.md). Each takes the host key, answers an unknown
+        meeting and a wrong key with one NOT_FOUND, and is written to the audit log.
+        Lock, suspend, waiting room and screen-share policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdmitParticipants(self, request, context):
+        """Let waiting participants in (some, or all of them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyParticipants(self, request, context):
+        """Turn waiting participants away.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveParticipant(self, request, context):
+        """Disconnect a participant (connected or waiting); it cannot come back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MuteParticipant(self, request, context):
+        """Stop forwarding one source of a participant until it unmutes itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPublishRights(self, request, context):
+        """What a participant may publish ("microphone", "camera", "screen").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRole(self, request, context):
+        """Make a participant a co-host, or a participant again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuditLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoomServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +222,46 @@ def add_RoomServiceServicer_to_server(servicer, server):
                     servicer.EndRoom,
                     request_deserializer=protos_dot_rooms__pb2.EndRoomRequest.FromString,
                     response_serializer=protos_dot_rooms__pb2.EndRoomResponse.SerializeToString,
+            ),
+            'UpdateRoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRoom,
+                    request_deserializer=protos_dot_rooms__pb2.UpdateRoomRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.Room.SerializeToString,
+            ),
+            'AdmitParticipants': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdmitParticipants,
+                    request_deserializer=protos_dot_rooms__pb2.AdmitParticipantsRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.AdmitParticipantsResponse.SerializeToString,
+            ),
+            'DenyParticipants': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyParticipants,
+                    request_deserializer=protos_dot_rooms__pb2.DenyParticipantsRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.DenyParticipantsResponse.SerializeToString,
+            ),
+            'RemoveParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveParticipant,
+                    request_deserializer=protos_dot_rooms__pb2.ParticipantRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.ParticipantActionResponse.SerializeToString,
+            ),
+            'MuteParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.MuteParticipant,
+                    request_deserializer=protos_dot_rooms__pb2.MuteParticipantRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.ParticipantActionResponse.SerializeToString,
+            ),
+            'SetPublishRights': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPublishRights,
+                    request_deserializer=protos_dot_rooms__pb2.SetPublishRightsRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.ParticipantActionResponse.SerializeToString,
+            ),
+            'SetRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRole,
+                    request_deserializer=protos_dot_rooms__pb2.SetRoleRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.ParticipantActionResponse.SerializeToString,
+            ),
+            'GetAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditLog,
+                    request_deserializer=protos_dot_rooms__pb2.GetAuditLogRequest.FromString,
+                    response_serializer=protos_dot_rooms__pb2.AuditLog.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +399,222 @@ class RoomService:
             '/conclave.v1.RoomService/EndRoom',
             protos_dot_rooms__pb2.EndRoomRequest.SerializeToString,
             protos_dot_rooms__pb2.EndRoomResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RoomService/UpdateRoom',
+            protos_dot_rooms__pb2.UpdateRoomRequest.SerializeToString,
+            protos_dot_rooms__pb2.Room.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdmitParticipants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RoomService/AdmitParticipants',
+            protos_dot_rooms__pb2.AdmitParticipantsRequest.SerializeToString,
+            protos_dot_rooms__pb2.AdmitParticipantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyParticipants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RoomService/DenyParticipants',
+            protos_dot_rooms__pb2.DenyParticipantsRequest.SerializeToString,
+            protos_dot_rooms__pb2.DenyParticipantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RoomService/RemoveParticipant',
+            protos_dot_rooms__pb2.ParticipantRequest.SerializeToString,
+            protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MuteParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RoomService/MuteParticipant',
+            protos_dot_rooms__pb2.MuteParticipantRequest.SerializeToString,
+            protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPublishRights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RoomService/SetPublishRights',
+            protos_dot_rooms__pb2.SetPublishRightsRequest.SerializeToString,
+            protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RoomService/SetRole',
+            protos_dot_rooms__pb2.SetRoleRequest.SerializeToString,
+            protos_dot_rooms__pb2.ParticipantActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conclave.v1.RoomService/GetAuditLog',
+            protos_dot_rooms__pb2.GetAuditLogRequest.SerializeToString,
+            protos_dot_rooms__pb2.AuditLog.FromString,
             options,
             channel_credentials,
             insecure,

@@ -147,6 +147,7 @@ async def serve(args: argparse.Namespace) -> None:
     grants = GrantChecker(store, args.node_id)
     await grants.start()
     node = RelayNode(args.node_id, store, grants, args.capacity)
+    await node.start()
 
     app = web.Application()
     app.add_routes(
@@ -197,6 +198,7 @@ async def serve(args: argparse.Namespace) -> None:
         await room.close("node_shutdown")
     await rpc_server.stop(grace=1)
     await runner.cleanup()
+    await node.stop()
     await grants.stop()
     await store.close()
 

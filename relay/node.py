@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
 
+from conclave import audit
+from conclave.meeting import MeetingPolicy, Removal, policy_actions, policy_of, update_policy
 from conclave.store import ROOMS_PREFIX, EtcdStore
+from conclave.tasks import spawn
 from relay import metrics
 from relay.admission import GrantChecker
 from relay.errors import SignalingError
@@ -15,11 +20,14 @@ from relay.room import Room
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PARTICIPANTS = 100
+WATCH_RETRY_S = 1.0
 
 
 class RelayNode:
     """Rooms by id: opened on first join (settings read from etcd), dropped when
-    the last participant leaves."""
+    the last participant leaves. Each room follows its record in etcd: a policy
+    change (lock, suspension, waiting room, removal) applies at once, and a deleted
+    record (the meeting ended or expired) closes the room."""
 
     def __init__(self, node_id: str, store: EtcdStore, grants: GrantChecker, capacity: int) -> None:
         self.node_id = node_id
@@ -28,30 +36,126 @@ class RelayNode:
         self.grants = grants
         self.rooms: dict[str, Room] = {}
         self.on_participants_changed: Callable[[int], None] = lambda count: None
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._watch = spawn(self._follow_records(), "room-records")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
 
     async def open_room(self, room_id: str) -> Room:
+        """The meeting's room, its policy freshly read from etcd: a join is checked
+        against the record as it is now, not as the watch last saw it."""
         if self.participant_count() >= self.capacity:
             raise SignalingError("node_full", "this relay is at capacity; join again", 4004)
-        room = self.rooms.get(room_id)
-        if room is not None:
-            return room
         value = await self.store.get(ROOMS_PREFIX + room_id)
         if value is None:
             raise SignalingError("room_not_found", "the meeting does not exist (ended?)", 4004)
-        settings = json.loads(value)
+        try:
+            settings = json.loads(value)
+            policy = policy_of(value)
+        except ValueError:
+            raise SignalingError(
+                "room_not_found", "the meeting's record is unreadable", 4004
+            ) from None
         room = self.rooms.get(room_id)  # another join may have opened it meanwhile
         if room is None:
             limit = int(settings.get("max_participants") or DEFAULT_MAX_PARTICIPANTS)
-            room = self.rooms[room_id] = Room(room_id, limit)
+            room = self.rooms[room_id] = Room(room_id, limit, policy)
+            lease = settings.get("audit_lease", 0)
+            room.audit_lease = lease if isinstance(lease, int) else 0
             metrics.ROOMS.set(len(self.rooms))
+        else:
+            await room.apply_policy(policy)
         return room
 
     def participant_count(self) -> int:
-        return sum(len(r.participants) for r in self.rooms.values())
+        return sum(len(r.participants) + len(r.waiting) for r in self.rooms.values())
 
     def participants_changed(self, room_id: str) -> None:
         room = self.rooms.get(room_id)
-        if room is not None and not room.participants:
+        if room is not None and room.empty:
             del self.rooms[room_id]
             metrics.ROOMS.set(len(self.rooms))
         self.on_participants_changed(self.participant_count())
+
+    # -- host controls that change the meeting's record ---------------------
+
+    async def remove(self, room: Room, participant_id: str, actor: str | None) -> None:
+        """Disconnect a participant and record the removal, so that neither this
+        relay nor the control plane lets it back in (by id, or by the address its
+        grants come from)."""
+        if room.find(participant_id).role == "host":
+            raise SignalingError("not_allowed", "a host cannot be removed")
+        source_tag = await room.remove(participant_id)
+        _, policy = await update_policy(
+            self.store, room.room_id, lambda p: p.with_removal(Removal(participant_id, source_tag))
+        )
+        room.policy = policy
+        self.participants_changed(room.room_id)
+        await self.audit(room, "remove", actor, participant_id)
+
+    async def update_room(
+        self, room: Room, change: Callable[[MeetingPolicy], MeetingPolicy], actor: str
+    ) -> None:
+        record = await self.store.get(ROOMS_PREFIX + room.room_id)
+        if record is not None and "passcode" not in json.loads(record):
+            # Without a passcode the waiting room is the meeting's only gate.
+            if not change(room.policy).waiting_room:
+                raise SignalingError(
+                    "not_allowed", "a meeting without a passcode keeps its waiting room"
+                )
+        before, after = await update_policy(self.store, room.room_id, change)
+        await room.apply_policy(after)
+        for action, detail in policy_actions(before, after):
+            await self.audit(room, action, actor, detail=detail)
+
+    async def audit(
+        self, room: Room, action: str, actor: str | None, target: str = "", detail: str = ""
+    ) -> None:
+        """Log a moderator's action taken on this relay; a None actor is a call from
+        the control plane, which writes its own entry."""
+        if actor is None:
+            return
+        if room.audit_lease <= 0:
+            log.warning("a meeting has no audit lease; an action went unlogged")
+            return
+        await audit.append(
+            self.store, room.room_id, room.audit_lease, action, actor, target, detail
+        )
+
+    # -- following the records in etcd -------------------------------------------
+
+    async def _follow_records(self) -> None:
+        while True:
+            try:
+                async for event in self.store.watch_prefix(ROOMS_PREFIX, 0):
+                    room = self.rooms.get(event.key[len(ROOMS_PREFIX) :])
+                    if room is None:
+                        continue
+                    if event.kind == "delete":
+                        await room.close("room_ended")
+                    else:
+                        await room.apply_policy(policy_of(event.value))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("following meeting records failed: %s", type(exc).__name__)
+                log.debug("watch failure detail", exc_info=True)
+            await asyncio.sleep(WATCH_RETRY_S)
+            await self._reread_records()
+
+    async def _reread_records(self) -> None:
+        """After a broken watch: the changes it missed, read directly."""
+        for room_id, room in list(self.rooms.items()):
+            with contextlib.suppress(Exception):
+                value = await self.store.get(ROOMS_PREFIX + room_id)
+                if value is None:
+                    await room.close("room_ended")
+                else:
+                    await room.apply_policy(policy_of(value))

@@ -30,6 +30,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.sdp import candidate_from_sdp
 
+from conclave.meeting import SOURCE_KINDS
 from relay import metrics, rtcp, simulcast
 from relay.errors import SignalingError
 from relay.forwarder import CLOCK_RATES, MID_URI, SubscriberOutput
@@ -75,30 +76,30 @@ def set_test_video_loss(fraction: float) -> None:
 class PeerEvents(Protocol):
     """What a peer reports to its room; the room owns tracks and forwarding."""
 
-    async def on_media(self, peer: ParticipantPeer, kind: str, header: RtpHeader,
+    async def on_media(self, peer: ParticipantPeer, source: str, header: RtpHeader,
                        data: bytes, layer: int, now: float) -> None:  # fmt: skip
-        """One packet of this participant's `kind` track, of simulcast `layer` (0, the
-        lowest, for a single stream), arrived at `now` (event-loop clock)."""
+        """One packet of this participant's `source` track, of simulcast `layer` (0,
+        the lowest, for a single stream), arrived at `now` (event-loop clock)."""
 
     def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None: ...
 
-    def on_codec(self, peer: ParticipantPeer, kind: str, mime: str) -> None:
-        """This participant now sends its `kind` track in `mime` (lower case)."""
+    def on_codec(self, peer: ParticipantPeer, source: str, mime: str) -> None:
+        """This participant now sends its `source` track in `mime` (lower case)."""
 
     async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None: ...
 
     def on_remb(self, track_id: str, output: SubscriberOutput, bitrate: int) -> None: ...
 
-    async def on_sender_report(self, peer: ParticipantPeer, kind: str,
+    async def on_sender_report(self, peer: ParticipantPeer, source: str,
                                report: rtcp.SenderReport, layer: int) -> None: ...  # fmt: skip
 
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         """What to ask this participant to send at most (REMB), if known."""
 
     def on_publish_negotiated(
-        self, peer: ParticipantPeer, kind: str, extensions: dict[int, str]
+        self, peer: ParticipantPeer, source: str, extensions: dict[int, str]
     ) -> None:
-        """The header-extension ids (id -> URI) of this participant's `kind` leg."""  # fmt: skip
+        """The header-extension ids (id -> URI) of this participant's `source` leg."""  # fmt: skip
 
 
 class IdleTrack(MediaStreamTrack):
@@ -114,13 +115,15 @@ class IdleTrack(MediaStreamTrack):
 
 
 class IncomingStream:
-    """One SSRC a participant sends: which track and layer it is (the rid, and its
+    """One SSRC a participant sends: which source and layer it is (the rid, and its
     index from the lowest quality), its reception statistics (RFC 3550 §6.4) and,
     for video, the gaps to NACK (RFC 4585)."""
 
-    __slots__ = ("kind", "layer", "missing", "rid", "stats")
+    __slots__ = ("kind", "layer", "missing", "rid", "source", "stats")
 
-    def __init__(self, ssrc: int, kind: str, rid: str, layer: int) -> None:
+    def __init__(self, ssrc: int, source: str, rid: str, layer: int) -> None:
+        kind = SOURCE_KINDS[source]
+        self.source = source
         self.kind = kind
         self.rid = rid
         self.layer = layer
@@ -135,6 +138,7 @@ class Subscription:
     track_id: str
     publisher_id: str
     kind: str
+    source: str
     transceiver: RTCRtpTransceiver
     output: SubscriberOutput | None = None
     removed: bool = False
@@ -152,11 +156,12 @@ class ParticipantPeer:
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
+        # The recvonly m-line of each source this participant publishes.
         self.publish: dict[str, RTCRtpTransceiver] = {}
-        # Per kind, the SSRC currently carrying each layer (rid; "" without simulcast):
-        # learnt from packets, since browsers announce no SSRCs with simulcast.
+        # Per source, the SSRC currently carrying each layer (rid; "" without
+        # simulcast): learnt from packets, since browsers announce no SSRCs with simulcast.
         self.publish_ssrc: dict[str, dict[str, int]] = {}
-        # Per kind, the layers the answer accepted (RFC 8853), best first; a kind
+        # Per source, the layers the answer accepted (RFC 8853), best first; a source
         # absent here is sent as one stream.
         self.simulcast: dict[str, simulcast.SimulcastAnswer] = {}
         # Negotiated id of the RFC 6464 audio-level extension on the publish audio
@@ -167,9 +172,12 @@ class ParticipantPeer:
         self.incoming: dict[int, IncomingStream] = {}  # by SSRC
         self._signal = signal
         self._events = events
-        self._publish_pt: dict[int, str] = {}
+        self._publish_pt: dict[int, str] = {}  # payload type -> media kind
         self._publish_mime: dict[int, str] = {}  # payload type -> lower-case MIME type
-        self.publish_codec: dict[str, str] = {}  # kind -> MIME type of the latest packet
+        # Negotiated ids of the MID header extension on publish m-lines: with two
+        # video sources (camera and screen) the MID tells an SSRC's source.
+        self._mid_extension_ids: set[int] = set()
+        self.publish_codec: dict[str, str] = {}  # source -> MIME type of the latest packet
         self._by_output_ssrc: dict[int, Subscription] = {}
         self._transport: RTCDtlsTransport | None = None
         self._needed = asyncio.Event()
@@ -180,22 +188,38 @@ class ParticipantPeer:
 
     # -- session changes -------------------------------------------------
 
-    def add_publish(self, kind: str, codec: str | None = None) -> None:
-        """A recvonly m-line where this participant sends its `kind` track, offering
-        `codec` (a MIME type it asked for) first: a sender uses the first codec of
-        the offer that it supports, so the relay's order is the publisher's choice."""
+    def add_publish(self, source: str, codec: str | None = None) -> None:
+        """A recvonly m-line where this participant sends its `source` track,
+        offering `codec` (a MIME type it asked for) first: a sender uses the first
+        codec of the offer that it supports, so the relay's order is its choice."""
+        kind = SOURCE_KINDS[source]
         transceiver = self.pc.addTransceiver(kind, direction="recvonly")
         _prefer_codec(transceiver, kind, first=codec)
-        self.publish[kind] = transceiver
+        self.publish[source] = transceiver
         self._needed.set()
 
-    def add_subscription(self, track_id: str, publisher_id: str, kind: str) -> None:
+    def remove_publish(self, source: str) -> None:
+        """Stop receiving `source`: its m-line goes inactive in the next offer and
+        its packets are dropped from now on."""
+        transceiver = self.publish.pop(source, None)
+        if transceiver is None:
+            return
+        transceiver.direction = "inactive"
+        self.simulcast.pop(source, None)
+        self.publish_codec.pop(source, None)
+        self._forget(source)
+        self._needed.set()
+
+    def add_subscription(self, track_id: str, publisher_id: str, source: str) -> None:
+        kind = SOURCE_KINDS[source]
         transceiver = self.pc.addTransceiver(IdleTrack(kind), direction="sendonly")
         _prefer_codec(transceiver, kind, rtx=True)
         # The relay sends this m-line's RTP and RTCP itself; aiortc's sender must not
         # start (it would send sender reports with zero timestamps, and BYE at stop).
         transceiver.sender.send = _sender_stays_idle  # type: ignore[method-assign]
-        self.subscriptions[track_id] = Subscription(track_id, publisher_id, kind, transceiver)
+        self.subscriptions[track_id] = Subscription(
+            track_id, publisher_id, kind, source, transceiver
+        )
         self._needed.set()
 
     def remove_subscription(self, track_id: str) -> SubscriberOutput | None:
@@ -281,10 +305,10 @@ class ParticipantPeer:
             raise ConnectionError("the participant's DTLS transport did not connect")
 
     def _simulcast_mids(self) -> list[str]:
-        video = self.publish.get("video")
-        if not _offer_simulcast or video is None or video.mid is None:
+        camera = self.publish.get("camera")
+        if not _offer_simulcast or camera is None or camera.mid is None:
             return []
-        return [video.mid]
+        return [camera.mid]
 
     def _offer_message(self, offered: list[Subscription]) -> dict[str, Any]:
         mids = self._simulcast_mids()
@@ -292,7 +316,7 @@ class ParticipantPeer:
         return {
             "type": "offer",
             "sdp": sdp,
-            "publish": {kind: t.mid for kind, t in self.publish.items()},
+            "publish": {source: t.mid for source, t in self.publish.items()},
             "simulcast": {mid: simulcast.offer_layers() for mid in mids},
             "streams": [
                 {
@@ -300,6 +324,7 @@ class ParticipantPeer:
                     "participant_id": s.publisher_id,
                     "track_id": s.track_id,
                     "kind": s.kind,
+                    "source": s.source,
                 }
                 for s in offered
             ],
@@ -308,27 +333,27 @@ class ParticipantPeer:
     def _read_simulcast(self, sdp: str) -> None:
         """Which layers the answer sends (aiortc does not read rid lines). A client
         without simulcast (aiortc) answers without them: one stream, as before."""
-        video = self.publish.get("video")
+        camera = self.publish.get("camera")
         answer = (
-            simulcast.parse_answer(sdp, video.mid)
-            if video is not None and video.mid is not None
+            simulcast.parse_answer(sdp, camera.mid)
+            if camera is not None and camera.mid is not None
             else None
         )
         if answer is None:
-            self.simulcast.pop("video", None)
-        elif self.simulcast.get("video") != answer:
-            self.simulcast["video"] = answer
+            self.simulcast.pop("camera", None)
+        elif self.simulcast.get("camera") != answer:
+            self.simulcast["camera"] = answer
             # Layers and their ids may differ from the previous answer: relearn.
-            self._forget("video")
+            self._forget("camera")
 
-    def layer_rids(self, kind: str) -> list[str]:
-        """The rids of the `kind` track's layers by index, lowest quality first
+    def layer_rids(self, source: str) -> list[str]:
+        """The rids of the `source` track's layers by index, lowest quality first
         (`[""]` for a single stream)."""
-        layers = self.simulcast.get(kind)
+        layers = self.simulcast.get(source)
         return list(reversed(layers.rids)) if layers is not None else [""]
 
-    def _forget(self, kind: str) -> None:
-        for ssrc in self.publish_ssrc.pop(kind, {}).values():
+    def _forget(self, source: str) -> None:
+        for ssrc in self.publish_ssrc.pop(source, {}).values():
             self.incoming.pop(ssrc, None)
 
     def apply_answer(self, sdp: str) -> None:
@@ -351,19 +376,20 @@ class ParticipantPeer:
     # -- packets -------------------------------------------------------------
 
     def _after_answer(self) -> None:
-        for kind, transceiver in self.publish.items():
+        for source, transceiver in self.publish.items():
             for codec in transceiver._codecs:
-                self._publish_pt[_payload_type(codec)] = kind
+                self._publish_pt[_payload_type(codec)] = SOURCE_KINDS[source]
                 self._publish_mime[_payload_type(codec)] = codec.mimeType.lower()
             extensions = {e.id: e.uri for e in transceiver._headerExtensions}
-            layers = self.simulcast.get(kind)
+            self._mid_extension_ids.update(i for i, uri in extensions.items() if uri == MID_URI)
+            layers = self.simulcast.get(source)
             if layers is not None:  # negotiated outside aiortc: not to be forwarded
                 extensions[layers.rid_extension_id] = simulcast.RID_URI
-            self._events.on_publish_negotiated(self, kind, extensions)
-        audio = self.publish.get("audio")
+            self._events.on_publish_negotiated(self, source, extensions)
+        microphone = self.publish.get("microphone")
         self.audio_level_id = (
-            next((e.id for e in audio._headerExtensions if e.uri == AUDIO_LEVEL_URI), None)
-            if audio is not None
+            next((e.id for e in microphone._headerExtensions if e.uri == AUDIO_LEVEL_URI), None)
+            if microphone is not None
             else None
         )
         transport = self.pc.getTransceivers()[0].sender.transport
@@ -442,16 +468,18 @@ class ParticipantPeer:
         if kind is None:
             metrics.PACKETS_DROPPED.labels(reason="unknown_payload_type").inc()
             return
-        mime = self._publish_mime[header.payload_type]
-        if self.publish_codec.get(kind) != mime:
-            self.publish_codec[kind] = mime
-            self._events.on_codec(self, kind, mime)
         stream = self.incoming.get(header.ssrc)
         if stream is None or stream.kind != kind:
-            stream = self._bind(kind, header)
+            source = self._source_of(kind, header)
+            stream = self._bind(source, header) if source is not None else None
             if stream is None:
                 metrics.PACKETS_DROPPED.labels(reason="unknown_layer").inc()
                 return
+        source = stream.source
+        mime = self._publish_mime[header.payload_type]
+        if self.publish_codec.get(source) != mime:
+            self.publish_codec[source] = mime
+            self._events.on_codec(self, source, mime)
         now = asyncio.get_running_loop().time()
         stream.stats.update(header.sequence, header.timestamp, now)
         missing = stream.missing
@@ -460,31 +488,43 @@ class ParticipantPeer:
             if lost:
                 metrics.NACKS_SENT.inc()
                 await self.send_rtp(rtcp.nack(self.rtcp_ssrc, header.ssrc, lost))
-        await self._events.on_media(self, kind, header, data, stream.layer, now)
+        await self._events.on_media(self, source, header, data, stream.layer, now)
 
-    def _bind(self, kind: str, header: RtpHeader) -> IncomingStream | None:
+    def _source_of(self, kind: str, header: RtpHeader) -> str | None:
+        """The source a new SSRC belongs to: the one whose m-line its MID header
+        extension names, or else the only published source of its kind. None when
+        neither tells (a packet for an m-line the relay stopped, or a forged one)."""
+        mids = [v for i, v in header.extensions if i in self._mid_extension_ids]
+        if mids:
+            mid = mids[0].decode("ascii", "replace")
+            source = next((s for s, t in self.publish.items() if t.mid == mid), None)
+            return source if source is not None and SOURCE_KINDS[source] == kind else None
+        candidates = [s for s in self.publish if SOURCE_KINDS[s] == kind]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _bind(self, source: str, header: RtpHeader) -> IncomingStream | None:
         """Bind a new SSRC to its layer: with simulcast, the rid its packets carry
         (RFC 8852 rtp-stream-id, under the negotiated id); without, the single stream
-        of the kind. A layer's previous SSRC is forgotten (the sender restarted it).
+        of the source. A layer's previous SSRC is forgotten (the sender restarted it).
         None for a simulcast packet naming no negotiated rid: it cannot be placed."""
         rid = ""
         layer = 0
-        layers = self.simulcast.get(kind)
+        layers = self.simulcast.get(source)
         if layers is not None:
             value = next((v for i, v in header.extensions if i == layers.rid_extension_id), b"")
             rid = value.decode("ascii", "replace")
             if rid not in layers.rids:
                 return None
             layer = len(layers.rids) - 1 - layers.rids.index(rid)
-        ssrcs = self.publish_ssrc.setdefault(kind, {})
+        ssrcs = self.publish_ssrc.setdefault(source, {})
         previous = ssrcs.get(rid)
         if previous is not None:
             self.incoming.pop(previous, None)
-        stale = self.incoming.pop(header.ssrc, None)  # it moved to another kind
+        stale = self.incoming.pop(header.ssrc, None)  # it moved to another source
         if stale is not None:
-            self.publish_ssrc.get(stale.kind, {}).pop(stale.rid, None)
+            self.publish_ssrc.get(stale.source, {}).pop(stale.rid, None)
         ssrcs[rid] = header.ssrc
-        stream = self.incoming[header.ssrc] = IncomingStream(header.ssrc, kind, rid, layer)
+        stream = self.incoming[header.ssrc] = IncomingStream(header.ssrc, source, rid, layer)
         return stream
 
     async def _handle_rtcp(self, data: bytes) -> None:
@@ -513,7 +553,7 @@ class ParticipantPeer:
         stream = self.incoming.get(report.ssrc)
         if stream is not None:
             stream.stats.sender_report(report.ntp, asyncio.get_running_loop().time())
-            await self._events.on_sender_report(self, stream.kind, report, stream.layer)
+            await self._events.on_sender_report(self, stream.source, report, stream.layer)
 
     def _remb(self, item: rtcp.Remb) -> None:
         """A REMB estimates the whole connection (Chromium lists every video SSRC in

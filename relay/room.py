@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conclave.meeting import SOURCE_KINDS, SOURCES, MeetingPolicy
 from conclave.tasks import spawn
 from relay import metrics
 from relay.errors import RoomFull, SignalingError
@@ -35,11 +36,23 @@ MIN_UPSTREAM_BITRATE = 100_000  # never throttle a publisher below this (bit/s)
 SIMULCAST_UPSTREAM_BITRATE = 4_000_000
 LAYERS_INTERVAL_S = 0.5  # how often layer choices and dynacast are revisited
 MEDIA_KINDS = ("audio", "video")
+MODERATORS = ("host", "cohost")  # the roles that may admit, mute, remove, lock
+# WebSocket close codes of the meeting's security decisions (docs/signaling.md).
+CLOSE_LOCKED = 4005
+CLOSE_REMOVED = 4006
+CLOSE_DENIED = 4007
 # Padding-only packets carry no media; the forwarder drops them (relay/forwarder.py).
 _PADDING_DROPPED = metrics.PACKETS_DROPPED.labels(reason="padding")
 
 # Ends a participant's signalling connection: (reason, WebSocket close code).
 Disconnect = Callable[[str, int], Awaitable[None]]
+
+
+class NotFound(SignalingError):
+    """No such participant (connected or waiting) in this meeting on this node."""
+
+    def __init__(self) -> None:
+        super().__init__("unknown_participant", "no such participant in this meeting")
 
 
 class KeyframeThrottle:
@@ -76,7 +89,7 @@ class KeyframeThrottle:
 @dataclass
 class PublishedTrack:
     track_id: str
-    kind: str
+    source: str
     owner: Participant
     forwarder: TrackForwarder
     # One keyframe throttle per layer (index from the lowest), made when needed.
@@ -89,11 +102,23 @@ class PublishedTrack:
     layers: TrackLayers | None = None
     switches_counted: int = 0  # forwarder.switches already added to the metric
     padding_counted: int = 0  # padding-only packets already added to the metric
-    # What the publisher said with `mute`; the relay keeps forwarding regardless.
+    # What the publisher said with `mute`; the relay keeps forwarding regardless,
+    # unless a host muted it (`held`): then nothing is forwarded until the
+    # publisher itself unmutes (its consent, as in every meeting service).
     muted: bool = False
+    held: bool = False
+
+    @property
+    def kind(self) -> str:
+        return SOURCE_KINDS[self.source]
 
     def describe(self) -> dict[str, Any]:
-        return {"track_id": self.track_id, "kind": self.kind, "muted": self.muted}
+        return {
+            "track_id": self.track_id,
+            "kind": self.kind,
+            "source": self.source,
+            "muted": self.muted,
+        }
 
     def cancel_keyframe_requests(self) -> None:
         for throttle in self.throttles.values():
@@ -108,13 +133,21 @@ class Participant:
     signal: Signal
     peer: ParticipantPeer
     disconnect: Disconnect
-    role: str = "participant"  # from the grant: "host" or "participant"
+    role: str = "participant"  # "host" (from the grant), "cohost" or "participant"
+    # What it may publish now: from the grant, changed by hosts at run time.
+    rights: set[str] = field(default_factory=set)
+    # HMAC of the address its grant was asked from: what a removal bans.
+    source_tag: str = ""
     joined_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    tracks: dict[str, PublishedTrack] = field(default_factory=dict)  # by kind: one each
+    tracks: dict[str, PublishedTrack] = field(default_factory=dict)  # by source
     voice: VoiceLevel | None = None  # audio level, while publishing audio
     # The participant's E2EE key binding (docs/e2ee.md), opaque here: the relay
     # only hands it to everyone in the meeting.
     e2ee_binding: str | None = None
+
+    @property
+    def moderates(self) -> bool:
+        return self.role in MODERATORS
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -125,13 +158,40 @@ class Participant:
         }
 
 
+@dataclass
+class Waiting:
+    """A joiner in the waiting room: no peer connection, no roster, no keys; only
+    its signalling session, and what it needs to join when admitted."""
+
+    participant_id: str
+    name: str
+    role: str
+    rights: set[str]
+    source_tag: str
+    publish: list[str]
+    can_subscribe: bool
+    signal: Signal
+    disconnect: Disconnect
+    video_codec: str | None
+    # Called with the Participant once admitted, so the session can go on as joined.
+    admitted: Callable[[Participant], None]
+
+    def describe(self) -> dict[str, Any]:
+        return {"participant_id": self.participant_id, "name": self.name}
+
+
 class Room:
     """Participants of one meeting on this node and the tracks between them."""
 
-    def __init__(self, room_id: str, max_participants: int) -> None:
+    def __init__(
+        self, room_id: str, max_participants: int, policy: MeetingPolicy | None = None
+    ) -> None:
         self.room_id = room_id
         self.max_participants = max_participants
+        self.policy = policy or MeetingPolicy()
+        self.audit_lease = 0  # the meeting's audit lease (conclave/audit.py), from its record
         self.participants: dict[str, Participant] = {}
+        self.waiting: dict[str, Waiting] = {}
         self.tracks: dict[str, PublishedTrack] = {}
         self.speakers = SpeakerDetector()
         # Run while the room has participants: started by the first, cancelled
@@ -139,6 +199,43 @@ class Room:
         self._speaker_task: asyncio.Task[None] | None = None
         self._layers_task: asyncio.Task[None] | None = None
         self._e2ee_order: list[str] = []  # participants by when their binding arrived
+
+    @property
+    def empty(self) -> bool:
+        return not self.participants and not self.waiting
+
+    def room_state(self) -> dict[str, Any]:
+        policy = self.policy
+        return {
+            "locked": policy.locked,
+            "suspended": policy.suspended,
+            "waiting_room": policy.waiting_room,
+            "screen_share": policy.screen_share,
+        }
+
+    def may_publish(self, role: str, rights: set[str], source: str) -> bool:
+        """Default-deny: the source is in the participant's rights, and the meeting
+        is not suspended (which stops everyone but hosts and co-hosts)."""
+        return source in rights and (not self.policy.suspended or role in MODERATORS)
+
+    async def wait(self, entry: Waiting) -> None:
+        """Put a joiner in the waiting room and tell the moderators."""
+        if entry.participant_id in self.participants or entry.participant_id in self.waiting:
+            raise SignalingError("already_joined", "this participant is already connected", 4009)
+        if len(self.waiting) >= self.max_participants:
+            raise RoomFull(self.max_participants)
+        self.waiting[entry.participant_id] = entry
+        await entry.signal({"type": "waiting", "room_id": self.room_id})
+        await self._waiting_changed()
+
+    async def _waiting_changed(self) -> None:
+        message = {
+            "type": "waiting_list",
+            "participants": [w.describe() for w in self.waiting.values()],
+        }
+        for participant in list(self.participants.values()):
+            if participant.moderates:
+                await self._signal_quietly(participant, message)
 
     async def join(
         self,
@@ -150,27 +247,43 @@ class Room:
         disconnect: Disconnect,
         video_codec: str | None = None,
         role: str = "participant",
+        rights: set[str] | None = None,
+        source_tag: str = "",
     ) -> Participant:
         """Add a participant, wire subscriptions both ways, and start negotiating.
-        `video_codec` (a MIME type) is offered first for the video it publishes."""
+        `publish` are sources within `rights`; `video_codec` (a MIME type) is
+        offered first for the camera."""
         if len(self.participants) >= self.max_participants:
             raise RoomFull(self.max_participants)
-        if participant_id in self.participants:
+        if participant_id in self.participants or participant_id in self.waiting:
             raise SignalingError("already_joined", "this participant is already connected", 4009)
+        rights = set(publish) if rights is None else rights
+        publish = [s for s in publish if self.may_publish(role, rights, s)]
         peer = ParticipantPeer(participant_id, signal, self)
         participant = Participant(
-            participant_id, name, can_subscribe, signal, peer, disconnect, role=role
+            participant_id,
+            name,
+            can_subscribe,
+            signal,
+            peer,
+            disconnect,
+            role=role,
+            rights=rights,
+            source_tag=source_tag,
         )
-        for kind in publish:
-            peer.add_publish(kind, video_codec if kind == "video" else None)
+        for source in publish:
+            peer.add_publish(source, video_codec if source == "camera" else None)
         if can_subscribe:
             for track in self.tracks.values():
-                peer.add_subscription(track.track_id, track.owner.participant_id, track.kind)
+                peer.add_subscription(track.track_id, track.owner.participant_id, track.source)
         await signal(
             {
                 "type": "joined",
                 "participant_id": participant_id,
                 "room_id": self.room_id,
+                "role": role,
+                "publish_rights": sorted(rights),
+                "room": self.room_state(),
                 "roster": [p.describe() for p in self.participants.values()],
             }
         )
@@ -188,20 +301,65 @@ class Room:
                 await signal(self._speakers_message(self.speakers.speakers))
             except Exception as exc:
                 log.debug("signal to a participant failed: %s", exc)
-        for kind in publish:
-            await self._publish(participant, kind)
+        if participant.moderates and self.waiting:
+            await self._waiting_changed()
+        for source in publish:
+            await self._publish(participant, source)
         peer.start(self._on_subscription_ready)
         return participant
 
-    async def _publish(self, owner: Participant, kind: str) -> None:
+    async def start_publishing(self, participant: Participant, source: str) -> None:
+        """A participant starts publishing a source during the meeting (screen
+        sharing): refused unless its rights allow it; the relay offers the m-line."""
+        if not self.may_publish(participant.role, participant.rights, source):
+            raise SignalingError("not_allowed", f"you may not publish {source} in this meeting")
+        if source in participant.tracks:
+            return
+        participant.peer.add_publish(source)
+        await self._publish(participant, source)
+
+    async def stop_publishing(self, participant: Participant, source: str, reason: str) -> None:
+        """Stop a participant's source: its m-line goes inactive, everyone's
+        subscription to it ends, and the publisher is told why unless it asked."""
+        track = participant.tracks.pop(source, None)
+        if track is None:
+            return
+        participant.peer.remove_publish(source)
+        await self._unpublish(participant, track)
+        if reason != "unpublished":
+            await self._signal_quietly(
+                participant, {"type": "unpublished", "source": source, "reason": reason}
+            )
+
+    async def _unpublish(self, owner: Participant, track: PublishedTrack) -> None:
+        self.tracks.pop(track.track_id, None)
+        track.cancel_keyframe_requests()
+        if track.kind == "audio":
+            self.speakers.remove(owner.participant_id)
+            owner.voice = None
+        for other in self.participants.values():
+            output = other.peer.remove_subscription(track.track_id)
+            if output is not None:
+                track.forwarder.remove_subscriber(output)
+        track.subscribers.clear()
+        await self._broadcast(
+            {
+                "type": "track_unpublished",
+                "participant_id": owner.participant_id,
+                "track_id": track.track_id,
+            }
+        )
+
+    async def _publish(self, owner: Participant, source: str) -> None:
         track_id = "TR_" + secrets.token_urlsafe(9)
+        kind = SOURCE_KINDS[source]
         track = PublishedTrack(
             track_id,
-            kind,
+            source,
             owner,
             TrackForwarder(kind, lambda layer: self._request_keyframe(track_id, layer)),
         )
-        owner.tracks[kind] = track
+        owner.tracks[source] = track
         self.tracks[track_id] = track
         if kind == "audio":
             owner.voice = self.speakers.add(owner.participant_id)
@@ -215,10 +373,14 @@ class Room:
         )
         for other in self.participants.values():
             if other is not owner and other.can_subscribe:
-                other.peer.add_subscription(track_id, owner.participant_id, kind)
+                other.peer.add_subscription(track_id, owner.participant_id, source)
 
     async def leave(self, participant_id: str) -> None:
-        """Remove a participant completely: tracks, subscriptions, peer connection."""
+        """Remove a participant completely: tracks, subscriptions, peer connection
+        (or its place in the waiting room)."""
+        if self.waiting.pop(participant_id, None) is not None:
+            await self._waiting_changed()
+            return
         participant = self.participants.pop(participant_id, None)
         if participant is None:
             return
@@ -231,18 +393,9 @@ class Room:
             if self._layers_task is not None:
                 self._layers_task.cancel()
                 self._layers_task = None
-        for track_id in [t.track_id for t in participant.tracks.values()]:
-            published = self.tracks.pop(track_id)
-            published.cancel_keyframe_requests()
-            for other in self.participants.values():
-                other.peer.remove_subscription(track_id)
-            await self._broadcast(
-                {
-                    "type": "track_unpublished",
-                    "participant_id": participant_id,
-                    "track_id": track_id,
-                }
-            )
+        for published in list(participant.tracks.values()):
+            await self._unpublish(participant, published)
+        participant.tracks.clear()
         for sub in list(participant.peer.subscriptions.values()):
             output = participant.peer.remove_subscription(sub.track_id)
             track = self.tracks.get(sub.track_id)
@@ -258,17 +411,19 @@ class Room:
     def roster(self) -> list[Participant]:
         return list(self.participants.values())
 
-    async def set_muted(self, participant: Participant, kind: str, muted: bool) -> None:
+    async def set_muted(self, participant: Participant, source: str, muted: bool) -> None:
         """Record a publisher's mute state and tell the others; repeating the
-        current state changes nothing. Forwarding is not affected."""
-        track = participant.tracks.get(kind)
+        current state changes nothing. Unmuting also ends a host's mute."""
+        track = participant.tracks.get(source)
         if track is None:
-            raise SignalingError("not_published", f"this participant does not publish {kind}")
+            raise SignalingError("not_published", f"this participant does not publish {source}")
+        if not muted:
+            track.held = False
         if track.muted == muted:
             return
         track.muted = muted
         metrics.MUTE_CHANGES.inc()
-        if kind == "audio":
+        if track.kind == "audio":
             self.speakers.set_muted(participant.participant_id, muted)
         await self._broadcast(
             {
@@ -282,10 +437,151 @@ class Room:
 
     async def close(self, reason: str) -> int:
         """Tell everyone the meeting ended and disconnect them; returns how many."""
-        everyone = list(self.participants.values())
+        everyone: list[Participant | Waiting] = [
+            *self.participants.values(),
+            *self.waiting.values(),
+        ]
         for participant in everyone:
             await participant.disconnect(reason, 4000)
         return len(everyone)
+
+    # -- host controls -----------------------------------------------------------
+    # The callers check who may act (relay/signaling.py for moderators on the
+    # relay, the control plane for the host key); these only carry it out.
+
+    async def admit(self, participant_ids: list[str] | None) -> list[str]:
+        """Let waiting participants in (all of them for None): each gets `joined`
+        and the roster, and everyone else sees it arrive."""
+        ids = list(self.waiting) if participant_ids is None else participant_ids
+        entries = [self.waiting[pid] for pid in ids if pid in self.waiting]
+        if participant_ids is not None and len(entries) != len(set(participant_ids)):
+            raise NotFound()
+        admitted = []
+        for entry in entries:
+            if self.waiting.pop(entry.participant_id, None) is None:
+                continue  # it left meanwhile
+            try:
+                participant = await self.join(
+                    entry.participant_id,
+                    entry.name,
+                    entry.publish,
+                    entry.can_subscribe,
+                    entry.signal,
+                    entry.disconnect,
+                    entry.video_codec,
+                    entry.role,
+                    entry.rights,
+                    entry.source_tag,
+                )
+            except RoomFull:
+                self.waiting[entry.participant_id] = entry  # still waiting: no room yet
+                break
+            entry.admitted(participant)
+            admitted.append(entry.participant_id)
+        await self._waiting_changed()
+        return admitted
+
+    async def deny(self, participant_ids: list[str]) -> list[str]:
+        """Turn waiting participants away; they saw nothing of the meeting."""
+        entries = [self.waiting.get(pid) for pid in participant_ids]
+        if any(e is None for e in entries):
+            raise NotFound()
+        denied = []
+        for entry in entries:
+            assert entry is not None
+            if self.waiting.pop(entry.participant_id, None) is not None:
+                await entry.disconnect("denied", CLOSE_DENIED)
+                denied.append(entry.participant_id)
+        await self._waiting_changed()
+        return denied
+
+    def find(self, participant_id: str) -> Participant | Waiting:
+        found = self.participants.get(participant_id) or self.waiting.get(participant_id)
+        if found is None:
+            raise NotFound()
+        return found
+
+    async def remove(self, participant_id: str) -> str:
+        """Disconnect a participant (or waiting joiner); returns the source tag that
+        the caller records so it cannot come back (conclave/meeting.py)."""
+        found = self.find(participant_id)
+        await found.disconnect("removed", CLOSE_REMOVED)
+        await self.leave(participant_id)  # now, not when its socket notices
+        return found.source_tag
+
+    async def mute_participant(self, participant_id: str, source: str) -> None:
+        """Stop forwarding a participant's source until it unmutes itself."""
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            raise NotFound()
+        track = participant.tracks.get(source)
+        if track is None:
+            raise SignalingError("not_published", f"this participant does not publish {source}")
+        track.held = True
+        await self._signal_quietly(participant, {"type": "muted_by_host", "source": source})
+        await self.set_muted(participant, source, True)
+
+    async def set_rights(self, participant_id: str, sources: set[str]) -> None:
+        """What a participant may publish from now on; a source it loses stops."""
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            raise NotFound()
+        participant.rights = set(sources)
+        await self._signal_quietly(
+            participant, {"type": "publish_rights", "sources": sorted(participant.rights)}
+        )
+        await self._enforce_rights(participant, "rights")
+
+    async def set_role(self, participant_id: str, role: str) -> None:
+        """Make a participant a co-host (it may publish every source and moderate)
+        or a participant again (back to the meeting's default rights)."""
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            raise NotFound()
+        if participant.role == "host":
+            raise SignalingError("not_allowed", "a host's role cannot be changed")
+        if participant.role == role:
+            return
+        participant.role = role
+        publishes = bool(participant.rights)
+        participant.rights = set(
+            SOURCES if role == "cohost" else self.policy.default_sources(role, publishes)
+        )
+        await self._broadcast(
+            {"type": "participant_updated", "participant": participant.describe()}
+        )
+        await self._signal_quietly(
+            participant, {"type": "publish_rights", "sources": sorted(participant.rights)}
+        )
+        await self._enforce_rights(participant, "rights")
+        if participant.moderates and self.waiting:
+            await self._waiting_changed()
+
+    async def _enforce_rights(self, participant: Participant, reason: str) -> None:
+        for source in list(participant.tracks):
+            if not self.may_publish(participant.role, participant.rights, source):
+                await self.stop_publishing(participant, source, reason)
+
+    async def apply_policy(self, policy: MeetingPolicy) -> None:
+        """A new policy from etcd (a host's change through any replica or relay):
+        suspension stops participants' media, turning the waiting room off admits
+        everyone waiting, and anyone removed is disconnected."""
+        before, self.policy = self.policy, policy
+        if before == policy:
+            return
+        await self._broadcast({"type": "room_updated", "room": self.room_state()})
+        if policy.suspended:
+            for participant in list(self.participants.values()):
+                await self._enforce_rights(participant, "suspended")
+        if before.waiting_room and not policy.waiting_room and self.waiting:
+            await self.admit(None)
+        present: list[Participant | Waiting] = [*self.participants.values(), *self.waiting.values()]
+        for member in present:
+            if member.role != "host" and policy.is_removed(
+                member.participant_id, member.source_tag
+            ):
+                await member.disconnect("removed", CLOSE_REMOVED)
+                await self.leave(member.participant_id)
 
     # -- end-to-end encryption (opaque key material) ----------------------
 
@@ -344,7 +640,7 @@ class Room:
     async def on_media(
         self,
         peer: ParticipantPeer,
-        kind: str,
+        source: str,
         header: RtpHeader,
         data: bytes,
         layer: int,
@@ -353,13 +649,16 @@ class Room:
         participant = self.participants.get(peer.participant_id)
         if participant is None:
             return
-        track = participant.tracks.get(kind)
+        track = participant.tracks.get(source)
         if track is None:
             metrics.PACKETS_DROPPED.labels(reason="not_published").inc()
             return
+        if track.held:
+            metrics.PACKETS_DROPPED.labels(reason="muted_by_host").inc()
+            return
         metrics.PACKETS_RECEIVED.inc()
         voice = participant.voice
-        if kind == "audio" and voice is not None and peer.audio_level_id is not None:
+        if source == "microphone" and voice is not None and peer.audio_level_id is not None:
             voice.observe(header.extensions, peer.audio_level_id)
         outputs = track.forwarder.forward(data, header, layer, now)
         for output, packet in outputs:
@@ -398,6 +697,12 @@ class Room:
                     await self._choose_layers(track, loop.time(), measure=True)
                 except Exception as exc:  # a bug here must not end layer choices for good
                     log.debug("layer choice failed: %s", exc, exc_info=True)
+                if track.layers is None and track.forwarder.layers[0].joining:
+                    # Ask again while somebody waits: the first request may have
+                    # gone nowhere (no packet, so no SSRC, yet), or its key frame
+                    # been lost, as the very first packets of a source added to a
+                    # running connection can be, before the relay applied the answer.
+                    self._request_keyframe(track.track_id, 0)
 
     async def _choose_layers(
         self, track: PublishedTrack, now: float, measure: bool = False
@@ -423,13 +728,14 @@ class Room:
         active = layers.dynacast(needed, now)
         if active is not None:
             metrics.DYNACAST_CHANGES.inc()
-            rids = track.owner.peer.layer_rids(track.kind)
+            rids = track.owner.peer.layer_rids(track.source)
             await self._signal_quietly(
                 track.owner,
                 {
                     "type": "layers",
                     "track_id": track.track_id,
                     "kind": track.kind,
+                    "source": track.source,
                     "active": [rids[i] for i in sorted(active, reverse=True) if i < len(rids)],
                 },
             )
@@ -461,12 +767,12 @@ class Room:
             "speakers": [{"participant_id": pid, "level": level} for pid, level in speakers],
         }
 
-    def on_codec(self, peer: ParticipantPeer, kind: str, mime: str) -> None:
+    def on_codec(self, peer: ParticipantPeer, source: str, mime: str) -> None:
         """The publisher switched codec (or sent its first packet): subscribers that
         negotiated it start again at its next key frame; the others cannot get it."""
         participant = self.participants.get(peer.participant_id)
-        track = participant.tracks.get(kind) if participant else None
-        if track is None or kind != "video":
+        track = participant.tracks.get(source) if participant else None
+        if track is None or track.kind != "video":
             return
         forwarder = track.forwarder
         forwarder.set_codec(mime)
@@ -508,36 +814,46 @@ class Room:
             choice.set_estimate(bitrate, asyncio.get_running_loop().time())
 
     def on_publish_negotiated(
-        self, peer: ParticipantPeer, kind: str, extensions: dict[int, str]
+        self, peer: ParticipantPeer, source: str, extensions: dict[int, str]
     ) -> None:
         participant = self.participants.get(peer.participant_id)
-        track = participant.tracks.get(kind) if participant else None
+        track = participant.tracks.get(source) if participant else None
         if track is None:
             return
         track.forwarder.set_source_extensions(extensions)
-        count = len(peer.layer_rids(kind)) if kind in peer.simulcast else 0
+        count = len(peer.layer_rids(source)) if source in peer.simulcast else 0
         if count != (track.layers.count if track.layers is not None else 0):
             track.layers = TrackLayers(count) if count else None
 
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
+        """The REMB names every video SSRC of the participant (camera and screen):
+        the sum of what each video track may send."""
         participant = self.participants.get(peer.participant_id)
-        video = participant.tracks.get("video") if participant else None
-        if video is None:
+        if participant is None:
             return None
-        if video.layers is not None:
-            return SIMULCAST_UPSTREAM_BITRATE
-        estimates = [c.estimate for c in video.subscribers.values() if c.estimate is not None]
-        if not estimates:
-            return None
-        return max(MIN_UPSTREAM_BITRATE, min(estimates))
+        total = None
+        for video in participant.tracks.values():
+            if video.kind != "video":
+                continue
+            if video.layers is not None:
+                allowed = SIMULCAST_UPSTREAM_BITRATE
+            else:
+                estimates = [
+                    c.estimate for c in video.subscribers.values() if c.estimate is not None
+                ]
+                if not estimates:
+                    continue
+                allowed = max(MIN_UPSTREAM_BITRATE, min(estimates))
+            total = (total or 0) + allowed
+        return total
 
     async def on_sender_report(
-        self, peer: ParticipantPeer, kind: str, report: SenderReport, layer: int
+        self, peer: ParticipantPeer, source: str, report: SenderReport, layer: int
     ) -> None:
         """Pass the publisher's clock mapping on to the subscribers receiving this
         layer, translated (each simulcast SSRC has its own RTP clock base)."""
         participant = self.participants.get(peer.participant_id)
-        track = participant.tracks.get(kind) if participant else None
+        track = participant.tracks.get(source) if participant else None
         if track is None or layer >= len(track.forwarder.layers):
             return
         for output in list(track.forwarder.receivers(layer)):
@@ -550,8 +866,10 @@ class Room:
         if track is None:
             return
         peer = track.owner.peer
-        rids = peer.layer_rids(track.kind)
-        ssrc = peer.publish_ssrc.get(track.kind, {}).get(rids[layer]) if layer < len(rids) else None
+        rids = peer.layer_rids(track.source)
+        ssrc = (
+            peer.publish_ssrc.get(track.source, {}).get(rids[layer]) if layer < len(rids) else None
+        )
         if ssrc is None:
             return  # nothing received yet; the first keyframe comes unasked
         metrics.KEYFRAME_REQUESTS.inc()

@@ -10,16 +10,19 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from conclave.meeting import SCREEN_SHARE, SOURCES, MeetingPolicy
 from conclave.tasks import spawn
 from protos.grants import GrantError
 from relay import metrics
 from relay.errors import SignalingError
 from relay.node import RelayNode
-from relay.room import MEDIA_KINDS, Participant, Room
+from relay.room import CLOSE_LOCKED, CLOSE_REMOVED, Participant, Room, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,19 @@ MAX_VIDEO_DIMENSION = 16384  # VP8 frames are at most 16383 pixels wide or high
 MAX_BINDING_CHARS = 2048
 MAX_KEY_MESSAGE_CHARS = 128 * 1024
 _BASE64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+# The media kinds name the two sources every client had before screen sharing.
+_SOURCE_ALIASES = {"audio": "microphone", "video": "camera"}
+# What a joined participant may send; a waiting one may only `leave`.
+_PARTICIPANT_MESSAGES = frozenset(
+    {"answer", "ice", "leave", "mute", "video_size", "e2ee_binding", "e2ee_key", "publish",
+     "unpublish"}
+)  # fmt: skip
+# Moderator messages (hosts and co-hosts); `set_role` is the host's alone.
+_MODERATOR_MESSAGES = frozenset(
+    {"admit", "deny", "remove", "mute_participant", "set_publish_rights", "set_role",
+     "update_room"}
+)  # fmt: skip
+_POLICY_FLAGS = ("locked", "suspended", "waiting_room")
 
 
 def _require(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -52,6 +68,20 @@ def _opaque(message: dict[str, Any], name: str, limit: int) -> str:
     return str(value)
 
 
+def _source(value: Any) -> str:
+    source = _SOURCE_ALIASES.get(value, value) if isinstance(value, str) else None
+    if source not in SOURCES:
+        raise SignalingError("malformed", f"a source is one of {list(SOURCES)}")
+    return str(source)
+
+
+def _participant_ids(message: dict[str, Any]) -> list[str]:
+    ids = message.get("participant_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise SignalingError("malformed", "'participant_ids' must be a non-empty list of ids")
+    return list(dict.fromkeys(ids))
+
+
 class SignalingSession:
     """The signalling side of one participant, from `join` to disconnect."""
 
@@ -60,6 +90,7 @@ class SignalingSession:
         self.ws = ws
         self.room: Room | None = None
         self.participant: Participant | None = None
+        self.waiting: Waiting | None = None  # in the waiting room, until admitted
         self._send_lock = asyncio.Lock()
         self._peer_watch: asyncio.Task[None] | None = None
 
@@ -117,10 +148,24 @@ class SignalingSession:
             await self._join(message)
             return
         if self.participant is None:
-            if kind in ("answer", "ice", "leave", "mute", "video_size", "e2ee_binding", "e2ee_key"):
+            if self.waiting is not None and kind == "leave":
+                await self.ws.close()
+                return
+            if kind in _PARTICIPANT_MESSAGES or kind in _MODERATOR_MESSAGES:
+                if self.waiting is not None:
+                    raise SignalingError("waiting", "wait until a host admits you")
                 raise SignalingError("not_joined", "send 'join' first")
             raise SignalingError("malformed", f"unknown message type {kind!r}")
-        if kind == "answer":
+        if kind in _MODERATOR_MESSAGES:
+            await self._moderate(kind, message)
+        elif kind == "publish":
+            assert self.room is not None
+            await self.room.start_publishing(self.participant, _source(message.get("source")))
+        elif kind == "unpublish":
+            assert self.room is not None
+            source = _source(message.get("source"))
+            await self.room.stop_publishing(self.participant, source, "unpublished")
+        elif kind == "answer":
             self.participant.peer.apply_answer(_require(message, "sdp", str))
         elif kind == "ice":
             candidate = message.get("candidate")
@@ -146,12 +191,55 @@ class SignalingSession:
             raise SignalingError("malformed", f"unknown message type {kind!r}")
 
     async def _mute(self, message: dict[str, Any]) -> None:
-        media = message.get("kind")
-        if media not in MEDIA_KINDS:
-            raise SignalingError("malformed", "field 'kind' must be 'audio' or 'video'")
+        source = _source(message.get("source", message.get("kind")))
         muted = _require(message, "muted", bool)
         assert self.room is not None and self.participant is not None
-        await self.room.set_muted(self.participant, str(media), muted)
+        await self.room.set_muted(self.participant, source, muted)
+
+    async def _moderate(self, kind: str, message: dict[str, Any]) -> None:
+        """A host's or co-host's action on the meeting, logged with its id."""
+        room, actor = self.room, self.participant
+        assert room is not None and actor is not None
+        if not actor.moderates or (kind == "set_role" and actor.role != "host"):
+            raise SignalingError("not_host", "only the meeting's hosts may do that")
+        me = actor.participant_id
+        node = self.node
+        if kind == "admit":
+            ids = None if message.get("all") is True else _participant_ids(message)
+            for pid in await room.admit(ids):
+                await node.audit(room, "admit", me, pid)
+            node.participants_changed(room.room_id)
+        elif kind == "deny":
+            for pid in await room.deny(_participant_ids(message)):
+                await node.audit(room, "deny", me, pid)
+            node.participants_changed(room.room_id)
+        elif kind == "remove":
+            target = _require(message, "participant_id", str)
+            if target == me:
+                raise SignalingError("not_allowed", "leave instead of removing yourself")
+            await node.remove(room, target, me)
+        elif kind == "mute_participant":
+            target = _require(message, "participant_id", str)
+            source = _source(message.get("source"))
+            await room.mute_participant(target, source)
+            await node.audit(room, "mute", me, target, source)
+        elif kind == "set_publish_rights":
+            target = _require(message, "participant_id", str)
+            sources = message.get("sources")
+            if not isinstance(sources, list):
+                raise SignalingError("malformed", "'sources' must be a list")
+            rights = {_source(s) for s in sources}
+            await room.set_rights(target, rights)
+            await node.audit(room, "publish_rights", me, target, ",".join(sorted(rights)))
+        elif kind == "set_role":
+            target = _require(message, "participant_id", str)
+            role = message.get("role")
+            if role not in ("cohost", "participant"):
+                raise SignalingError("malformed", "'role' must be 'cohost' or 'participant'")
+            await room.set_role(target, str(role))
+            await node.audit(room, "role", me, target, str(role))
+        else:
+            await node.update_room(room, _policy_change(message), me)
 
     async def _video_size(self, message: dict[str, Any]) -> None:
         track_id = _require(message, "track_id", str)
@@ -170,10 +258,13 @@ class SignalingSession:
     async def _join(self, message: dict[str, Any]) -> None:
         if self.participant is not None:
             raise SignalingError("already_joined", "this session has already joined")
+        if self.waiting is not None:
+            raise SignalingError("already_joined", "this session is in the waiting room")
         token = _require(message, "grant", str)
         publish = message.get("publish", [])
-        if not isinstance(publish, list) or any(k not in MEDIA_KINDS for k in publish):
-            raise SignalingError("malformed", "'publish' must be a list of 'audio'/'video'")
+        if not isinstance(publish, list):
+            raise SignalingError("malformed", "'publish' must be a list of sources")
+        publish = list(dict.fromkeys(_source(s) for s in publish))
         video_codec = message.get("video_codec", "vp8")
         if not isinstance(video_codec, str) or video_codec.lower() not in VIDEO_CODECS:
             raise SignalingError("malformed", f"'video_codec' must be one of {VIDEO_CODECS}")
@@ -181,24 +272,72 @@ class SignalingSession:
             grant = await self.node.grants.check(token)
         except GrantError as exc:
             raise SignalingError(f"grant_{exc.code}", str(exc), CLOSE_GRANT_REFUSED) from None
-        if publish and not grant.can_publish:
+        rights = {s for s in grant.sources if s in SOURCES}
+        refused = [s for s in publish if s not in rights]
+        if refused:
             raise SignalingError(
-                "not_allowed", "this grant does not allow publishing", CLOSE_NOT_ALLOWED
+                "not_allowed", f"this grant does not allow publishing {refused}", CLOSE_NOT_ALLOWED
             )
+        role = "host" if grant.role == "host" else "participant"
         room = await self.node.open_room(grant.room_id)
-        self.participant = await room.join(
-            grant.participant_id,
-            grant.display_name,
-            list(dict.fromkeys(publish)),
-            grant.can_subscribe,
-            self.send,
-            self.disconnect,
-            f"video/{video_codec.lower()}",
-            "host" if grant.role == "host" else "participant",
-        )
+        policy = room.policy
+        # A host holds the key that could undo any of this: neither a removal
+        # (of someone behind the same address) nor a lock keeps it out.
+        if role != "host" and policy.is_removed(grant.participant_id, grant.source_tag):
+            self.node.participants_changed(room.room_id)
+            raise SignalingError("removed", "you were removed from this meeting", CLOSE_REMOVED)
+        if policy.closed_to_newcomers and role != "host":
+            self.node.participants_changed(room.room_id)
+            raise SignalingError("locked", "the meeting is locked", CLOSE_LOCKED)
         self.room = room
+        codec = f"video/{video_codec.lower()}"
+        if policy.waiting_room and role != "host":
+            self.waiting = Waiting(
+                grant.participant_id,
+                grant.display_name,
+                role,
+                rights,
+                grant.source_tag,
+                publish,
+                grant.can_subscribe,
+                self.send,
+                self.disconnect,
+                codec,
+                self._admitted,
+            )
+            try:
+                await room.wait(self.waiting)
+            except BaseException:
+                self.waiting = None
+                self.room = None
+                self.node.participants_changed(room.room_id)
+                raise
+            self.node.participants_changed(room.room_id)
+            return
+        try:
+            participant = await room.join(
+                grant.participant_id,
+                grant.display_name,
+                publish,
+                grant.can_subscribe,
+                self.send,
+                self.disconnect,
+                codec,
+                role,
+                rights,
+                grant.source_tag,
+            )
+        except BaseException:
+            self.room = None
+            self.node.participants_changed(room.room_id)
+            raise
+        self._admitted(participant)
         self.node.participants_changed(room.room_id)
-        self._peer_watch = spawn(self._watch_peer(self.participant), "peer-watch")
+
+    def _admitted(self, participant: Participant) -> None:
+        self.waiting = None
+        self.participant = participant
+        self._peer_watch = spawn(self._watch_peer(participant), "peer-watch")
 
     async def _watch_peer(self, participant: Participant) -> None:
         """A participant whose negotiation failed (for example no answer in time) is
@@ -210,10 +349,12 @@ class SignalingSession:
     async def _leave(self) -> None:
         if self._peer_watch is not None:
             self._peer_watch.cancel()
-        if self.room is not None and self.participant is not None:
-            room, participant = self.room, self.participant
+        member = self.participant or self.waiting
+        if self.room is not None and member is not None:
+            room = self.room
             self.participant = None
-            await room.leave(participant.participant_id)
+            self.waiting = None
+            await room.leave(member.participant_id)
             self.node.participants_changed(room.room_id)
 
 
@@ -225,3 +366,18 @@ def routes(node: RelayNode) -> list[web.RouteDef]:
         return ws
 
     return [web.get("/ws", websocket)]
+
+
+def _policy_change(message: dict[str, Any]) -> Callable[[MeetingPolicy], MeetingPolicy]:
+    """The `update_room` fields present, checked, as a change to the policy."""
+    changes: dict[str, Any] = {}
+    for name in _POLICY_FLAGS:
+        if name in message:
+            changes[name] = _require(message, name, bool)
+    if "screen_share" in message:
+        if message["screen_share"] not in SCREEN_SHARE:
+            raise SignalingError("malformed", f"'screen_share' is one of {list(SCREEN_SHARE)}")
+        changes["screen_share"] = message["screen_share"]
+    if not changes:
+        raise SignalingError("malformed", "update_room changes nothing")
+    return lambda policy: replace(policy, **changes)

@@ -43,6 +43,7 @@ from aiortc.rtp import (
     unpack_header_extensions,
 )
 
+from conclave.meeting import SOURCE_KINDS
 from relay import rtcp
 from relay.forwarder import (
     CACHE_SIZE,
@@ -1010,9 +1011,10 @@ class FuzzRoom:
         }
         self.counts = self.harness.counts
 
-    async def on_media(self, peer: ParticipantPeer, kind: str, header: RtpHeader,
+    async def on_media(self, peer: ParticipantPeer, source: str, header: RtpHeader,
                        data: bytes, layer: int, now: float) -> None:  # fmt: skip
-        assert isinstance(data, bytes) and kind in ("audio", "video")
+        assert isinstance(data, bytes) and source in ("microphone", "camera")
+        kind = SOURCE_KINDS[source]
         assert peer._publish_pt[header.payload_type] == kind
         again = RtpHeader.parse(data)
         assert (again.sequence, again.timestamp, again.ssrc, again.payload_offset) == (
@@ -1020,13 +1022,14 @@ class FuzzRoom:
         # Without simulcast each kind is one stream, bound to the latest SSRC.
         stream = peer.incoming[header.ssrc]
         assert (layer, stream.rid) == (0, "") and stream.kind == kind, (layer, stream.kind, kind)
-        assert peer.publish_ssrc[kind] == {"": header.ssrc} and stream.stats.ssrc == header.ssrc
+        assert peer.publish_ssrc[source] == {"": header.ssrc}
+        assert stream.stats.ssrc == header.ssrc and stream.source == source
         assert len(peer.incoming) <= 2 and (stream.missing is None) == (kind == "audio")
         self.harness.forward(kind, data, header, self.index)
         self.counts["on_media"] += 1
 
-    def on_codec(self, peer: ParticipantPeer, kind: str, mime: str) -> None:
-        assert mime == {"audio": "audio/opus", "video": "video/vp8"}[kind], (kind, mime)
+    def on_codec(self, peer: ParticipantPeer, source: str, mime: str) -> None:
+        assert mime == {"microphone": "audio/opus", "camera": "video/vp8"}[source], (source, mime)
         self.counts["on_codec"] += 1
 
     def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None:
@@ -1046,10 +1049,10 @@ class FuzzRoom:
         assert echo == rtcp.Remb(bitrate, [output.ssrc]), (echo, bitrate)
         self.counts["on_remb"] += 1
 
-    async def on_sender_report(self, peer: ParticipantPeer, kind: str,
+    async def on_sender_report(self, peer: ParticipantPeer, source: str,
                                report: rtcp.SenderReport, layer: int) -> None:  # fmt: skip
         stream = peer.incoming[report.ssrc]
-        assert stream.kind == kind and (stream.rid, stream.layer, layer) == ("", 0, 0)
+        assert stream.source == source and (stream.rid, stream.layer, layer) == ("", 0, 0)
         stats = stream.stats
         assert stats.ssrc == report.ssrc
         assert stats.last_sr == (report.ntp >> 16) & 0xFFFFFFFF
@@ -1061,7 +1064,7 @@ class FuzzRoom:
         return None
 
     def on_publish_negotiated(
-        self, peer: ParticipantPeer, kind: str, extensions: dict[int, str]
+        self, peer: ParticipantPeer, source: str, extensions: dict[int, str]
     ) -> None:
         raise AssertionError("the fuzzer applies no descriptions")
 
@@ -1121,11 +1124,11 @@ async def run_peer(seed: int, inputs: int) -> Counts:
     logger.addHandler(swallowed)
     logger.setLevel(logging.DEBUG)
     try:
-        peer.add_publish("audio")
-        peer.add_publish("video")
+        peer.add_publish("microphone")
+        peer.add_publish("camera")
         for track_id, output in room.tracks.items():
-            kind = room.harness.kind_of(output)
-            peer.add_subscription(track_id, "publisher", kind)
+            source = {"audio": "microphone", "video": "camera"}[room.harness.kind_of(output)]
+            peer.add_subscription(track_id, "publisher", source)
             subscription = peer.subscriptions[track_id]
             subscription.output = output
             peer._by_output_ssrc[output.ssrc] = subscription
@@ -1218,7 +1221,7 @@ def _check_peer_sent(peer: ParticipantPeer, packets: list[bytes], counts: Counts
         (nack,) = rtcp.parse(packet)
         assert isinstance(nack, rtcp.Nack), nack
         stream = peer.incoming[nack.media_ssrc]
-        assert stream.kind == "video" and peer.publish_ssrc["video"] == {"": nack.media_ssrc}
+        assert stream.kind == "video" and peer.publish_ssrc["camera"] == {"": nack.media_ssrc}
         assert len(set(nack.lost)) == len(nack.lost) <= MAX_MISSING, nack
         (theirs,) = RtcpPacket.parse(packet)
         assert isinstance(theirs, RtcpRtpfbPacket)

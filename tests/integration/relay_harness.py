@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -129,19 +130,28 @@ class GrantMinter:
         *,
         name: str = "",
         can_publish: bool = True,
+        sources: Sequence[str] | None = None,
+        role: str = "participant",
+        source_tag: str = "",
         lifetime_s: float = 30.0,
         key: Ed25519PrivateKey | None = None,
         node_lease: int | None = None,
     ) -> str:
+        """`sources` is what the grant lets it publish; without it, microphone and
+        camera if `can_publish` (as JoinRoom grants a publishing participant)."""
+        if sources is None:
+            sources = ["microphone", "camera"] if can_publish else []
         grant = JoinGrant(
             room_id=room_id,
             participant_id=participant_id,
             node_id=node_id,
             display_name=name or participant_id,
-            can_publish=can_publish,
+            sources=list(sources),
             can_subscribe=True,
             expires_at_ms=int((time.time() + lifetime_s) * 1000),
             node_lease=NODE_LEASES.get(node_id, 0) if node_lease is None else node_lease,
+            role=role,
+            source_tag=source_tag,
         )
         return grants.sign(grant, key or self.key)
 

@@ -199,7 +199,7 @@ async def test_bad_mute_messages_are_refused_and_the_session_survives(
     token = minter.token(room, "p_quiet", relay.node_id)
     bad = [
         {"type": "mute", "kind": "audio", "muted": True},  # publishes nothing
-        {"type": "mute", "kind": "screen", "muted": True},
+        {"type": "mute", "kind": "desktop", "muted": True},
         {"type": "mute", "muted": True},
         {"type": "mute", "kind": "video", "muted": "yes"},
         {"type": "mute", "kind": "video", "muted": 1},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import ipaddress
 import json
 import os
@@ -33,6 +34,7 @@ from typing import Any
 import grpc
 import pytest
 
+from conclave.meeting import Removal, update_policy
 from conclave.processes import EtcdServer, free_port, wait_for_line
 from conclave.store import (
     GRANT_KEYS_PREFIX,
@@ -129,9 +131,12 @@ GENEROUS = Policy(burst=10_000, per_minute=10_000)
 class Replica:
     """One in-process control plane and a client channel to it."""
 
-    def __init__(self, endpoint: str, attempts: Policy = GENEROUS) -> None:
+    def __init__(self, endpoint: str, attempts: Policy = GENEROUS, **options: Any) -> None:
         self.plane = ControlPlane(
-            [endpoint], attempts=attempts, trusted_proxies=[ipaddress.ip_network("127.0.0.0/8")]
+            [endpoint],
+            attempts=attempts,
+            trusted_proxies=[ipaddress.ip_network("127.0.0.0/8")],
+            **options,
         )
         self.channel: grpc.aio.Channel | None = None
         self.stub: Any = None
@@ -245,7 +250,8 @@ async def test_rooms_created_back_to_back_land_on_different_nodes(
         assert (got.node_id, got.name, got.max_participants) == (room.node_id, room.name, 100)
         record = json.loads(await store.get(ROOMS_PREFIX + room.room_id) or b"{}")
         assert set(record) == {
-            "room_id", "name", "created_at_ms", "max_participants", "passcode", "host_key_sha256"
+            "room_id", "name", "created_at_ms", "max_participants", "passcode", "host_key_sha256",
+            "policy", "expires_at_ms", "lease", "audit_lease",
         }  # fmt: skip
         assert PASSCODE not in json.dumps(record)  # only its scrypt hash is kept
         assert room.host_key and room.host_key not in json.dumps(record)
@@ -495,7 +501,9 @@ async def test_join_grant_verifies_with_the_published_key(
     assert grant.participant_id == response.participant_id
     assert grant.display_name == "Grace Hopper"
     assert grant.node_lease == relays.leases[response.node_id].id  # this run of the node
-    assert grant.can_subscribe and not grant.can_publish
+    assert grant.can_subscribe and list(grant.sources) == []  # default-deny
+    assert grant.role == "participant"
+    assert grant.source_tag == replica.plane.attempts.tag("127.0.0.1")
     assert grant.expires_at_ms == response.grant_expires_at_ms
     assert before + 29_000 <= grant.expires_at_ms <= int(time.time() * 1000) + 31_000
     with pytest.raises(GrantError) as info:
@@ -503,7 +511,7 @@ async def test_join_grant_verifies_with_the_published_key(
     assert info.value.code == "wrong_node"
 
     publisher = await join(replica.stub, room.room_id, publish=True)
-    assert verify(publisher.grant, keys, publisher.node_id).can_publish
+    assert verify(publisher.grant, keys, publisher.node_id).sources == ["microphone", "camera"]
     assert publisher.participant_id != response.participant_id
 
 
@@ -599,6 +607,7 @@ async def test_create_room_refuses_oversized_fields(replica: Replica) -> None:
 class FakeRelayService(relay_pb2_grpc.RelayServiceServicer):
     def __init__(self) -> None:
         self.closed: list[str] = []
+        self.calls: list[Any] = []  # host-control requests, as the relay got them
 
     async def ListParticipants(
         self, request: rooms_pb2.ListParticipantsRequest, context: Any
@@ -614,6 +623,56 @@ class FakeRelayService(relay_pb2_grpc.RelayServiceServicer):
     ) -> relay_pb2.CloseRoomResponse:
         self.closed.append(request.room_id)
         return relay_pb2.CloseRoomResponse(disconnected=1)
+
+    # Host controls: "p_waiting" waits, "p_x" is connected, anyone else is unknown.
+
+    async def AdmitParticipants(
+        self, request: rooms_pb2.AdmitParticipantsRequest, context: Any
+    ) -> rooms_pb2.AdmitParticipantsResponse:
+        self.calls.append(request)
+        if request.all:
+            return rooms_pb2.AdmitParticipantsResponse(admitted=["p_waiting"])
+        await self._known(request.participant_ids, {"p_waiting"}, context)
+        return rooms_pb2.AdmitParticipantsResponse(admitted=request.participant_ids)
+
+    async def DenyParticipants(
+        self, request: rooms_pb2.DenyParticipantsRequest, context: Any
+    ) -> rooms_pb2.DenyParticipantsResponse:
+        self.calls.append(request)
+        await self._known(request.participant_ids, {"p_waiting"}, context)
+        return rooms_pb2.DenyParticipantsResponse(denied=request.participant_ids)
+
+    async def RemoveParticipant(
+        self, request: rooms_pb2.ParticipantRequest, context: Any
+    ) -> rooms_pb2.ParticipantActionResponse:
+        return await self._act(request, context)
+
+    async def MuteParticipant(
+        self, request: rooms_pb2.MuteParticipantRequest, context: Any
+    ) -> rooms_pb2.ParticipantActionResponse:
+        return await self._act(request, context)
+
+    async def SetPublishRights(
+        self, request: rooms_pb2.SetPublishRightsRequest, context: Any
+    ) -> rooms_pb2.ParticipantActionResponse:
+        return await self._act(request, context)
+
+    async def SetRole(
+        self, request: rooms_pb2.SetRoleRequest, context: Any
+    ) -> rooms_pb2.ParticipantActionResponse:
+        if request.participant_id == "p_host":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the host keeps its role")
+        return await self._act(request, context)
+
+    async def _act(self, request: Any, context: Any) -> rooms_pb2.ParticipantActionResponse:
+        self.calls.append(request)
+        await self._known([request.participant_id], {"p_x", "p_host", "p_waiting"}, context)
+        return rooms_pb2.ParticipantActionResponse()
+
+    @staticmethod
+    async def _known(ids: Iterable[str], known: set[str], context: Any) -> None:
+        if not set(ids) <= known:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such participant")
 
 
 @pytest.fixture
@@ -673,6 +732,441 @@ async def test_unplaced_room_has_an_empty_roster(replica: Replica, store: EtcdSt
     assert list(roster.participants) == []
     got = await replica.stub.GetRoom(as_host(rooms_pb2.GetRoomRequest, room_id))
     assert got.node_id == ""
+
+
+# --- meeting policy: waiting room, lock, removal, audit, expiry ------------------------
+
+
+async def create(stub: Any, **fields: Any) -> rooms_pb2.Room:
+    room: rooms_pb2.Room = await stub.CreateRoom(rooms_pb2.CreateRoomRequest(**fields))
+    HOST_KEYS[room.room_id] = room.host_key
+    return room
+
+
+async def audit_actions(stub: Any, room_id: str) -> list[tuple[str, str, str, str]]:
+    log = await stub.GetAuditLog(as_host(rooms_pb2.GetAuditLogRequest, room_id))
+    assert [e.at_ms for e in log.entries] == sorted(e.at_ms for e in log.entries)
+    return [(e.action, e.actor, e.target, e.detail) for e in log.entries]
+
+
+async def grant_of(store: EtcdStore, response: Any) -> Any:
+    items, _ = await store.get_prefix(GRANT_KEYS_PREFIX)
+    keys = {key[len(GRANT_KEYS_PREFIX) :]: decode_public_key(value) for key, value in items.items()}
+    return verify(response.grant, keys, response.node_id)
+
+
+async def test_waiting_room_meeting_needs_no_passcode(
+    replica: Replica, relays: Relays, store: EtcdStore
+) -> None:
+    await relays.add()
+    await in_view(replica, relays.leases)
+    before = int(time.time() * 1000)
+    room = await create(replica.stub, name="drop-in", waiting_room=True, screen_share="everyone")
+    assert room.passcode == "" and not room.has_passcode
+    assert room.waiting_room and room.screen_share == "everyone"
+    assert not room.locked and not room.suspended
+    assert before + 86_400_000 <= room.expires_at_ms <= before + 86_410_000
+    record = json.loads(await store.get(ROOMS_PREFIX + room.room_id) or b"{}")
+    assert "passcode" not in record
+    assert record["policy"]["waiting_room"] is True
+    assert record["lease"] > 0 and record["audit_lease"] > 0
+    assert record["expires_at_ms"] == room.expires_at_ms
+    host_digest = await store.get(f"/conclave/audit/{room.room_id}/host")
+    assert host_digest == passcodes.host_key_digest(room.host_key).encode()
+
+    joined = await join(replica.stub, room.room_id, passcode="")
+    grant = await grant_of(store, joined)
+    assert grant.role == "participant"
+    assert list(grant.sources) == ["microphone", "camera", "screen"]  # screen_share everyone
+    anything = await join(replica.stub, room.room_id, passcode="whatever", publish=False)
+    assert list((await grant_of(store, anything)).sources) == []
+
+    got = await replica.stub.GetRoom(as_host(rooms_pb2.GetRoomRequest, room.room_id))
+    assert (got.waiting_room, got.has_passcode, got.expires_at_ms) == (
+        True,
+        False,
+        room.expires_at_ms,
+    )
+    # Without a waiting room a passcode is drawn; with one given, it is needed.
+    drawn = await create(replica.stub)
+    assert drawn.has_passcode and len(drawn.passcode) == 8 and not drawn.waiting_room
+    guarded = await create(replica.stub, waiting_room=True, passcode=PASSCODE)
+    assert guarded.has_passcode and guarded.passcode == PASSCODE
+    err = await rpc_error(join(replica.stub, guarded.room_id, passcode="wrong"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    # A meeting without a passcode keeps its waiting room.
+    err = await rpc_error(
+        replica.stub.UpdateRoom(
+            rooms_pb2.UpdateRoomRequest(
+                room_id=room.room_id, host_key=room.host_key, waiting_room=False
+            )
+        )
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # Were it turned off anyway (by a record's other writers), the meeting would
+    # admit nobody but its host: never neither gate.
+    await update_policy(store, room.room_id, lambda p: dataclasses.replace(p, waiting_room=False))
+    err = await rpc_error(join(replica.stub, room.room_id, passcode=""))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    as_the_host = rooms_pb2.JoinRoomRequest(
+        room_id=room.room_id, display_name="Host", host_key=room.host_key
+    )
+    assert (await replica.stub.JoinRoom(as_the_host)).node_id == room.node_id
+    err = await rpc_error(replica.stub.CreateRoom(rooms_pb2.CreateRoomRequest(screen_share="all")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_hosts_grant_and_screen_share_default(
+    replica: Replica, relays: Relays, store: EtcdStore
+) -> None:
+    await relays.add()
+    await in_view(replica, relays.leases)
+    room = await create_room(replica.stub)
+    assert room.screen_share == "hosts"
+    request = rooms_pb2.JoinRoomRequest(
+        room_id=room.room_id, display_name="Host", publish=True, host_key=room.host_key
+    )
+    host = await grant_of(store, await replica.stub.JoinRoom(request))
+    assert host.role == "host" and list(host.sources) == ["microphone", "camera", "screen"]
+    guest = await grant_of(store, await join(replica.stub, room.room_id))
+    assert guest.role == "participant" and list(guest.sources) == ["microphone", "camera"]
+
+
+async def test_locked_meeting_refuses_participants_but_not_its_host(
+    replica: Replica, relays: Relays
+) -> None:
+    await relays.add()
+    await in_view(replica, relays.leases)
+    room = await create_room(replica.stub)
+
+    async def update(**flags: Any) -> rooms_pb2.Room:
+        request = rooms_pb2.UpdateRoomRequest(room_id=room.room_id, host_key=room.host_key, **flags)
+        updated: rooms_pb2.Room = await replica.stub.UpdateRoom(request)
+        return updated
+
+    as_the_host = rooms_pb2.JoinRoomRequest(
+        room_id=room.room_id, display_name="Host", host_key=room.host_key
+    )
+    for flags in ({"locked": True}, {"suspended": True}):
+        updated = await update(**flags)
+        assert updated.locked == flags.get("locked", False)
+        assert updated.suspended == flags.get("suspended", False)
+        err = await rpc_error(join(replica.stub, room.room_id))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.details() == "the meeting is locked"
+        # A wrong passcode still gets the one NOT_FOUND: the lock tells nothing.
+        err = await rpc_error(join(replica.stub, room.room_id, passcode="wrong"))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        assert (await replica.stub.JoinRoom(as_the_host)).node_id == room.node_id
+        await update(locked=False, suspended=False)
+        assert (await join(replica.stub, room.room_id)).node_id == room.node_id
+
+
+async def test_update_room_round_trip_and_audit_log_outlives_the_meeting(
+    replica: Replica, relays: Relays, store: EtcdStore
+) -> None:
+    await relays.add()
+    await in_view(replica, relays.leases)
+    room = await create_room(replica.stub)
+    request = rooms_pb2.UpdateRoomRequest(
+        room_id=room.room_id, host_key=room.host_key, locked=True, waiting_room=True
+    )
+    updated = await replica.stub.UpdateRoom(request)
+    assert (updated.locked, updated.waiting_room, updated.suspended) == (True, True, False)
+    assert updated.node_id == room.node_id and updated.host_key == updated.passcode == ""
+    # Unset fields stay; a repeated setting changes (and logs) nothing.
+    request = rooms_pb2.UpdateRoomRequest(
+        room_id=room.room_id, host_key=room.host_key, locked=True, screen_share="everyone"
+    )
+    updated = await replica.stub.UpdateRoom(request)
+    assert (updated.locked, updated.waiting_room, updated.screen_share) == (True, True, "everyone")
+    request = rooms_pb2.UpdateRoomRequest(
+        room_id=room.room_id, host_key=room.host_key, suspended=True
+    )
+    await replica.stub.UpdateRoom(request)
+    request = rooms_pb2.UpdateRoomRequest(
+        room_id=room.room_id, host_key=room.host_key, suspended=False, locked=False
+    )
+    await replica.stub.UpdateRoom(request)
+    got = await replica.stub.GetRoom(as_host(rooms_pb2.GetRoomRequest, room.room_id))
+    assert (got.locked, got.suspended, got.waiting_room, got.screen_share) == (
+        False,
+        False,
+        True,
+        "everyone",
+    )
+    record = json.loads(await store.get(ROOMS_PREFIX + room.room_id) or b"{}")
+    assert record["policy"]["screen_share"] == "everyone"
+
+    for bad in (
+        rooms_pb2.UpdateRoomRequest(room_id=room.room_id, host_key="wrong", locked=True),
+        rooms_pb2.UpdateRoomRequest(room_id=new_room_id(), host_key=room.host_key, locked=True),
+        rooms_pb2.GetAuditLogRequest(room_id=room.room_id, host_key="wrong"),
+        rooms_pb2.GetAuditLogRequest(room_id=new_room_id(), host_key=room.host_key),
+    ):
+        call = (
+            replica.stub.UpdateRoom(bad)
+            if isinstance(bad, rooms_pb2.UpdateRoomRequest)
+            else replica.stub.GetAuditLog(bad)
+        )
+        err = await rpc_error(call)
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        assert err.details() == "no meeting with this id and host key"
+    err = await rpc_error(
+        replica.stub.UpdateRoom(
+            rooms_pb2.UpdateRoomRequest(
+                room_id=room.room_id, host_key=room.host_key, screen_share="nobody"
+            )
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    expected = [
+        ("create", "host-api", "", "waiting_room=off screen_share=hosts passcode=yes"),
+        ("lock", "host-api", "", ""),
+        ("waiting_room", "host-api", "", "on"),
+        ("screen_share", "host-api", "", "everyone"),
+        ("suspend", "host-api", "", ""),
+        ("unlock", "host-api", "", ""),
+        ("lift_suspension", "host-api", "", ""),
+    ]
+    assert await audit_actions(replica.stub, room.room_id) == expected
+
+    await replica.stub.EndRoom(as_host(rooms_pb2.EndRoomRequest, room.room_id))
+    assert await store.get(ROOMS_PREFIX + room.room_id) is None
+    assert await audit_actions(replica.stub, room.room_id) == [
+        *expected,
+        ("end", "host-api", "", ""),
+    ]
+    err = await rpc_error(
+        replica.stub.GetAuditLog(
+            rooms_pb2.GetAuditLogRequest(room_id=room.room_id, host_key="wrong")
+        )
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = await rpc_error(
+        replica.stub.UpdateRoom(
+            rooms_pb2.UpdateRoomRequest(room_id=room.room_id, host_key=room.host_key, locked=True)
+        )
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    # Nothing in the log names a person or an address.
+    items, _ = await store.get_prefix(f"/conclave/audit/{room.room_id}/")
+    for value in items.values():
+        assert b"Ada" not in value and b"127.0.0.1" not in value
+
+
+async def test_removed_source_cannot_join_again(
+    replica: Replica, relays: Relays, store: EtcdStore
+) -> None:
+    """The relay records a removal with the source tag of the removed participant's
+    grant; JoinRoom refuses new grants asked from that address (x-forwarded-for of
+    a trusted proxy here), from any other address it goes on."""
+    await relays.add()
+    await in_view(replica, relays.leases)
+    room = await create_room(replica.stub)
+    tag = uuid.uuid4().hex[:6]
+    removed_at, elsewhere = f"198.51.100.7-{tag}", f"198.51.100.8-{tag}"
+
+    async def join_from(address: str, **fields: Any) -> Any:
+        request = rooms_pb2.JoinRoomRequest(
+            room_id=room.room_id, display_name="Mallory", **{"passcode": PASSCODE, **fields}
+        )
+        return await replica.stub.JoinRoom(request, metadata=(("x-forwarded-for", address),))
+
+    first = await join_from(removed_at)
+    grant = await grant_of(store, first)
+    assert grant.source_tag == replica.plane.attempts.tag(removed_at)
+    assert removed_at.split("-")[0] not in grant.source_tag
+    # What the relay does on RemoveParticipant (it knows the grant's source tag).
+    await update_policy(
+        store,
+        room.room_id,
+        lambda p: p.with_removal(Removal(first.participant_id, grant.source_tag)),
+    )
+    err = await rpc_error(join_from(removed_at))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert err.details() == "you were removed from this meeting"
+    err = await rpc_error(join_from(removed_at, passcode="wrong"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND  # the passcode is checked first
+    host = await join_from(removed_at, passcode="", host_key=room.host_key)
+    assert (await grant_of(store, host)).role == "host"  # a host is never kept out
+    other = await join_from(elsewhere)
+    assert (await grant_of(store, other)).source_tag == replica.plane.attempts.tag(elsewhere)
+    record = json.loads(await store.get(ROOMS_PREFIX + room.room_id) or b"{}")
+    assert record["lease"] > 0  # the policy write kept the record's expiry lease
+    assert removed_at not in json.dumps(record)
+
+
+async def test_expired_meeting_loses_record_and_placement(
+    etcd_endpoint: str, relays: Relays, store: EtcdStore, tmp_path: Path
+) -> None:
+    node = await relays.add()
+    process, address = await start_process(
+        etcd_endpoint, tmp_path / "cp.log", "--meeting-ttl", "2", "--audit-retention", "60"
+    )
+    channel = grpc.aio.insecure_channel(address)
+    try:
+        stub = rooms_pb2_grpc.RoomServiceStub(channel=channel)  # type: ignore[no-untyped-call]
+        room = await create(stub, passcode=PASSCODE)
+        assert room.node_id == node
+        assert room.expires_at_ms - time.time() * 1000 < 2_500
+        assert await placement_of(store, room.room_id) == node
+
+        async def gone() -> bool:
+            record = await store.get(ROOMS_PREFIX + room.room_id)
+            return record is None and await placement_of(store, room.room_id) is None
+
+        await eventually(gone, within=10)
+        err = await rpc_error(join(stub, room.room_id))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        # The audit log stays for its retention, readable with the host key.
+        assert [a for a, *_ in await audit_actions(stub, room.room_id)] == ["create"]
+    finally:
+        await channel.close()
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 10)
+    assert code == 0, await asyncio.to_thread(read_logs, tmp_path)
+    logs = await asyncio.to_thread(read_logs, tmp_path)
+    assert room.room_id not in logs and node not in logs  # ids at DEBUG only
+
+
+async def test_start_up_sweeps_placements_of_meetings_that_are_gone(
+    etcd_endpoint: str, relays: Relays, store: EtcdStore
+) -> None:
+    node = await relays.add()
+    orphan, kept = new_room_id(), await put_room(store)
+    lease = relays.leases[node]
+    for room_id in (orphan, kept):
+        await store.put(PLACEMENT_PREFIX + room_id, json.dumps({"node_id": node}).encode(), lease)
+    fresh = await Replica(etcd_endpoint).start()
+    try:
+        assert await placement_of(store, orphan) is None
+        assert await placement_of(store, kept) == node
+        assert fresh.plane.expiry.cleaned == 1
+    finally:
+        await fresh.stop()
+
+
+# --- host controls, forwarded to the relay -------------------------------------------------
+
+
+def host_controls(stub: Any, room_id: str, host_key: str, pid: str = "p_x") -> list[Any]:
+    """One call of every host control that acts on participants."""
+    common: dict[str, Any] = {"room_id": room_id, "host_key": host_key}
+    return [
+        stub.AdmitParticipants(rooms_pb2.AdmitParticipantsRequest(**common, participant_ids=[pid])),
+        stub.DenyParticipants(rooms_pb2.DenyParticipantsRequest(**common, participant_ids=[pid])),
+        stub.RemoveParticipant(rooms_pb2.ParticipantRequest(**common, participant_id=pid)),
+        stub.MuteParticipant(
+            rooms_pb2.MuteParticipantRequest(**common, participant_id=pid, source="microphone")
+        ),
+        stub.SetPublishRights(
+            rooms_pb2.SetPublishRightsRequest(**common, participant_id=pid, sources=["screen"])
+        ),
+        stub.SetRole(rooms_pb2.SetRoleRequest(**common, participant_id=pid, role="cohost")),
+    ]
+
+
+async def test_host_controls_of_unplaced_or_unknown_meetings_are_not_found(
+    replica: Replica, store: EtcdStore
+) -> None:
+    room_id = await put_room(store)  # exists, on no relay
+    for call in host_controls(replica.stub, room_id, HOST_KEY):
+        err = await rpc_error(call)
+        assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "no such participant")
+    for room, key in ((room_id, "wrong"), (new_room_id(), HOST_KEY)):
+        for call in host_controls(replica.stub, room, key):
+            err = await rpc_error(call)
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            assert err.details() == "no meeting with this id and host key"
+
+
+async def test_host_control_arguments_are_checked(replica: Replica, store: EtcdStore) -> None:
+    room_id = await put_room(store)
+    common: dict[str, Any] = {"room_id": room_id, "host_key": HOST_KEY}
+    for call in (
+        replica.stub.AdmitParticipants(rooms_pb2.AdmitParticipantsRequest(**common)),
+        replica.stub.DenyParticipants(rooms_pb2.DenyParticipantsRequest(**common)),
+        replica.stub.AdmitParticipants(
+            rooms_pb2.AdmitParticipantsRequest(**common, participant_ids=["a/b"])
+        ),
+        replica.stub.RemoveParticipant(rooms_pb2.ParticipantRequest(**common)),
+        replica.stub.MuteParticipant(
+            rooms_pb2.MuteParticipantRequest(**common, participant_id="p_x", source="audio")
+        ),
+        replica.stub.SetPublishRights(
+            rooms_pb2.SetPublishRightsRequest(**common, participant_id="p_x", sources=["radio"])
+        ),
+        replica.stub.SetRole(rooms_pb2.SetRoleRequest(**common, participant_id="p_x", role="host")),
+        *host_controls(replica.stub, "a/b", HOST_KEY),
+    ):
+        assert (await rpc_error(call)).code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_host_controls_reach_the_relay_and_the_audit_log(
+    replica: Replica, relays: Relays, relay_service: tuple[FakeRelayService, str]
+) -> None:
+    service, address = relay_service
+    await relays.add(rpc_address=address)
+    await in_view(replica, relays.leases)
+    room = await create_room(replica.stub)
+    common: dict[str, Any] = {"room_id": room.room_id, "host_key": room.host_key}
+    stub = replica.stub
+
+    admitted = await stub.AdmitParticipants(rooms_pb2.AdmitParticipantsRequest(**common, all=True))
+    assert list(admitted.admitted) == ["p_waiting"]
+    denied = await stub.DenyParticipants(
+        rooms_pb2.DenyParticipantsRequest(**common, participant_ids=["p_waiting", "p_waiting"])
+    )
+    assert list(denied.denied) == ["p_waiting"]
+    await stub.MuteParticipant(
+        rooms_pb2.MuteParticipantRequest(**common, participant_id="p_x", source="camera")
+    )
+    await stub.SetPublishRights(
+        rooms_pb2.SetPublishRightsRequest(
+            **common, participant_id="p_x", sources=["screen", "microphone"]
+        )
+    )
+    await stub.SetPublishRights(rooms_pb2.SetPublishRightsRequest(**common, participant_id="p_x"))
+    await stub.SetRole(rooms_pb2.SetRoleRequest(**common, participant_id="p_x", role="cohost"))
+    await stub.RemoveParticipant(rooms_pb2.ParticipantRequest(**common, participant_id="p_x"))
+    # The relay's NOT_FOUND and refusals come back; neither is logged.
+    err = await rpc_error(
+        stub.RemoveParticipant(rooms_pb2.ParticipantRequest(**common, participant_id="p_nobody"))
+    )
+    assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "no such participant")
+    err = await rpc_error(
+        stub.SetRole(rooms_pb2.SetRoleRequest(**common, participant_id="p_host", role="cohost"))
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.details() == "the host keeps its role"
+
+    assert all(call.host_key == "" for call in service.calls)  # the key stays here
+    assert all(call.room_id == room.room_id for call in service.calls)
+    assert list(service.calls[1].participant_ids) == ["p_waiting"]  # deduplicated
+    assert list(service.calls[3].sources) == ["microphone", "screen"]
+    assert (await audit_actions(stub, room.room_id))[1:] == [
+        ("admit", "host-api", "p_waiting", ""),
+        ("deny", "host-api", "p_waiting", ""),
+        ("mute", "host-api", "p_x", "camera"),
+        ("publish_rights", "host-api", "p_x", "microphone,screen"),
+        ("publish_rights", "host-api", "p_x", "none"),
+        ("role", "host-api", "p_x", "cohost"),
+        ("remove", "host-api", "p_x", ""),
+    ]
+
+
+async def test_host_controls_of_an_unreachable_relay_are_unavailable(
+    replica: Replica, relays: Relays
+) -> None:
+    await relays.add()  # nothing listens at its rpc_address
+    await in_view(replica, relays.leases)
+    room = await create_room(replica.stub)
+    for call in host_controls(replica.stub, room.room_id, room.host_key):
+        assert (await rpc_error(call)).code() == grpc.StatusCode.UNAVAILABLE
+    actions = [a for a, *_ in await audit_actions(replica.stub, room.room_id)]
+    assert actions == ["create"]
 
 
 # --- attempt limits ------------------------------------------------------------------

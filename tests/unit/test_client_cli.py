@@ -8,12 +8,13 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import client.cli as cli
-from client.errors import ConclaveError
+from client.errors import AdmissionRefused, ConclaveError
 from client.sdk import RemoteStats
 from conclave import cli as conclave_cli
 from conclave.processes import free_port
@@ -38,18 +39,31 @@ class FakeRooms:
         pass
 
     async def create_room(
-        self, name: str, max_participants: int, passcode: str = ""
+        self,
+        name: str,
+        max_participants: int,
+        passcode: str = "",
+        *,
+        waiting_room: bool = False,
+        screen_share: str = "",
     ) -> rooms_pb2.Room:
         self.calls.append(("create_room", (name, max_participants, passcode)))
+        self.calls.append(("policy", (waiting_room, screen_share)))
         if self.fail:
             raise self.fail
+        # as the control plane: no passcode with a waiting room unless one is given
+        drawn = passcode or ("" if waiting_room else "drawn123")
         return rooms_pb2.Room(
             room_id="room-1",
             name=name,
             node_id="relay-0",
             created_at_ms=5,
-            passcode=passcode or "drawn123",
+            passcode=drawn,
+            has_passcode=bool(drawn),
             host_key="hk-drawn",
+            waiting_room=waiting_room,
+            screen_share=screen_share or "hosts",
+            expires_at_ms=86_400_005,
         )
 
     async def join_room(
@@ -79,13 +93,86 @@ class FakeRooms:
                 participant_id="p-1",
                 display_name="bob",
                 joined_at_ms=7,
-                tracks=[rooms_pb2.Track(track_id="t", kind="audio", muted=False)],
-            )
+                tracks=[
+                    rooms_pb2.Track(track_id="t", kind="audio", muted=False, source="microphone")
+                ],
+                role="cohost",
+                publish_rights=["microphone", "camera"],
+            ),
+            rooms_pb2.Participant(
+                participant_id="p-2", display_name="eve", joined_at_ms=9, waiting=True
+            ),
         ]
 
     async def end_room(self, room_id: str, host_key: str) -> None:
         self.calls.append(("end_room", room_id))
         self.calls.append(("host_key", host_key))
+
+    async def update_room(
+        self,
+        room_id: str,
+        host_key: str,
+        *,
+        locked: bool | None = None,
+        suspended: bool | None = None,
+        waiting_room: bool | None = None,
+        screen_share: str | None = None,
+    ) -> rooms_pb2.Room:
+        self.calls.append(("update_room", (room_id, host_key, locked, suspended)))
+        if self.fail:
+            raise self.fail
+        return rooms_pb2.Room(
+            room_id=room_id,
+            locked=bool(locked) or bool(suspended),
+            suspended=bool(suspended),
+            waiting_room=True,
+            screen_share="hosts",
+        )
+
+    async def admit_participants(
+        self, room_id: str, host_key: str, participant_ids: list[str], *, all: bool = False
+    ) -> list[str]:
+        self.calls.append(("admit", (room_id, host_key, list(participant_ids), all)))
+        return ["p-2", "p-3"] if all else list(participant_ids)
+
+    async def deny_participants(
+        self, room_id: str, host_key: str, participant_ids: list[str]
+    ) -> list[str]:
+        self.calls.append(("deny", (room_id, host_key, list(participant_ids))))
+        return list(participant_ids)
+
+    async def remove_participant(self, room_id: str, host_key: str, participant_id: str) -> None:
+        self.calls.append(("remove", (room_id, host_key, participant_id)))
+        if self.fail:
+            raise self.fail
+
+    async def mute_participant(
+        self, room_id: str, host_key: str, participant_id: str, source: str
+    ) -> None:
+        self.calls.append(("mute", (room_id, host_key, participant_id, source)))
+
+    async def set_publish_rights(
+        self, room_id: str, host_key: str, participant_id: str, sources: list[str]
+    ) -> None:
+        self.calls.append(("rights", (room_id, host_key, participant_id, list(sources))))
+
+    async def set_role(self, room_id: str, host_key: str, participant_id: str, role: str) -> None:
+        self.calls.append(("role", (room_id, host_key, participant_id, role)))
+
+    async def get_audit_log(self, room_id: str, host_key: str) -> list[rooms_pb2.AuditEntry]:
+        self.calls.append(("audit", (room_id, host_key)))
+        return [
+            rooms_pb2.AuditEntry(at_ms=1_700_000_000_000, action="create", actor="host-api"),
+            rooms_pb2.AuditEntry(
+                at_ms=1_700_000_061_234, action="admit", actor="p-host", target="p-2"
+            ),
+            rooms_pb2.AuditEntry(
+                at_ms=1_700_000_062_000,
+                action="screen_share",
+                actor="host-api",
+                detail="hosts -> everyone",
+            ),
+        ]
 
 
 class FakeSession:
@@ -95,6 +182,7 @@ class FakeSession:
     start_error: ConclaveError | None = None
     close_reason: str | None = None
     drop: bool = False
+    waits: bool = False  # the meeting has a waiting room
 
     def __init__(
         self,
@@ -103,10 +191,15 @@ class FakeSession:
         publish: list[str],
         e2ee: bool = True,
         video_codec: str = "VP8",
+        wait_timeout: float | None = None,
+        on_waiting: Callable[[], None] | None = None,
     ) -> None:
         self.join, self.display_name, self.publish = join, display_name, publish
         self.e2ee = e2ee
         self.video_codec = video_codec
+        self.wait_timeout = wait_timeout
+        self.on_waiting = on_waiting
+        self.role: str | None = None
         self.security_code = "12345 67890 12345 67890 12345" if e2ee else None
         self.participant_id = join.participant_id
         self.node_id = join.node_id
@@ -117,8 +210,11 @@ class FakeSession:
         self.instances.append(self)
 
     async def start(self) -> None:
+        if self.waits and self.on_waiting is not None:
+            self.on_waiting()
         if self.start_error:
             raise self.start_error
+        self.role = "participant"
 
     async def wait_closed(self) -> None:
         if self.close_reason is not None or self.drop:
@@ -151,6 +247,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeSession.start_error = None
     FakeSession.close_reason = None
     FakeSession.drop = False
+    FakeSession.waits = False
     monkeypatch.setattr(cli, "RoomsClient", FakeRooms)
     monkeypatch.setattr(cli, "Session", FakeSession)
 
@@ -195,6 +292,16 @@ def test_publish_values(value: str, kinds: list[str]) -> None:
         ["room", "create", "--max-participants", "-3"],
         ["room"],
         ["room", "get"],
+        ["room", "admit", "room-1"],
+        ["room", "admit", "room-1", "p-1", "--all"],
+        ["room", "deny", "room-1"],
+        ["room", "remove", "room-1"],
+        ["room", "mute", "room-1", "p-1"],
+        ["room", "mute", "room-1", "p-1", "audio"],
+        ["room", "allow", "room-1", "p-1", "screen", "screen"],
+        ["room", "allow", "room-1", "p-1", "speaker"],
+        ["room", "create", "--screen-share", "nobody"],
+        ["join", "r", "--wait-timeout", "-5"],
         ["leave"],
         [],
     ],
@@ -253,10 +360,12 @@ def test_room_create_prints_compact_json(fakes: None, capsys: pytest.CaptureFixt
     assert out.count("\n") == 1 and " " not in out.strip()
     assert json.loads(out) == {
         "room_id": "room-1", "name": "standup", "node_id": "relay-0", "passcode": "drawn123",
-        "host_key": "hk-drawn",
+        "has_passcode": True, "host_key": "hk-drawn", "waiting_room": False,
+        "screen_share": "hosts", "expires_at_ms": 86_400_005,
     }  # fmt: skip
     assert ("target", "h:1") in FakeRooms.calls
     assert ("create_room", ("standup", 4, "")) in FakeRooms.calls
+    assert ("policy", (False, "")) in FakeRooms.calls
 
 
 def test_room_create_pretty_by_default_with_generated_name(
@@ -267,7 +376,29 @@ def test_room_create_pretty_by_default_with_generated_name(
     assert out.count("\n") > 1
     room = json.loads(out)
     assert room["name"].startswith("meeting-")
-    assert set(room) == {"room_id", "name", "node_id", "passcode", "host_key"}
+    assert set(room) == {
+        "room_id", "name", "node_id", "passcode", "has_passcode", "host_key", "waiting_room",
+        "screen_share", "expires_at_ms",
+    }  # fmt: skip
+
+
+def test_room_create_with_waiting_room_has_no_passcode(
+    fakes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["room", "create", "--waiting-room", "--screen-share", "everyone", "--json"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    room = json.loads(captured.out)
+    assert room["passcode"] is None and room["has_passcode"] is False
+    assert room["waiting_room"] is True and room["screen_share"] == "everyone"
+    assert ("policy", (True, "everyone")) in FakeRooms.calls
+    assert "no passcode" in captured.err
+    # a passcode given with the waiting room is kept
+    assert cli.main(["room", "create", "--waiting-room", "--passcode", "pw", "--json"]) == 0
+    captured = capsys.readouterr()
+    room = json.loads(captured.out)
+    assert room["passcode"] == "pw" and room["has_passcode"] is True
+    assert captured.err == ""
 
 
 def test_join_prints_report(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -279,6 +410,7 @@ def test_join_prints_report(fakes: None, capsys: pytest.CaptureFixture[str]) -> 
         "participant_id": "p-self",
         "node_id": "relay-0",
         "room_id": "room-1",
+        "role": "participant",
         "e2ee": True,
         "security_code": "12345 67890 12345 67890 12345",
         "roster": ["alice", "bob", "carol"],
@@ -291,7 +423,34 @@ def test_join_prints_report(fakes: None, capsys: pytest.CaptureFixture[str]) -> 
     (session,) = FakeSession.instances
     assert session.publish == ["audio", "video"] and session.left and session.e2ee
     assert session.video_codec == "VP8"
+    assert session.wait_timeout is None
     assert captured.err == ""
+
+
+def test_join_says_it_waits_for_the_host(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
+    FakeSession.waits = True
+    argv = ["join", "room-1", "--duration", "0", "--wait-timeout", "30", "--json"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "waiting for the host" in captured.err
+    assert json.loads(captured.out)["role"] == "participant"
+    assert FakeSession.instances[0].wait_timeout == 30.0
+
+
+def test_join_turned_away_is_one_line_exit_1(
+    fakes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FakeSession.waits = True
+    FakeSession.start_error = AdmissionRefused(
+        "the host did not let you into the meeting", "denied"
+    )
+    assert cli.main(["join", "room-1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "conclave: in the waiting room: waiting for the host to admit you",
+        "conclave: error: the host did not let you into the meeting",
+    ]
 
 
 def test_join_without_e2ee_says_so_loudly(fakes: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -366,9 +525,157 @@ def test_thin_room_subcommands(
                 "participant_id": "p-1",
                 "display_name": "bob",
                 "joined_at_ms": 7,
-                "tracks": [{"track_id": "t", "kind": "audio", "muted": False}],
-            }
+                "role": "cohost",
+                "waiting": False,
+                "publish_rights": ["microphone", "camera"],
+                "tracks": [
+                    {"track_id": "t", "kind": "audio", "source": "microphone", "muted": False}
+                ],
+            },
+            {
+                "participant_id": "p-2",
+                "display_name": "eve",
+                "joined_at_ms": 9,
+                "role": "participant",
+                "waiting": True,
+                "publish_rights": [],
+                "tracks": [],
+            },
         ],
+    }
+    assert FakeRooms.calls[-1] == ("host_key", "from-env")
+
+
+@pytest.mark.parametrize(
+    ("argv", "call", "printed"),
+    [
+        (
+            ["admit", "room-1", "p-2", "p-3"],
+            ("admit", ("room-1", "hk", ["p-2", "p-3"], False)),
+            {"room_id": "room-1", "admitted": ["p-2", "p-3"]},
+        ),
+        (
+            ["admit", "room-1", "--all"],
+            ("admit", ("room-1", "hk", [], True)),
+            {"room_id": "room-1", "admitted": ["p-2", "p-3"]},
+        ),
+        (
+            ["deny", "room-1", "p-4"],
+            ("deny", ("room-1", "hk", ["p-4"])),
+            {"room_id": "room-1", "denied": ["p-4"]},
+        ),
+        (
+            ["lock", "room-1"],
+            ("update_room", ("room-1", "hk", True, None)),
+            {"room_id": "room-1", "waiting_room": True, "locked": True, "suspended": False,
+             "screen_share": "hosts"},
+        ),
+        (
+            ["unlock", "room-1"],
+            ("update_room", ("room-1", "hk", False, None)),
+            {"room_id": "room-1", "waiting_room": True, "locked": False, "suspended": False,
+             "screen_share": "hosts"},
+        ),
+        (
+            ["suspend", "room-1"],
+            ("update_room", ("room-1", "hk", None, True)),
+            {"room_id": "room-1", "waiting_room": True, "locked": True, "suspended": True,
+             "screen_share": "hosts"},
+        ),
+        (
+            ["suspend", "room-1", "--lift"],
+            ("update_room", ("room-1", "hk", None, False)),
+            {"room_id": "room-1", "waiting_room": True, "locked": False, "suspended": False,
+             "screen_share": "hosts"},
+        ),
+        (
+            ["remove", "room-1", "p-5"],
+            ("remove", ("room-1", "hk", "p-5")),
+            {"room_id": "room-1", "participant_id": "p-5", "removed": True},
+        ),
+        (
+            ["mute", "room-1", "p-5", "camera"],
+            ("mute", ("room-1", "hk", "p-5", "camera")),
+            {"room_id": "room-1", "participant_id": "p-5", "source": "camera", "muted": True},
+        ),
+        (
+            ["allow", "room-1", "p-5", "microphone", "screen"],
+            ("rights", ("room-1", "hk", "p-5", ["microphone", "screen"])),
+            {"room_id": "room-1", "participant_id": "p-5",
+             "publish_rights": ["microphone", "screen"]},
+        ),
+        (
+            ["allow", "room-1", "p-5"],
+            ("rights", ("room-1", "hk", "p-5", [])),
+            {"room_id": "room-1", "participant_id": "p-5", "publish_rights": []},
+        ),
+        (
+            ["cohost", "room-1", "p-5"],
+            ("role", ("room-1", "hk", "p-5", "cohost")),
+            {"room_id": "room-1", "participant_id": "p-5", "role": "cohost"},
+        ),
+        (
+            ["cohost", "room-1", "p-5", "--revoke"],
+            ("role", ("room-1", "hk", "p-5", "participant")),
+            {"room_id": "room-1", "participant_id": "p-5", "role": "participant"},
+        ),
+    ],
+)  # fmt: skip
+def test_host_controls(
+    argv: list[str],
+    call: tuple[str, Any],
+    printed: dict[str, Any],
+    fakes: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert cli.main(["room", *argv, "--host-key", "hk", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+    assert call in FakeRooms.calls
+    # the host key from the environment, as for the other host commands
+    FakeRooms.calls = []
+    monkeypatch.setenv("CONCLAVE_HOST_KEY", "hk")
+    assert cli.main(["room", *argv]) == 0
+    assert json.loads(capsys.readouterr().out) == printed  # pretty, same content
+    assert call in FakeRooms.calls
+
+
+def test_host_control_failure_is_one_line_exit_1(
+    fakes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FakeRooms.fail = ConclaveError(
+        "RemoveParticipant failed: no such participant (NOT_FOUND)", "NOT_FOUND"
+    )
+    assert cli.main(["room", "remove", "room-1", "p-9", "--host-key", "hk"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "conclave: error: RemoveParticipant failed: no such participant (NOT_FOUND)\n"
+    )
+
+
+def test_room_audit_prints_one_line_per_entry(
+    fakes: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["room", "audit", "room-1", "--host-key", "hk"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "2023-11-14T22:13:20.000Z create host-api - -",
+        "2023-11-14T22:14:21.234Z admit p-host p-2 -",
+        "2023-11-14T22:14:22.000Z screen_share host-api - hosts -> everyone",
+    ]
+    assert ("audit", ("room-1", "hk")) in FakeRooms.calls
+    assert cli.main(["room", "audit", "room-1", "--host-key", "hk", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    log = json.loads(out)
+    assert log["room_id"] == "room-1"
+    assert log["entries"][1] == {
+        "at_ms": 1_700_000_061_234,
+        "time": "2023-11-14T22:14:21.234Z",
+        "action": "admit",
+        "actor": "p-host",
+        "target": "p-2",
+        "detail": "",
     }
 
 

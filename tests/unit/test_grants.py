@@ -43,7 +43,7 @@ def make_grant(**overrides: Any) -> JoinGrant:
         "participant_id": "p_1",
         "node_id": NODE,
         "display_name": "Ada",
-        "can_publish": True,
+        "sources": ["microphone", "camera"],
         "can_subscribe": True,
         "expires_at_ms": now_ms() + 30_000,
     }
@@ -75,7 +75,7 @@ def test_signed_grant_verifies(key: Ed25519PrivateKey) -> None:
         "p_1",
         "Ada",
     )
-    assert grant.can_publish and grant.can_subscribe
+    assert list(grant.sources) == ["microphone", "camera"] and grant.can_subscribe
     assert len(grant.nonce) == 16
     assert grant.key_id == key_id_for(key.public_key()) == peek_key_id(token)
 
@@ -87,9 +87,9 @@ def test_each_grant_gets_a_fresh_nonce(key: Ed25519PrivateKey) -> None:
 
 
 def test_tampered_body_is_refused(key: Ed25519PrivateKey) -> None:
-    env = envelope(sign(make_grant(can_publish=False), key))
+    env = envelope(sign(make_grant(sources=[]), key))
     grant = JoinGrant.FromString(env.grant)
-    grant.can_publish = True  # privilege escalation attempt, signature kept
+    grant.sources.append("screen")  # privilege escalation attempt, signature kept
     env.grant = grant.SerializeToString()
     assert refused(to_token(env), keys_of(key)) == "bad_signature"
 

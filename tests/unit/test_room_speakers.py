@@ -46,14 +46,14 @@ async def speak(room: Room, participant: Participant, level: int, seconds: float
     """Packets at `level` every 20 ms for `seconds`, as the peer would hand them over."""
     for sequence in range(int(seconds / 0.02)):
         header, data = audio_packet(sequence, level)
-        await room.on_media(participant.peer, "audio", header, data, 0, 0.0)
+        await room.on_media(participant.peer, "microphone", header, data, 0, 0.0)
         await asyncio.sleep(0.02)
 
 
 async def test_speakers_and_mutes_reach_the_room_and_the_task_ends_with_it() -> None:
     room = Room("room-1", 10)
     assert room._speaker_task is None
-    ann, ann_inbox = await join(room, "p_ann", ["audio"])
+    ann, ann_inbox = await join(room, "p_ann", ["microphone"])
     task = room._speaker_task
     assert task is not None and not task.done()
     ben, ben_inbox = await join(room, "p_ben", [])
@@ -75,24 +75,26 @@ async def test_speakers_and_mutes_reach_the_room_and_the_task_ends_with_it() -> 
         [newcomer_entry] = cat_inbox.of("active_speakers")[-1]["speakers"]
         assert newcomer_entry["participant_id"] == "p_ann"
 
-        await room.set_muted(ann, "audio", True)
-        await room.set_muted(ann, "audio", True)  # no change: nothing sent
-        track_id = ann.tracks["audio"].track_id
+        await room.set_muted(ann, "microphone", True)
+        await room.set_muted(ann, "microphone", True)  # no change: nothing sent
+        track_id = ann.tracks["microphone"].track_id
         muted = {"type": "track_muted", "participant_id": "p_ann", "track_id": track_id}
         assert ben_inbox.of("track_muted") == [{**muted, "muted": True}]
         assert cat_inbox.of("track_muted") == [{**muted, "muted": True}]
         assert not ann_inbox.of("track_muted")
-        assert ann.describe()["tracks"] == [{"track_id": track_id, "kind": "audio", "muted": True}]
+        assert ann.describe()["tracks"] == [
+            {"track_id": track_id, "kind": "audio", "source": "microphone", "muted": True}
+        ]
         await speak(room, ann, 10, 0.7)  # still loud, but muted
         assert ben_inbox.of("active_speakers")[-1]["speakers"] == []
 
         with pytest.raises(SignalingError) as refused:
-            await room.set_muted(ann, "video", True)
+            await room.set_muted(ann, "camera", True)
         assert refused.value.code == "not_published"
         with pytest.raises(SignalingError):
-            await room.set_muted(ben, "audio", True)
+            await room.set_muted(ben, "microphone", True)
 
-        await room.set_muted(ann, "audio", False)
+        await room.set_muted(ann, "microphone", False)
         assert ben_inbox.of("track_muted")[-1] == {**muted, "muted": False}
         await room.leave("p_cat")
         await room.leave("p_ben")

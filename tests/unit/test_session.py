@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from client.errors import ConclaveError
 from client.media import PatternVideoTrack, SineAudioTrack
 from client.sdk import Session
+from client.session import SOURCE_KINDS
 from conclave.ice import use_host_addresses
 from conclave.processes import free_port
 from protos import rooms_pb2
@@ -93,8 +94,8 @@ class FakeRelay:
         config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         pc = self.pc = RTCPeerConnection(config)
         pc.on("track", self.on_track)
-        for kind in publish:
-            pc.addTransceiver(kind, direction="recvonly")
+        for source in publish:  # sources: microphone, camera
+            pc.addTransceiver(SOURCE_KINDS[source], direction="recvonly")
         bob_audio, bob_video = SineAudioTrack(frequency=300), PatternVideoTrack()
         self.tracks += [bob_audio, bob_video]
         pc.addTransceiver(bob_audio, direction="sendonly")
@@ -211,7 +212,12 @@ async def test_session_answers_publishes_and_attributes_media(relay: FakeRelay) 
     await session.start()
     try:
         assert relay.joins == [
-            {"type": "join", "grant": GRANT, "publish": ["audio", "video"], "video_codec": "vp8"}
+            {
+                "type": "join",
+                "grant": GRANT,
+                "publish": ["microphone", "camera"],
+                "video_codec": "vp8",
+            }
         ]
         assert session.roster == {"p-alice": "alice", "p-bob": "bob"}
         await asyncio.wait_for(relay.answered.wait(), 15)
@@ -231,6 +237,9 @@ async def test_session_answers_publishes_and_attributes_media(relay: FakeRelay) 
     assert session.roster == {"p-alice": "alice", "p-carol": "carol"}
     assert sorted(session.seen.values()) == ["alice", "bob", "carol"]
     assert session.published_tracks["p-carol"] == {"t-carol-a": "audio"}
+    assert session.published_sources["p-carol"] == {"t-carol-a": "microphone"}
+    assert session.publishing == ["microphone", "camera"]
+    assert set(session.publish_mids) == {"microphone", "camera"}
     # what alice sent arrived at the relay on the m-lines it named in `publish`
     assert relay.received["audio"] > 20
     assert relay.received["video"] > 10

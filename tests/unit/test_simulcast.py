@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
 from typing import Any
 
 from aiortc.rtp import RtcpPacket, RtcpRrPacket
@@ -151,8 +152,9 @@ async def make_peer(layers: SimulcastAnswer | None) -> tuple[ParticipantPeer, Ev
     peer = ParticipantPeer("p", signal, events)  # type: ignore[arg-type]
     peer._publish_pt = {VIDEO_PT: "video", 111: "audio"}
     peer._publish_mime = {VIDEO_PT: "video/vp8", 111: "audio/opus"}
+    peer.publish["camera"] = SimpleNamespace(mid="1")  # type: ignore[assignment]
     if layers is not None:
-        peer.simulcast["video"] = layers
+        peer.simulcast["camera"] = layers
     sent = Sent()
     peer._transport = sent  # type: ignore[assignment]  # only _send_rtp is used
     return peer, events, sent
@@ -167,10 +169,10 @@ async def test_ssrcs_are_bound_to_rids_and_fed_back_separately() -> None:
         await peer._handle_rtp(video_packet(0x44, 1, None), 0)  # unknown, no rid: dropped
         await peer._handle_rtp(video_packet(0x55, 1, "x"), 0)  # not a negotiated rid
         assert events.media == [
-            ("video", 0x11, 0), ("video", 0x22, 1), ("video", 0x33, 2), ("video", 0x22, 1),
+            ("camera", 0x11, 0), ("camera", 0x22, 1), ("camera", 0x33, 2), ("camera", 0x22, 1),
         ]  # fmt: skip
-        assert peer.publish_ssrc["video"] == {"l": 0x11, "m": 0x22, "h": 0x33}
-        assert peer.layer_rids("video") == ["l", "m", "h"]
+        assert peer.publish_ssrc["camera"] == {"l": 0x11, "m": 0x22, "h": 0x33}
+        assert peer.layer_rids("camera") == ["l", "m", "h"]
         assert not sent.packets
         # A gap on one layer is NACKed on that layer's SSRC only.
         await peer._handle_rtp(video_packet(0x22, 104, None), 0)
@@ -187,7 +189,7 @@ async def test_ssrcs_are_bound_to_rids_and_fed_back_separately() -> None:
         assert remb == [rtcp.Remb(500_000, [0x11, 0x22, 0x33])]
         # A layer that comes back on a new SSRC replaces its old one.
         await peer._handle_rtp(video_packet(0x66, 7, "h"), 0)
-        assert peer.publish_ssrc["video"] == {"l": 0x11, "m": 0x22, "h": 0x66}
+        assert peer.publish_ssrc["camera"] == {"l": 0x11, "m": 0x22, "h": 0x66}
         assert sorted(peer.incoming) == [0x11, 0x22, 0x66]
     finally:
         peer._transport = None
@@ -199,8 +201,8 @@ async def test_without_simulcast_one_stream_follows_the_ssrc() -> None:
     try:
         await peer._handle_rtp(video_packet(0x11, 100, "h"), 0)  # rid ignored
         await peer._handle_rtp(video_packet(0x22, 5, None), 0)  # the sender restarted
-        assert events.media == [("video", 0x11, 0), ("video", 0x22, 0)]
-        assert peer.publish_ssrc["video"] == {"": 0x22}
-        assert list(peer.incoming) == [0x22] and peer.layer_rids("video") == [""]
+        assert events.media == [("camera", 0x11, 0), ("camera", 0x22, 0)]
+        assert peer.publish_ssrc["camera"] == {"": 0x22}
+        assert list(peer.incoming) == [0x22] and peer.layer_rids("camera") == [""]
     finally:
         await peer.close()

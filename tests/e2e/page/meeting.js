@@ -3,9 +3,13 @@
 // m-lines the offer names, trickles ICE, and exposes figures for the tests.
 "use strict";
 
+// The page's `publish` parameter takes kinds (audio, video) or sources; signalling
+// speaks sources: the microphone is the audio track, the camera the video track.
+const KIND_SOURCES = { audio: "microphone", video: "camera" };
+
 window.conclaveErrors = [];
 window.conclaveLog = [];
-window.conclaveState = { joined: false, offers: 0, answers: 0 };
+window.conclaveState = { joined: false, waiting: false, offers: 0, answers: 0 };
 window.conclaveSdp = { offers: [], answers: [] };
 window.conclaveLayers = []; // the `layers` messages received (dynacast), in order
 
@@ -24,7 +28,7 @@ function configFromQuery() {
   return {
     signal_url: q.get("signal_url"),
     grant: q.get("grant"),
-    publish: (q.get("publish") || "").split(",").filter((k) => k),
+    publish: (q.get("publish") || "").split(",").filter((k) => k),  // kinds or sources
     camera: q.get("camera") || "640x360",  // fake camera size, WIDTHxHEIGHT
     e2ee: q.get("e2ee") !== "0",  // end-to-end encryption (docs/e2ee.md), on by default
     codec: (q.get("codec") || "vp8").toLowerCase(),  // video codec to send: vp8 or h264
@@ -34,16 +38,16 @@ function configFromQuery() {
 async function start(config) {
   log(`start publish=${config.publish} camera=${config.camera}`);
   const [width, height] = (config.camera || "640x360").split("x").map(Number);
-  const publish = config.publish || [];
+  const publish = [...new Set((config.publish || []).map((k) => KIND_SOURCES[k] || k))];
   let stream = null;
   if (publish.length) {
     stream = await navigator.mediaDevices.getUserMedia({
-      audio: publish.includes("audio"),
-      video: publish.includes("video") ? { width, height, frameRate: 30 } : false,
+      audio: publish.includes("microphone"),
+      video: publish.includes("camera") ? { width, height, frameRate: 30 } : false,
     });
   }
-  const tracks = {};
-  if (stream) for (const t of stream.getTracks()) tracks[t.kind] = t;
+  const tracks = {}; // source -> track
+  if (stream) for (const t of stream.getTracks()) tracks[KIND_SOURCES[t.kind]] = t;
 
   const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers: [] });
   // End-to-end encryption: one worker runs SFrame on every frame sent and received;
@@ -81,7 +85,8 @@ async function start(config) {
         t.receiver.transform = new RTCRtpScriptTransform(worker, { side: "recv", kind, mid: t.mid });
         transformed.add(t.receiver);
       }
-      if (publishMids[kind] === t.mid && !transformed.has(t.sender)) {
+      // every m-line we publish on (microphone, camera, screen) is encrypted
+      if (Object.values(publishMids).includes(t.mid) && !transformed.has(t.sender)) {
         t.sender.transform = new RTCRtpScriptTransform(worker, { side: "send", kind });
         transformed.add(t.sender);
       }
@@ -89,7 +94,7 @@ async function start(config) {
   }
   window.conclavePc = pc;
   let streams = {}; // mid -> {participant_id, track_id, kind}
-  let publishMids = {}; // kind -> mid of the m-line this page sends on
+  let publishMids = {}; // source -> mid of the m-line this page sends on
   window.conclaveStreams = () => streams;
 
   pc.oniceconnectionstatechange = () => log(`ice ${pc.iceConnectionState}`);
@@ -120,18 +125,18 @@ async function start(config) {
     publishMids = message.publish || {};
     await pc.setRemoteDescription({ type: "offer", sdp });
     encryptMedia();
-    for (const [kind, mid] of Object.entries(message.publish)) {
+    for (const [source, mid] of Object.entries(publishMids)) {
       const transceiver = pc.getTransceivers().find((t) => t.mid === mid);
       if (!transceiver) {
-        fail(`no transceiver for publish ${kind} mid ${mid}`);
+        fail(`no transceiver for publish ${source} mid ${mid}`);
         continue;
       }
-      if (!tracks[kind]) {
-        fail(`offer asks for ${kind} which this page does not publish`);
+      if (!tracks[source]) {
+        fail(`offer asks for ${source} which this page does not publish`);
         continue;
       }
-      if (transceiver.sender.track !== tracks[kind]) {
-        await transceiver.sender.replaceTrack(tracks[kind]);
+      if (transceiver.sender.track !== tracks[source]) {
+        await transceiver.sender.replaceTrack(tracks[source]);
       }
       transceiver.direction = "sendonly";
     }
@@ -159,7 +164,8 @@ async function start(config) {
   // Dynacast (docs/signaling.md): send only the layers some subscriber receives.
   async function onLayers(message) {
     window.conclaveLayers.push(message.active);
-    const transceiver = pc.getTransceivers().find((t) => t.mid === publishMids[message.kind]);
+    const source = message.source;
+    const transceiver = pc.getTransceivers().find((t) => t.mid === publishMids[source]);
     if (!transceiver) return;
     const parameters = transceiver.sender.getParameters();
     for (const encoding of parameters.encodings) {
@@ -181,8 +187,12 @@ async function start(config) {
       return;
     }
     log(`<- ${message.type}`);
-    if (message.type === "joined") {
+    if (message.type === "waiting") {
+      window.conclaveState.waiting = true; // until a host admits this page
+    } else if (message.type === "joined") {
       window.conclaveState.joined = true;
+      window.conclaveState.waiting = false;
+      window.conclaveState.role = message.role;
       window.conclaveState.participant_id = message.participant_id;
       if (worker) {
         keysReady = import("/web/e2ee/group.js").then(async ({ MeetingKeys }) => {
