@@ -11,10 +11,12 @@ import logging
 from collections.abc import Sequence
 
 import grpc
+from aiohttp import web
 
 from conclave.store import EtcdStore
 from control_plane.attempts import AttemptLimiter, Policy
 from control_plane.expiry import ExpiryWatcher
+from control_plane.metrics import ControlPlaneMetrics
 from control_plane.placement import PlacementStrategy, PowerOfTwoChoices
 from control_plane.placer import Placer
 from control_plane.registry import NodeRegistry
@@ -49,6 +51,7 @@ class ControlPlane:
         self.registry.on_node_removed(self.relays.forget)
         self.placer = Placer(self.store, self.registry, strategy or PowerOfTwoChoices())
         self.expiry = ExpiryWatcher(self.store, self.registry, self.relays)
+        self.metrics = ControlPlaneMetrics(self.attempts)
         self.service = RoomService(
             self.store,
             self.registry,
@@ -59,15 +62,18 @@ class ControlPlane:
             trusted_proxies=trusted_proxies,
             meeting_ttl=meeting_ttl,
             audit_retention=audit_retention,
+            metrics=self.metrics,
         )
+        self._metrics_runner: web.AppRunner | None = None
         # Without this gRPC sets SO_REUSEPORT, and a second replica started on the
         # same port would silently share it instead of failing.
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         rooms_pb2_grpc.add_RoomServiceServicer_to_server(self.service, self._server)  # type: ignore[no-untyped-call]
         self._started = False
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, metrics_port: int | None = None) -> int:
         """Connect to etcd, publish the signing key, serve; returns the bound port.
+        With `metrics_port`, /metrics is served over HTTP on `host` at that port.
 
         Raises `conclave.store.StoreError` if etcd is unreachable and `RuntimeError`
         if the address cannot be bound; whatever started is stopped again.
@@ -81,6 +87,8 @@ class ControlPlane:
             await self.expiry.start()
             bound = int(self._server.add_insecure_port(f"{host}:{port}"))
             await self._server.start()
+            if metrics_port is not None:
+                await self._serve_metrics(host, metrics_port)
         except BaseException:
             await self.stop(grace=None)
             raise
@@ -92,9 +100,20 @@ class ControlPlane:
         if not self._started:
             return
         self._started = False
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+            self._metrics_runner = None
         await self._server.stop(grace)
         await self.expiry.stop()
         await self.signer.stop()
         await self.registry.stop()
         await self.relays.close()
         await self.store.close()
+
+    async def _serve_metrics(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.add_routes([web.get("/metrics", self.metrics.handler)])
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        self._metrics_runner = runner
+        await web.TCPSite(runner, host, port).start()

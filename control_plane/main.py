@@ -38,6 +38,7 @@ class Options:
     )
     meeting_ttl: int = DEFAULT_MEETING_TTL_S
     audit_retention: int = DEFAULT_AUDIT_RETENTION_S
+    metrics_port: int | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -112,6 +113,13 @@ def parse_args(argv: list[str] | None) -> Options:
         f"(default {DEFAULT_AUDIT_RETENTION_S}: 30 days)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int_between(1, 65535),
+        metavar="PORT",
+        help="serve Prometheus /metrics over HTTP on this port, on the --listen host "
+        "(default: not served)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -144,6 +152,7 @@ def parse_args(argv: list[str] | None) -> Options:
         proxies,
         meeting_ttl=args.meeting_ttl,
         audit_retention=args.audit_retention,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -176,13 +185,15 @@ async def serve(options: Options) -> int:
         audit_retention=options.audit_retention,
     )
     try:
-        port = await replica.start(options.host, options.port)
+        port = await replica.start(options.host, options.port, options.metrics_port)
     except Exception as exc:
         # Messages may hold addresses: the reason at ERROR, the detail at DEBUG.
         if isinstance(exc, StoreError):
             reason = "etcd is not reachable"
         elif isinstance(exc, RuntimeError):  # what grpc raises when it cannot bind
             reason = "cannot listen on the --listen address (in use?)"
+        elif isinstance(exc, OSError):  # what aiohttp raises when it cannot bind
+            reason = "cannot listen on the --metrics-port (in use?)"
         else:
             reason = f"{type(exc).__name__} while connecting to etcd"
         log.error("cannot start: %s", reason)

@@ -47,6 +47,7 @@ from control_plane.errors import (
     TooManyAttempts,
 )
 from control_plane.ids import RoomId, new_participant_id, new_room_id
+from control_plane.metrics import ControlPlaneMetrics
 from control_plane.placer import Placer
 from control_plane.records import (
     NodeInfo,
@@ -133,8 +134,10 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         meeting_ttl: int = DEFAULT_MEETING_TTL_S,
         audit_retention: int = DEFAULT_AUDIT_RETENTION_S,
+        metrics: ControlPlaneMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._metrics = metrics or ControlPlaneMetrics(attempts)
         self._store = store
         self._registry = registry
         self._placer = placer
@@ -192,6 +195,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         limited = self._attempts.keys(room_id, source)
         wait, spent = await self._attempts.admit(limited)
         if wait > 0:
+            self._metrics.joins.labels(result="locked_out").inc()
             raise TooManyAttempts(wait)
         raw = await self._store.get(room_key(room_id))
         room = RoomRecord.from_json(raw) if raw is not None else None
@@ -208,14 +212,17 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             admitted = await passcodes.check(passcode, room.passcode if room else None)
         if room is None or not admitted:
             await self._attempts.failed(limited, spent)
+            self._metrics.joins.labels(result="not_found").inc()
             raise NoSuchMeeting()
         role = "host" if request.host_key else "participant"
         if room.policy.closed_to_newcomers and role != "host":
+            self._metrics.joins.labels(result="meeting_locked").inc()
             raise MeetingLocked()
         source_tag = self._attempts.tag(source)
         # A host holds the key that decides: a removal of someone behind the same
         # address does not keep it out (the relay applies the same rule).
         if role != "host" and room.policy.is_removed("", source_tag):
+            self._metrics.joins.labels(result="removed").inc()
             raise RemovedFromMeeting()
         was_placed = self._registry.live_placement(room_id) is not None
         node = await self._placer.ensure_placed(room_id)
@@ -237,6 +244,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             source_tag=source_tag,
         )
         log.debug("grant for room %s on node %s", room_id, node.node_id)
+        self._metrics.joins.labels(result="granted").inc()
         return rooms_pb2.JoinRoomResponse(
             room_id=room_id,
             participant_id=participant_id,
@@ -502,6 +510,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             await audit.append(
                 self._store, room.room_id, room.audit_lease, action, HOST_API, target, detail
             )
+        self._metrics.host_actions.labels(action=action).inc()
 
     async def _audit_each(self, room: RoomRecord, action: str, targets: Sequence[str]) -> None:
         await asyncio.gather(*(self._audit(room, action, target=t) for t in targets))

@@ -18,6 +18,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import (
     AsyncIterator,
@@ -1029,6 +1030,54 @@ async def test_expired_meeting_loses_record_and_placement(
     assert code == 0, await asyncio.to_thread(read_logs, tmp_path)
     logs = await asyncio.to_thread(read_logs, tmp_path)
     assert room.room_id not in logs and node not in logs  # ids at DEBUG only
+
+
+async def test_metrics_report_limits_and_outcomes_without_ids(
+    etcd_endpoint: str, relays: Relays, tmp_path: Path
+) -> None:
+    """/metrics (--metrics-port) reports the attempt limits as configured, JoinRoom
+    outcomes, lockouts and host actions; no label names a meeting, person or address."""
+    await relays.add()
+    metrics_port = free_port()
+    process, address = await start_process(
+        etcd_endpoint, tmp_path / "cp.log", "--metrics-port", str(metrics_port),
+        "--attempt-burst", "2", "--lockout", "30",
+    )  # fmt: skip
+    channel = grpc.aio.insecure_channel(address)
+    try:
+        stub = rooms_pb2_grpc.RoomServiceStub(channel=channel)  # type: ignore[no-untyped-call]
+        room = await create(stub, passcode=PASSCODE, name="Ada's standup")
+        await join(stub, room.room_id)
+        for _ in range(3):  # two wrong passcodes, then the lockout refuses
+            await rpc_error(join(stub, room.room_id, passcode="wrong"))
+        await stub.UpdateRoom(
+            rooms_pb2.UpdateRoomRequest(room_id=room.room_id, host_key=room.host_key, locked=True)
+        )
+        text = await asyncio.to_thread(scrape, metrics_port)
+    finally:
+        await channel.close()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 10)
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("conclave_control_")
+    }
+    assert values['conclave_control_attempt_limit{setting="burst"}'] == 2
+    assert values['conclave_control_attempt_limit{setting="lockout_seconds"}'] == 30
+    assert values['conclave_control_joins_total{result="granted"}'] == 1
+    assert values['conclave_control_joins_total{result="not_found"}'] == 2
+    assert values['conclave_control_joins_total{result="locked_out"}'] == 1
+    assert values["conclave_control_lockouts_total"] >= 1
+    assert values["conclave_control_attempts_refused_total"] == 1
+    assert values['conclave_control_host_actions_total{action="lock"}'] == 1
+    for forbidden in (room.room_id, "Ada", "127.0.0.1"):
+        assert forbidden not in text
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 async def test_start_up_sweeps_placements_of_meetings_that_are_gone(

@@ -1,0 +1,79 @@
+"""Prometheus metrics of a control-plane replica, served at /metrics when
+`--metrics-listen` is given. Labels never carry names, ids or addresses: only
+outcomes, action names and limit settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from control_plane.attempts import AttemptLimiter
+
+# JoinRoom outcomes; "not_found" is a wrong passcode and an unknown meeting alike.
+JOIN_RESULTS = ("granted", "not_found", "locked_out", "meeting_locked", "removed")
+
+
+class ControlPlaneMetrics:
+    """One replica's metrics, in a registry of its own (tests run several replicas
+    in one process)."""
+
+    def __init__(self, attempts: AttemptLimiter) -> None:
+        self.registry = CollectorRegistry()
+        self.joins = Counter(
+            "conclave_control_joins_total",
+            "JoinRoom calls by outcome",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in JOIN_RESULTS:
+            self.joins.labels(result=result)
+        self.host_actions = Counter(
+            "conclave_control_host_actions_total",
+            "Host actions written to audit logs by this replica",
+            ["action"],
+            registry=self.registry,
+        )
+        self.registry.register(_AttemptLimits(attempts))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def handler(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.render())
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+
+class _AttemptLimits(Collector):
+    """The attempt limiter's settings and counts, read when scraped."""
+
+    def __init__(self, attempts: AttemptLimiter) -> None:
+        self._attempts = attempts
+
+    def collect(self) -> Iterator[Metric]:
+        policy = self._attempts.policy
+        settings = GaugeMetricFamily(
+            "conclave_control_attempt_limit",
+            "Failed-join limits per meeting and per source address (--attempt-burst, "
+            "--attempts-per-minute, --lockout, --max-lockout)",
+            labels=["setting"],
+        )
+        settings.add_metric(["burst"], policy.burst)
+        settings.add_metric(["per_minute"], policy.per_minute)
+        settings.add_metric(["lockout_seconds"], policy.lockout_s)
+        settings.add_metric(["max_lockout_seconds"], policy.max_lockout_s)
+        yield settings
+        yield CounterMetricFamily(
+            "conclave_control_lockouts",
+            "Lockouts this replica started (a meeting or a source address ran out)",
+            value=self._attempts.lockouts,
+        )
+        yield CounterMetricFamily(
+            "conclave_control_attempts_refused",
+            "JoinRoom attempts refused because their meeting or address was locked out",
+            value=self._attempts.refused,
+        )
