@@ -93,6 +93,8 @@ class Cluster:
                 self.etcd_url,
                 "--listen",
                 f"{HOST}:{self.grpc_port}",
+                "--http-port",
+                str(self.http_port),
             ],
             "control-plane ready",
         )
@@ -108,7 +110,7 @@ class Cluster:
                     "--node-id",
                     f"relay-{i}",
                     "--http-port",
-                    str(self.http_port + i),
+                    str(self.relay_port(i)),
                     "--rpc-port",
                     str(free_port()),
                     "--ice-address",
@@ -146,8 +148,12 @@ class Cluster:
         if self.etcd is not None:
             await asyncio.to_thread(self.etcd.stop)
 
+    def relay_port(self, index: int) -> int:
+        """Relay i's HTTP/signalling port: the ports after the web client's."""
+        return self.http_port + 1 + index
+
     def _fixed_ports(self) -> list[int]:
-        ports = [self.grpc_port, *(self.http_port + i for i in range(self.relays))]
+        ports = [self.grpc_port, self.http_port, *map(self.relay_port, range(self.relays))]
         return [*ports, self.etcd_port] if self.etcd_port else ports
 
     async def _wait_etcd(self) -> int:
@@ -305,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port",
         type=port,
         default=8080,
-        help="first relay's HTTP/signalling port; relay i uses PORT+i (default 8080)",
+        help="the web client's port (open it in a browser); relay i signals on PORT+1+i "
+        "(default 8080)",
     )
     parser.add_argument(
         "--etcd-port", type=port, default=None, help="etcd client port (default: a free port)"
@@ -326,7 +333,7 @@ def main(argv: list[str]) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    if args.http_port + args.relays - 1 > 65535:
+    if args.http_port + args.relays > 65535:
         print("conclave dev: error: --http-port + --relays exceeds 65535", file=sys.stderr)
         return 2
     return uvloop.run(_run(args))

@@ -16,6 +16,7 @@ from aiohttp import web
 from conclave.store import EtcdStore
 from control_plane.attempts import AttemptLimiter, Policy
 from control_plane.expiry import ExpiryWatcher
+from control_plane.gateway import Gateway
 from control_plane.metrics import ControlPlaneMetrics
 from control_plane.placement import PlacementStrategy, PowerOfTwoChoices
 from control_plane.placer import Placer
@@ -64,16 +65,19 @@ class ControlPlane:
             audit_retention=audit_retention,
             metrics=self.metrics,
         )
-        self._metrics_runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []  # the HTTP servers: gateway, metrics
         # Without this gRPC sets SO_REUSEPORT, and a second replica started on the
         # same port would silently share it instead of failing.
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         rooms_pb2_grpc.add_RoomServiceServicer_to_server(self.service, self._server)  # type: ignore[no-untyped-call]
         self._started = False
 
-    async def start(self, host: str, port: int, metrics_port: int | None = None) -> int:
+    async def start(
+        self, host: str, port: int, metrics_port: int | None = None, http_port: int | None = None
+    ) -> int:
         """Connect to etcd, publish the signing key, serve; returns the bound port.
-        With `metrics_port`, /metrics is served over HTTP on `host` at that port.
+        With `http_port`, the web client and its JSON API (control_plane/gateway.py)
+        are served on `host` at that port; with `metrics_port`, /metrics.
 
         Raises `conclave.store.StoreError` if etcd is unreachable and `RuntimeError`
         if the address cannot be bound; whatever started is stopped again.
@@ -87,8 +91,12 @@ class ControlPlane:
             await self.expiry.start()
             bound = int(self._server.add_insecure_port(f"{host}:{port}"))
             await self._server.start()
+            if http_port is not None:
+                await self._serve_http(Gateway(self.service).application(), host, http_port)
             if metrics_port is not None:
-                await self._serve_metrics(host, metrics_port)
+                metrics = web.Application()
+                metrics.add_routes([web.get("/metrics", self.metrics.handler)])
+                await self._serve_http(metrics, host, metrics_port)
         except BaseException:
             await self.stop(grace=None)
             raise
@@ -100,9 +108,9 @@ class ControlPlane:
         if not self._started:
             return
         self._started = False
-        if self._metrics_runner is not None:
-            await self._metrics_runner.cleanup()
-            self._metrics_runner = None
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
         await self._server.stop(grace)
         await self.expiry.stop()
         await self.signer.stop()
@@ -110,10 +118,8 @@ class ControlPlane:
         await self.relays.close()
         await self.store.close()
 
-    async def _serve_metrics(self, host: str, port: int) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/metrics", self.metrics.handler)])
+    async def _serve_http(self, app: web.Application, host: str, port: int) -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        self._metrics_runner = runner
+        self._runners.append(runner)
         await web.TCPSite(runner, host, port).start()

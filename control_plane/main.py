@@ -39,6 +39,7 @@ class Options:
     meeting_ttl: int = DEFAULT_MEETING_TTL_S
     audit_retention: int = DEFAULT_AUDIT_RETENTION_S
     metrics_port: int | None = None
+    http_port: int | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -113,6 +114,13 @@ def parse_args(argv: list[str] | None) -> Options:
         f"(default {DEFAULT_AUDIT_RETENTION_S}: 30 days)",
     )
     parser.add_argument(
+        "--http-port",
+        type=int_between(1, 65535),
+        metavar="PORT",
+        help="serve the web client and its JSON API over HTTP on this port, on the "
+        "--listen host (default: not served)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int_between(1, 65535),
         metavar="PORT",
@@ -153,6 +161,7 @@ def parse_args(argv: list[str] | None) -> Options:
         meeting_ttl=args.meeting_ttl,
         audit_retention=args.audit_retention,
         metrics_port=args.metrics_port,
+        http_port=args.http_port,
     )
 
 
@@ -185,7 +194,9 @@ async def serve(options: Options) -> int:
         audit_retention=options.audit_retention,
     )
     try:
-        port = await replica.start(options.host, options.port, options.metrics_port)
+        port = await replica.start(
+            options.host, options.port, options.metrics_port, options.http_port
+        )
     except Exception as exc:
         # Messages may hold addresses: the reason at ERROR, the detail at DEBUG.
         if isinstance(exc, StoreError):
@@ -193,14 +204,15 @@ async def serve(options: Options) -> int:
         elif isinstance(exc, RuntimeError):  # what grpc raises when it cannot bind
             reason = "cannot listen on the --listen address (in use?)"
         elif isinstance(exc, OSError):  # what aiohttp raises when it cannot bind
-            reason = "cannot listen on the --metrics-port (in use?)"
+            reason = "cannot listen on the --http-port or --metrics-port (in use?)"
         else:
             reason = f"{type(exc).__name__} while connecting to etcd"
         log.error("cannot start: %s", reason)
         log.debug("start-up failure", exc_info=True)
         return 1
     try:
-        print(f"control-plane ready listen={options.host}:{port}", flush=True)
+        http = f" http=http://{options.host}:{options.http_port}" if options.http_port else ""
+        print(f"control-plane ready listen={options.host}:{port}{http}", flush=True)
         await stop.wait()
         log.info("stopping")
     finally:

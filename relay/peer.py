@@ -167,6 +167,7 @@ class ParticipantPeer:
         # Negotiated id of the RFC 6464 audio-level extension on the publish audio
         # m-line (None until an answer accepted it); ids are per connection.
         self.audio_level_id: int | None = None
+        self._simulcast_offered: list[str] = []  # mids ever offered with layers
         self.subscriptions: dict[str, Subscription] = {}
         self.rtcp_ssrc = random.getrandbits(32)
         self.incoming: dict[int, IncomingStream] = {}  # by SSRC
@@ -305,14 +306,20 @@ class ParticipantPeer:
             raise ConnectionError("the participant's DTLS transport did not connect")
 
     def _simulcast_mids(self) -> list[str]:
+        """The camera's m-line, asking for layers. Every m-line once offered with
+        layers keeps its simulcast lines after it goes inactive (the camera was
+        stopped): a browser refuses an offer that drops them from an m-line that
+        negotiated them."""
         camera = self.publish.get("camera")
-        if not _offer_simulcast or camera is None or camera.mid is None:
-            return []
-        return [camera.mid]
+        if _offer_simulcast and camera is not None and camera.mid is not None:
+            if camera.mid not in self._simulcast_offered:
+                self._simulcast_offered.append(camera.mid)
+            return [camera.mid]
+        return []
 
     def _offer_message(self, offered: list[Subscription]) -> dict[str, Any]:
         mids = self._simulcast_mids()
-        sdp = simulcast.offer_with_layers(self.pc.localDescription.sdp, mids)
+        sdp = simulcast.offer_with_layers(self.pc.localDescription.sdp, self._simulcast_offered)
         return {
             "type": "offer",
             "sdp": sdp,

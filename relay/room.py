@@ -557,6 +557,18 @@ class Room:
         if participant.moderates and self.waiting:
             await self._waiting_changed()
 
+    async def _apply_screen_share(self, everyone: bool) -> None:
+        """The meeting's screen-sharing rule changed: publishing participants get
+        the screen, or lose it (a screen given to one of them is taken back too)."""
+        for participant in list(self.participants.values()):
+            if participant.role != "participant" or not participant.rights:
+                continue
+            rights = (
+                participant.rights | {"screen"} if everyone else participant.rights - {"screen"}
+            )
+            if rights != participant.rights:
+                await self.set_rights(participant.participant_id, rights)
+
     async def _enforce_rights(self, participant: Participant, reason: str) -> None:
         for source in list(participant.tracks):
             if not self.may_publish(participant.role, participant.rights, source):
@@ -570,6 +582,8 @@ class Room:
         if before == policy:
             return
         await self._broadcast({"type": "room_updated", "room": self.room_state()})
+        if before.screen_share != policy.screen_share:
+            await self._apply_screen_share(policy.screen_share == "everyone")
         if policy.suspended:
             for participant in list(self.participants.values()):
                 await self._enforce_rights(participant, "suspended")

@@ -9,6 +9,7 @@ installs the Debian `chromium` package, and without it these tests fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import urllib.parse
@@ -43,8 +44,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+@contextlib.asynccontextmanager
+async def launch_browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium under Playwright, with fake devices."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
             f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
@@ -57,6 +59,12 @@ async def browser() -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with launch_browser() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ async def cluster() -> AsyncIterator[DevCluster]:
     line = await wait_for_line(process.stdout, "ready", timeout=90)
     assert line == f"ready control-plane=127.0.0.1:{grpc_port} http=http://127.0.0.1:{http_port}"
     yield DevCluster(
-        process, f"127.0.0.1:{grpc_port}", [http_port, http_port + 1], f"127.0.0.1:{etcd_port}"
+        process, f"127.0.0.1:{grpc_port}", [http_port + 1, http_port + 2], f"127.0.0.1:{etcd_port}"
     )
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)

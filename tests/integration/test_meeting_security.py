@@ -52,7 +52,7 @@ async def cluster() -> AsyncIterator[Cluster]:
     await wait_for_line(process.stdout, "ready", timeout=90)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
     stub: Any = rooms_pb2_grpc.RoomServiceStub(channel)  # type: ignore[no-untyped-call]
-    yield Cluster(f"127.0.0.1:{grpc_port}", stub, [http_port, http_port + 1])
+    yield Cluster(f"127.0.0.1:{grpc_port}", stub, [http_port + 1, http_port + 2])
     await channel.close()
     process.terminate()
     await asyncio.wait_for(process.wait(), 30)

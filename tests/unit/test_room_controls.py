@@ -223,3 +223,18 @@ async def test_removal_disconnects_and_a_recorded_removal_disconnects_on_any_rel
     assert set(room.participants) == {"p_host"} and not room.waiting
     with pytest.raises(NotFound):
         await room.remove("p_pest")
+
+
+async def test_the_screen_sharing_rule_applies_to_those_present(room: Room) -> None:
+    member, inbox = await join(room, "p_member", ["microphone"], rights={"microphone", "camera"})
+    viewer, _ = await join(room, "p_viewer", [], rights=set())
+    host, _ = await join(room, "p_host", [], role="host", rights={"microphone", "screen"})
+    await room.apply_policy(MeetingPolicy(screen_share="everyone"))
+    assert member.rights == {"microphone", "camera", "screen"}
+    assert inbox.of("publish_rights")[-1]["sources"] == ["camera", "microphone", "screen"]
+    assert viewer.rights == set()  # it publishes nothing: nothing to widen
+    await room.start_publishing(member, "screen")
+    await room.apply_policy(MeetingPolicy(screen_share="hosts"))
+    assert "screen" not in member.rights and "screen" not in member.tracks
+    assert inbox.of("unpublished")[-1]["source"] == "screen"
+    assert host.rights == {"microphone", "screen"}
