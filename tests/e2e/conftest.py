@@ -34,6 +34,8 @@ CHROMIUM_ARGS = [
     "--no-sandbox",  # the tests run as root
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
+    # getDisplayMedia picks the (virtual) screen without asking
+    "--auto-select-desktop-capture-source=Entire screen",
     # real host addresses in ICE candidates instead of mDNS names
     "--disable-features=WebRtcHideLocalIpsWithMdns",
     # nothing may try to reach Google from the test machine

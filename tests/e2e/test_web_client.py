@@ -5,6 +5,7 @@ relays. The views it passes through are saved to docs/img/ for docs/hosting.md."
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -17,10 +18,9 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page
 
-from client.sdk import RoomsClient, Session
 from conclave.processes import EtcdServer, free_port, wait_for_line
 from tests.e2e.conftest import launch_browser
-from tests.integration.relay_harness import RelayProcess, wait_for_frames
+from tests.integration.relay_harness import RelayProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -140,7 +140,8 @@ async def create_meeting(
         await page.check("#create-waiting-room")
     if screenshot:
         await shot(page, screenshot)
-    await page.click("#create-button")
+    await page.focus("#create-name")
+    await page.keyboard.press("Enter")  # the keyboard is enough
     await page.locator("#meeting-link").wait_for()
     link = await page.input_value("#meeting-link")
     assert link.startswith(base + "/m/"), link
@@ -180,6 +181,28 @@ async def security_code(page: Page) -> str:
     return value
 
 
+UNLABELLED = """() => {
+  const problems = [];
+  for (const b of document.querySelectorAll("button")) {
+    const name = (b.getAttribute("aria-label") || b.textContent || "").trim();
+    if (!name) problems.push("button " + (b.id || b.outerHTML.slice(0, 80)));
+  }
+  for (const i of document.querySelectorAll("input, select, textarea")) {
+    if (i.type === "hidden") continue;
+    const labelled = (i.labels && i.labels.length) || i.getAttribute("aria-label")
+      || i.getAttribute("aria-labelledby");
+    if (!labelled) problems.push("field " + (i.id || i.outerHTML.slice(0, 80)));
+  }
+  return problems;
+}"""
+
+
+async def unlabelled(page: Page) -> list[str]:
+    """Controls of the view on screen that a screen reader could not name."""
+    problems: list[str] = await page.evaluate(UNLABELLED)
+    return problems
+
+
 async def shot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
@@ -191,6 +214,7 @@ async def test_two_pages_join_by_link_see_each_other_and_agree_on_the_code(
     host, guest = await new_page(browser), await new_page(browser)
     link, passcode = await create_meeting(host, cluster.base, screenshot="home")
     assert passcode
+    assert await unlabelled(host) == []
     await host_joins(host)
     await join_by_link(guest, link, "Gus", passcode, screenshot="prejoin")
     await until_state(guest, "meeting")
@@ -209,34 +233,66 @@ async def test_two_pages_join_by_link_see_each_other_and_agree_on_the_code(
     assert await host.locator("#e2ee-indicator").is_visible()
     await until_frames(host, guest_id, 60)  # a moment more, for a picture in the shot
     await shot(host, "meeting")
+    await host.click("#participants-button")
+    assert await unlabelled(host) == [] and await unlabelled(guest) == []
+
+    # The host may share its screen: the guest gets a screen tile with a picture.
+    await host.click("#screen-button")
+    screen = guest.locator(f'figure.tile[data-source="screen"][data-participant-id="{host_id}"]')
+    await screen.wait_for(timeout=15_000)
+    await guest.wait_for_function(
+        """id => [...document.querySelectorAll('figure.tile[data-source="screen"] video')]
+                 .some(v => v.dataset.participantId === id && v.videoWidth > 0)""",
+        arg=host_id,
+        timeout=15_000,
+    )
+    # On a phone-sized screen the grid reflows: nothing sticks out sideways.
+    await guest.set_viewport_size({"width": 390, "height": 844})
+    await asyncio.sleep(0.5)
+    assert await guest.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    await shot(guest, "phone")
     for page in (host, guest):
         assert await page.evaluate("() => window.conclave.errors") == []
         await page.context.close()
 
 
-async def test_a_page_and_a_python_client_see_each_other(
+async def test_a_page_and_a_python_conclave_join_see_each_other(
     cluster: WebCluster, browser: Browser
 ) -> None:
     page = await new_page(browser)
     link, passcode = await create_meeting(page, cluster.base)
     room_id = link.rsplit("/", 1)[1]
     await host_joins(page, "Pia")
-    async with RoomsClient(cluster.grpc) as rooms:
-        join = await rooms.join_room(room_id, "Py", True, passcode=passcode)
-    python = Session(join, "Py", ["audio", "video"])
-    await python.start()
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "conclave.cli", "join", room_id, "--passcode", passcode,
+        "--name", "Py", "--duration", "12", "--json", "--control-plane", cluster.grpc,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
     try:
-        await until_frames(page, join.participant_id, 30)
-        await wait_for_frames(python, "Pia", 30)
-        assert python.stats()["Pia"]["decrypt_failures"] == 0
 
-        async def agreed() -> bool:
-            return await security_code(page) == (python.security_code or "?")
+        async def python_seen() -> bool:
+            names = await page.evaluate(
+                "() => [...document.querySelectorAll('figure.tile')].map(t => t.textContent)"
+            )
+            return any("Py" in name for name in names)
 
-        await until(agreed, 20, lambda: hooks(page))
+        await until(python_seen, 15, lambda: hooks(page))
+        python_id = await page.evaluate(
+            """() => [...document.querySelectorAll('figure.tile[data-participant-id]')]
+                 .find(t => t.textContent.includes("Py")).dataset.participantId"""
+        )
+        await until_frames(page, python_id, 30)
+        out, err = await asyncio.wait_for(cli.communicate(), 60)
     finally:
-        await python.leave()
-        await page.context.close()
+        if cli.returncode is None:
+            cli.kill()
+            await cli.wait()
+    assert cli.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert report["remote"]["Pia"]["video_frames_decoded"] >= 30, report
+    assert report["remote"]["Pia"]["decrypt_failures"] == 0, report
+    assert report["security_code"] == await security_code(page)
+    await page.context.close()
 
 
 async def test_waiting_room_guest_waits_until_the_host_admits_it(
@@ -281,12 +337,15 @@ async def test_a_removed_participant_is_told_and_gets_no_more_media(
     assert await guest.evaluate("() => window.conclave.reason") == "removed"
     assert "removed" in (await guest.locator("#ended-view").inner_text()).lower()
     await shot(guest, "removed")
-    frames = await guest.evaluate("() => Object.keys(window.conclave.videoReceivers()).length")
+    # Its connection is closed: no receiver of the meeting's media is left.
+    assert await guest.evaluate("() => Object.keys(window.conclave.videoReceivers()).length") == 0
     await asyncio.sleep(2.0)
-    assert (
-        await guest.evaluate("() => Object.keys(window.conclave.videoReceivers()).length") <= frames
-    )  # nothing new arrives for the removed page
-    assert await guest.evaluate("() => window.conclave.state") == "ended"
+    assert await state(guest) == "ended"
+    # And the host's page no longer shows it.
+    tiles = await host.evaluate(
+        "() => [...document.querySelectorAll('figure.tile')].map(t => t.textContent)"
+    )
+    assert not any("Mal" in tile for tile in tiles), tiles
     for page in (host, guest):
         await page.context.close()
 
