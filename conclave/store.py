@@ -124,6 +124,11 @@ class EtcdStore:
         response = await self._kv.delete(key, timeout=5)
         return int(response.deleted) > 0
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under `prefix`; returns how many there were."""
+        response = await self._kv.delete(prefix, prefix_range_end(prefix.encode()), timeout=5)
+        return int(response.deleted)
+
     async def create_if_absent(
         self, key: str, value: bytes, lease: Lease | int = 0
     ) -> tuple[bool, bytes]:

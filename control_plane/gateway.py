@@ -136,6 +136,8 @@ class Gateway:
                 publish=_flag(body, "publish"),
                 passcode=_text(body, "passcode"),
                 host_key=_text(body, "host_key"),
+                rejoin_participant_id=_text(body, "rejoin_participant_id"),
+                rejoin_token=_text(body, "rejoin_token"),
             ),
             _Context(request),
         )

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 from etcd3aio.errors import EtcdError
 
-from conclave import audit
+from conclave import audit, rejoin
 from conclave.meeting import MeetingGone, MeetingPolicy, policy_actions, update_policy
 from conclave.store import EtcdStore, StoreError
 from control_plane import passcodes, validation
@@ -215,13 +215,19 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             self._metrics.joins.labels(result="not_found").inc()
             raise NoSuchMeeting()
         role = "host" if request.host_key else "participant"
-        if room.policy.closed_to_newcomers and role != "host":
+        # Back after a lost connection, with the token its relay gave it: not new.
+        rejoin_of = ""
+        if request.rejoin_participant_id and await rejoin.check(
+            self._store, room_id, request.rejoin_participant_id, request.rejoin_token
+        ):
+            rejoin_of = request.rejoin_participant_id
+        if room.policy.closed_to_newcomers and role != "host" and not rejoin_of:
             self._metrics.joins.labels(result="meeting_locked").inc()
             raise MeetingLocked()
         source_tag = self._attempts.tag(source)
         # A host holds the key that decides: a removal of someone behind the same
         # address does not keep it out (the relay applies the same rule).
-        if role != "host" and room.policy.is_removed("", source_tag):
+        if role != "host" and room.policy.is_removed(rejoin_of, source_tag):
             self._metrics.joins.labels(result="removed").inc()
             raise RemovedFromMeeting()
         was_placed = self._registry.live_placement(room_id) is not None
@@ -242,6 +248,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             node_lease=node.lease,
             role=role,
             source_tag=source_tag,
+            rejoin_of=rejoin_of,
         )
         log.debug("grant for room %s on node %s", room_id, node.node_id)
         self._metrics.joins.labels(result="granted").inc()
@@ -278,6 +285,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         await self._store.delete(placement_key(room_id))
         self._registry.forget_placement(room_id)
         existed = await self._store.delete(room_key(room_id))
+        await self._store.delete_prefix(rejoin.room_prefix(room_id))
         if node is not None:
             try:
                 await self._relays.close_room(node, room_id)

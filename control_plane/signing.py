@@ -79,10 +79,12 @@ class GrantSigner:
         node_lease: int = 0,
         role: str = "participant",
         source_tag: str = "",
+        rejoin_of: str = "",
     ) -> tuple[str, int]:
         """A signed grant for one join on one node, and on that node's current run
         (its etcd lease): (token, expires_at_ms). `sources` is what it may publish
-        (empty: nothing); `source_tag` the HMAC of the address it was asked from."""
+        (empty: nothing); `source_tag` the HMAC of the address it was asked from;
+        `rejoin_of` the admitted participant it replaces (conclave/rejoin.py)."""
         expires_at_ms = int(self._clock() * 1000) + self._lifetime_ms
         grant = JoinGrant(
             room_id=room_id,
@@ -95,6 +97,7 @@ class GrantSigner:
             node_lease=node_lease,
             role=role,
             source_tag=source_tag,
+            rejoin_of=rejoin_of,
         )
         return sign(grant, self._private_key), expires_at_ms
 

@@ -8,14 +8,14 @@ import json
 import logging
 from collections.abc import Callable
 
-from conclave import audit
+from conclave import audit, rejoin
 from conclave.meeting import MeetingPolicy, Removal, policy_actions, policy_of, update_policy
 from conclave.store import ROOMS_PREFIX, EtcdStore
 from conclave.tasks import spawn
 from relay import metrics
 from relay.admission import GrantChecker
 from relay.errors import SignalingError
-from relay.room import Room
+from relay.room import Participant, Room
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class RelayNode:
             room = self.rooms[room_id] = Room(room_id, limit, policy)
             lease = settings.get("audit_lease", 0)
             room.audit_lease = lease if isinstance(lease, int) else 0
+            lease = settings.get("lease", 0)
+            room.record_lease = lease if isinstance(lease, int) else 0
             metrics.ROOMS.set(len(self.rooms))
         else:
             await room.apply_policy(policy)
@@ -114,6 +116,29 @@ class RelayNode:
         await room.apply_policy(after)
         for action, detail in policy_actions(before, after):
             await self.audit(room, action, actor, detail=detail)
+
+    async def record_rejoin(self, room: Room, participant: Participant) -> None:
+        """Keep the digest of the participant's rejoin token, so that it can come
+        back through any relay if this one dies (conclave/rejoin.py)."""
+        if room.record_lease <= 0 or not participant.rejoin_digest:
+            return
+        try:
+            await rejoin.record(
+                self.store,
+                room.room_id,
+                participant.participant_id,
+                participant.rejoin_digest,
+                room.record_lease,
+            )
+        except Exception as exc:  # it can still rejoin, through the front door
+            log.warning("recording a rejoin token failed: %s", type(exc).__name__)
+
+    async def forget_rejoin(self, room: Room, participant_id: str) -> None:
+        """Who left on purpose comes back through the front door."""
+        try:
+            await self.store.delete(rejoin.rejoin_key(room.room_id, participant_id))
+        except Exception as exc:
+            log.warning("deleting a rejoin token failed: %s", type(exc).__name__)
 
     async def audit(
         self, room: Room, action: str, actor: str | None, target: str = "", detail: str = ""

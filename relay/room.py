@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conclave import rejoin
 from conclave.meeting import SOURCE_KINDS, SOURCES, MeetingPolicy
 from conclave.tasks import spawn
 from relay import metrics
@@ -144,6 +145,8 @@ class Participant:
     # The participant's E2EE key binding (docs/e2ee.md), opaque here: the relay
     # only hands it to everyone in the meeting.
     e2ee_binding: str | None = None
+    # SHA-256 of the rejoin token it was given in `joined` (conclave/rejoin.py).
+    rejoin_digest: str = ""
 
     @property
     def moderates(self) -> bool:
@@ -190,6 +193,7 @@ class Room:
         self.max_participants = max_participants
         self.policy = policy or MeetingPolicy()
         self.audit_lease = 0  # the meeting's audit lease (conclave/audit.py), from its record
+        self.record_lease = 0  # the lease of the meeting's record (rejoin tokens go on it)
         self.participants: dict[str, Participant] = {}
         self.waiting: dict[str, Waiting] = {}
         self.tracks: dict[str, PublishedTrack] = {}
@@ -260,6 +264,7 @@ class Room:
         rights = set(publish) if rights is None else rights
         publish = [s for s in publish if self.may_publish(role, rights, s)]
         peer = ParticipantPeer(participant_id, signal, self)
+        token, digest = rejoin.new_token()
         participant = Participant(
             participant_id,
             name,
@@ -270,6 +275,7 @@ class Room:
             role=role,
             rights=rights,
             source_tag=source_tag,
+            rejoin_digest=digest,
         )
         for source in publish:
             peer.add_publish(source, video_codec if source == "camera" else None)
@@ -285,6 +291,8 @@ class Room:
                 "publish_rights": sorted(rights),
                 "room": self.room_state(),
                 "roster": [p.describe() for p in self.participants.values()],
+                # Kept by the client, for JoinRoom after a lost connection.
+                "rejoin_token": token,
             }
         )
         self.participants[participant_id] = participant

@@ -91,6 +91,7 @@ class SignalingSession:
         self.room: Room | None = None
         self.participant: Participant | None = None
         self.waiting: Waiting | None = None  # in the waiting room, until admitted
+        self._left_on_purpose = False  # sent `leave`: its rejoin token ends too
         self._send_lock = asyncio.Lock()
         self._peer_watch: asyncio.Task[None] | None = None
 
@@ -186,6 +187,7 @@ class SignalingSession:
             assert self.room is not None
             await self.room.send_e2ee_key(self.participant, to, key_message)
         elif kind == "leave":
+            self._left_on_purpose = True
             await self.ws.close()
         else:
             raise SignalingError("malformed", f"unknown message type {kind!r}")
@@ -283,15 +285,20 @@ class SignalingSession:
         policy = room.policy
         # A host holds the key that could undo any of this: neither a removal
         # (of someone behind the same address) nor a lock keeps it out.
-        if role != "host" and policy.is_removed(grant.participant_id, grant.source_tag):
+        removed = policy.is_removed(grant.participant_id, grant.source_tag) or (
+            grant.rejoin_of and policy.is_removed(grant.rejoin_of, "")
+        )
+        # Rejoining after a lost connection (conclave/rejoin.py): it was inside.
+        rejoining = bool(grant.rejoin_of)
+        if role != "host" and removed:
             self.node.participants_changed(room.room_id)
             raise SignalingError("removed", "you were removed from this meeting", CLOSE_REMOVED)
-        if policy.closed_to_newcomers and role != "host":
+        if policy.closed_to_newcomers and role != "host" and not rejoining:
             self.node.participants_changed(room.room_id)
             raise SignalingError("locked", "the meeting is locked", CLOSE_LOCKED)
         self.room = room
         codec = f"video/{video_codec.lower()}"
-        if policy.waiting_room and role != "host":
+        if policy.waiting_room and role != "host" and not rejoining:
             self.waiting = Waiting(
                 grant.participant_id,
                 grant.display_name,
@@ -338,6 +345,8 @@ class SignalingSession:
         self.waiting = None
         self.participant = participant
         self._peer_watch = spawn(self._watch_peer(participant), "peer-watch")
+        if self.room is not None:
+            spawn(self.node.record_rejoin(self.room, participant), "rejoin-token")
 
     async def _watch_peer(self, participant: Participant) -> None:
         """A participant whose negotiation failed (for example no answer in time) is
@@ -356,6 +365,8 @@ class SignalingSession:
             self.waiting = None
             await room.leave(member.participant_id)
             self.node.participants_changed(room.room_id)
+            if self._left_on_purpose:
+                await self.node.forget_rejoin(room, member.participant_id)
 
 
 def routes(node: RelayNode) -> list[web.RouteDef]:

@@ -351,16 +351,25 @@ async def test_a_removed_participant_is_told_and_gets_no_more_media(
 
 
 async def test_pages_reconnect_when_their_relay_dies(cluster: WebCluster, browser: Browser) -> None:
-    """Runs last: it kills a relay of the module's cluster."""
+    """Runs last: it kills a relay of the module's cluster. The meeting has a waiting
+    room and is locked by then: the guest, admitted before, comes back with its
+    rejoin token, neither waiting again nor locked out."""
     host, guest = await new_page(browser), await new_page(browser)
-    link, passcode = await create_meeting(host, cluster.base)
+    link, _ = await create_meeting(host, cluster.base, waiting_room=True)
     await host_joins(host)
-    await join_by_link(guest, link, "Gus", passcode)
+    await join_by_link(guest, link, "Gus")
+    await until_state(guest, "waiting")
+    await host.locator("#waiting-banner").wait_for()
+    await host.click("#waiting-banner-show")
+    await host.get_by_role("button", name="Admit Gus").click()
     await until_state(guest, "meeting")
     await until_frames(guest, await participant_id(host), 15)
+    await host.click("#lock-button")
+    await host.wait_for_function(
+        "() => document.querySelector('#lock-button').ariaPressed === 'true'"
+    )
     node = await host.evaluate("() => window.conclave.nodeId")
-    doomed = cluster.relays[node]
-    doomed.kill()
+    cluster.relays[node].kill()
     killed_at = time.monotonic()
 
     async def reconnecting() -> bool:
@@ -372,5 +381,6 @@ async def test_pages_reconnect_when_their_relay_dies(cluster: WebCluster, browse
     new_host = await participant_id(host)
     await until_frames(guest, new_host, 5, timeout=max(1.0, 10 - (time.monotonic() - killed_at)))
     assert await host.evaluate("() => window.conclave.nodeId") != node
+    assert await guest.evaluate("() => window.conclave.reason") is None
     for page in (host, guest):
         await page.context.close()

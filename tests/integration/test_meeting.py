@@ -169,6 +169,7 @@ ETCD_INVENTORY: dict[str, set[str] | None] = {
     r"/conclave/audit/[\w-]+/entries/\d{16}-[0-9a-f]{8}": {"at_ms", "action", "actor",
                                                           "target", "detail"},
     r"/conclave/placement/[\w-]+": {"node_id"},
+    r"/conclave/rejoin/[\w-]+/[\w-]+": None,
     r"/conclave/keys/grant-signing/[\w-]+": None,
     r"/conclave/attempts/address-key": None,
     r"/conclave/attempts/room/[\w-]+": {"tokens", "at", "locked_until", "strikes"},

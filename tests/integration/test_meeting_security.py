@@ -521,3 +521,65 @@ async def test_admitted_guest_gets_media_shares_its_screen_once_allowed_and_susp
         guest_start.cancel()
         await guest.leave()
         await host.leave()
+
+
+async def test_a_participant_whose_connection_dropped_comes_back_with_its_rejoin_token(
+    cluster: Cluster,
+) -> None:
+    """Past the waiting room and the lock it was already inside; not with a wrong
+    token, not after leaving on purpose, not after a removal."""
+    meeting = await new_meeting(cluster, waiting_room=True)
+    host = await Raw.join(await join_room(cluster, meeting, "host", host=True))
+    await host.wait_for("joined")
+    first = await join_room(cluster, meeting, "guest")
+    guest = await Raw.join(first)
+    await guest.wait_for("waiting")
+    await host.send({"type": "admit", "participant_ids": [first.participant_id]})
+    token = (await guest.wait_for("joined"))["rejoin_token"]
+    await host.send({"type": "update_room", "locked": True})
+    await host.wait_for("room_updated", lambda m: m["room"]["locked"] is True)
+    await guest.ws.close()  # the connection drops (no `leave`)
+    await guest.close()
+
+    async def rejoin(participant_id: str, rejoin_token: str) -> rooms_pb2.JoinRoomResponse:
+        response: rooms_pb2.JoinRoomResponse = await cluster.stub.JoinRoom(
+            rooms_pb2.JoinRoomRequest(
+                room_id=meeting.room_id, display_name="guest", publish=True,
+                rejoin_participant_id=participant_id, rejoin_token=rejoin_token,
+            )
+        )  # fmt: skip
+        return response
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await rejoin(first.participant_id, "not-the-token")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    second = await rejoin(first.participant_id, token)
+    back = await Raw.join(second)
+    joined = await back.wait_for("joined")  # no waiting room, no lock
+    assert joined["participant_id"] == second.participant_id
+    assert not back.of("waiting")
+
+    # Leaving on purpose ends the token: the lock applies again.
+    await back.send({"type": "leave"})
+    await back.closed()
+    await back.close()
+    await asyncio.sleep(0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await rejoin(second.participant_id, joined["rejoin_token"])
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    # A removed participant's token does not bring it back either.
+    await host.send({"type": "update_room", "locked": False})
+    third = await Raw.join(await join_room(cluster, meeting, "other"))
+    await third.wait_for("waiting")
+    listed = await host.wait_for("waiting_list", lambda m: len(m["participants"]) == 1)
+    [waiting_id] = [p["participant_id"] for p in listed["participants"]]
+    await host.send({"type": "admit", "participant_ids": [waiting_id]})
+    third_token = (await third.wait_for("joined"))["rejoin_token"]
+    await host.send({"type": "remove", "participant_id": waiting_id})
+    assert await third.closed() == 4006
+    await third.close()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await rejoin(waiting_id, third_token)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    await host.close()

@@ -54,6 +54,10 @@ export class Meeting {
       display_name: this.name,
       passcode: this.hostKey ? "" : this.passcode,
       host_key: this.hostKey,
+      // After a lost connection: who we were, and the relay's proof that we were
+      // inside (past the waiting room, before a lock); see conclave/rejoin.py.
+      rejoin_participant_id: this.rejoinProof ? this.rejoinProof.participantId : "",
+      rejoin_token: this.rejoinProof ? this.rejoinProof.token : "",
       // Ask for publish rights even without a camera or microphone: the screen
       // may still be shared (what is sent is decided at `join`, not here).
       publish: true,
@@ -283,6 +287,7 @@ export class Meeting {
 
 Meeting.prototype.messageHandlers = {
   joined(m) {
+    if (m.rejoin_token) this.rejoinProof = { participantId: m.participant_id, token: m.rejoin_token };
     this.self = { participantId: m.participant_id, role: m.role, rights: m.publish_rights || [] };
     this.room = m.room || {};
     this.participants.clear();
