@@ -65,19 +65,17 @@ class ControlPlane:
             audit_retention=audit_retention,
             metrics=self.metrics,
         )
-        self._runners: list[web.AppRunner] = []  # the HTTP servers: gateway, metrics
+        self._runner: web.AppRunner | None = None  # the HTTP server (--http-port)
         # Without this gRPC sets SO_REUSEPORT, and a second replica started on the
         # same port would silently share it instead of failing.
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         rooms_pb2_grpc.add_RoomServiceServicer_to_server(self.service, self._server)  # type: ignore[no-untyped-call]
         self._started = False
 
-    async def start(
-        self, host: str, port: int, metrics_port: int | None = None, http_port: int | None = None
-    ) -> int:
+    async def start(self, host: str, port: int, http_port: int | None = None) -> int:
         """Connect to etcd, publish the signing key, serve; returns the bound port.
         With `http_port`, the web client and its JSON API (control_plane/gateway.py)
-        are served on `host` at that port; with `metrics_port`, /metrics.
+        and /metrics are served on `host` at that port.
 
         Raises `conclave.store.StoreError` if etcd is unreachable and `RuntimeError`
         if the address cannot be bound; whatever started is stopped again.
@@ -92,11 +90,9 @@ class ControlPlane:
             bound = int(self._server.add_insecure_port(f"{host}:{port}"))
             await self._server.start()
             if http_port is not None:
-                await self._serve_http(Gateway(self.service).application(), host, http_port)
-            if metrics_port is not None:
-                metrics = web.Application()
-                metrics.add_routes([web.get("/metrics", self.metrics.handler)])
-                await self._serve_http(metrics, host, metrics_port)
+                app = Gateway(self.service).application()
+                app.add_routes([web.get("/metrics", self.metrics.handler)])
+                await self._serve_http(app, host, http_port)
         except BaseException:
             await self.stop(grace=None)
             raise
@@ -108,9 +104,9 @@ class ControlPlane:
         if not self._started:
             return
         self._started = False
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
         await self._server.stop(grace)
         await self.expiry.stop()
         await self.signer.stop()
@@ -121,5 +117,5 @@ class ControlPlane:
     async def _serve_http(self, app: web.Application, host: str, port: int) -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        self._runners.append(runner)
+        self._runner = runner
         await web.TCPSite(runner, host, port).start()

@@ -38,7 +38,6 @@ class Options:
     )
     meeting_ttl: int = DEFAULT_MEETING_TTL_S
     audit_retention: int = DEFAULT_AUDIT_RETENTION_S
-    metrics_port: int | None = None
     http_port: int | None = None
 
 
@@ -117,15 +116,8 @@ def parse_args(argv: list[str] | None) -> Options:
         "--http-port",
         type=int_between(1, 65535),
         metavar="PORT",
-        help="serve the web client and its JSON API over HTTP on this port, on the "
-        "--listen host (default: not served)",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int_between(1, 65535),
-        metavar="PORT",
-        help="serve Prometheus /metrics over HTTP on this port, on the --listen host "
-        "(default: not served)",
+        help="serve the web client, its JSON API and Prometheus /metrics over HTTP on "
+        "this port, on the --listen host (default: not served)",
     )
     parser.add_argument(
         "--log-level",
@@ -160,7 +152,6 @@ def parse_args(argv: list[str] | None) -> Options:
         proxies,
         meeting_ttl=args.meeting_ttl,
         audit_retention=args.audit_retention,
-        metrics_port=args.metrics_port,
         http_port=args.http_port,
     )
 
@@ -194,9 +185,7 @@ async def serve(options: Options) -> int:
         audit_retention=options.audit_retention,
     )
     try:
-        port = await replica.start(
-            options.host, options.port, options.metrics_port, options.http_port
-        )
+        port = await replica.start(options.host, options.port, options.http_port)
     except Exception as exc:
         # Messages may hold addresses: the reason at ERROR, the detail at DEBUG.
         if isinstance(exc, StoreError):
@@ -204,7 +193,7 @@ async def serve(options: Options) -> int:
         elif isinstance(exc, RuntimeError):  # what grpc raises when it cannot bind
             reason = "cannot listen on the --listen address (in use?)"
         elif isinstance(exc, OSError):  # what aiohttp raises when it cannot bind
-            reason = "cannot listen on the --http-port or --metrics-port (in use?)"
+            reason = "cannot listen on the --http-port (in use?)"
         else:
             reason = f"{type(exc).__name__} while connecting to etcd"
         log.error("cannot start: %s", reason)

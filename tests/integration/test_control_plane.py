@@ -429,7 +429,7 @@ async def start_process(
         await process.wait()
         raise AssertionError(await asyncio.to_thread(log.read_text)) from None
     assert line.startswith("control-plane ready listen=127.0.0.1:")
-    return process, line.rsplit("=", 1)[1]
+    return process, line.split()[2].removeprefix("listen=")
 
 
 def read_logs(directory: Path) -> str:
@@ -1035,12 +1035,12 @@ async def test_expired_meeting_loses_record_and_placement(
 async def test_metrics_report_limits_and_outcomes_without_ids(
     etcd_endpoint: str, relays: Relays, tmp_path: Path
 ) -> None:
-    """/metrics (--metrics-port) reports the attempt limits as configured, JoinRoom
+    """/metrics (on --http-port) reports the attempt limits as configured, JoinRoom
     outcomes, lockouts and host actions; no label names a meeting, person or address."""
     await relays.add()
-    metrics_port = free_port()
+    http_port = free_port()
     process, address = await start_process(
-        etcd_endpoint, tmp_path / "cp.log", "--metrics-port", str(metrics_port),
+        etcd_endpoint, tmp_path / "cp.log", "--http-port", str(http_port),
         "--attempt-burst", "2", "--lockout", "30",
     )  # fmt: skip
     channel = grpc.aio.insecure_channel(address)
@@ -1053,7 +1053,7 @@ async def test_metrics_report_limits_and_outcomes_without_ids(
         await stub.UpdateRoom(
             rooms_pb2.UpdateRoomRequest(room_id=room.room_id, host_key=room.host_key, locked=True)
         )
-        text = await asyncio.to_thread(scrape, metrics_port)
+        text = await asyncio.to_thread(scrape, http_port)
     finally:
         await channel.close()
         process.send_signal(signal.SIGTERM)

@@ -34,8 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class DevCluster:
     process: asyncio.subprocess.Process
     control_plane: str
-    http_ports: list[int]
+    http_ports: list[int]  # the relays'
     etcd: str
+    web_port: int  # the control plane's HTTP port: web client, API, /metrics
 
     def metric(self, port: int, name: str) -> float:
         return scrape_metric(port, name)
@@ -79,7 +80,11 @@ async def cluster() -> AsyncIterator[DevCluster]:
     line = await wait_for_line(process.stdout, "ready", timeout=90)
     assert line == f"ready control-plane=127.0.0.1:{grpc_port} http=http://127.0.0.1:{http_port}"
     yield DevCluster(
-        process, f"127.0.0.1:{grpc_port}", [http_port + 1, http_port + 2], f"127.0.0.1:{etcd_port}"
+        process,
+        f"127.0.0.1:{grpc_port}",
+        [http_port + 1, http_port + 2],
+        f"127.0.0.1:{etcd_port}",
+        http_port,
     )
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
@@ -226,9 +231,9 @@ async def test_privacy_inventory_holds_for_a_running_cluster(cluster: DevCluster
     finally:
         await store.close()
 
-    # No name, id or address in any metric label of any relay.
+    # No name, id or address in any metric label of any relay or the control plane.
     secrets = {room["room_id"], report["participant_id"], "Alice Example", "Mallory"}
-    for port in cluster.http_ports:
+    for port in [*cluster.http_ports, cluster.web_port]:
         text = await asyncio.to_thread(metrics_text, port)
         for line in text.splitlines():
             if line.startswith("#") or "{" not in line:

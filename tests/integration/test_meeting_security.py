@@ -570,6 +570,7 @@ async def test_a_participant_whose_connection_dropped_comes_back_with_its_rejoin
 
     # A removed participant's token does not bring it back either.
     await host.send({"type": "update_room", "locked": False})
+    await host.wait_for("room_updated", lambda m: m["room"]["locked"] is False)
     third = await Raw.join(await join_room(cluster, meeting, "other"))
     await third.wait_for("waiting")
     listed = await host.wait_for("waiting_list", lambda m: len(m["participants"]) == 1)
