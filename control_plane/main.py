@@ -8,12 +8,12 @@ import ipaddress
 import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass, field
 
 import uvloop
 
 from conclave.arguments import int_between
+from conclave.logs import FORMATS, configure
 from conclave.store import StoreError
 from control_plane.app import ControlPlane
 from control_plane.attempts import Policy
@@ -39,6 +39,7 @@ class Options:
     meeting_ttl: int = DEFAULT_MEETING_TTL_S
     audit_retention: int = DEFAULT_AUDIT_RETENTION_S
     http_port: int | None = None
+    log_format: str = "text"
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -120,9 +121,13 @@ def parse_args(argv: list[str] | None) -> Options:
         "this port, on the --listen host (default: not served)",
     )
     parser.add_argument(
+        "--log-format", default="text", choices=FORMATS, help="text lines, or one JSON object each"
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
+        type=str.lower,
         help="log level on stderr (room ids, names and addresses are logged at debug only)",
     )
     args = parser.parse_args(argv)
@@ -153,17 +158,14 @@ def parse_args(argv: list[str] | None) -> Options:
         meeting_ttl=args.meeting_ttl,
         audit_retention=args.audit_retention,
         http_port=args.http_port,
+        log_format=args.log_format,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `conclave control-plane`; returns the process exit code."""
     options = parse_args(argv)
-    logging.basicConfig(
-        level=options.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure("control-plane", options.log_level, options.log_format)
     logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         return uvloop.run(serve(options))

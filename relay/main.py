@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 
 import grpc
 import uvloop
@@ -21,6 +20,7 @@ from conclave.ice import (
     use_host_addresses,
     use_port_range,
 )
+from conclave.logs import FORMATS, configure
 from conclave.store import EtcdStore
 from protos import relay_pb2_grpc
 from relay import signaling
@@ -88,7 +88,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="PERCENT",
         help="testing only: drop this share of incoming video packets",
     )
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        type=str.lower,
+        help="log level on stderr (ids, names and addresses are logged at debug only)",
+    )
+    parser.add_argument(
+        "--log-format", default="text", choices=FORMATS, help="text lines, or one JSON object each"
+    )
     return parser.parse_args(argv)
 
 
@@ -205,11 +214,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s relay %(levelname)s %(name)s: %(message)s",
-    )
+    configure("relay", args.log_level, args.log_format)
     # Their INFO lines carry addresses; personal data stays out of non-debug logs.
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -1075,6 +1075,35 @@ async def test_metrics_report_limits_and_outcomes_without_ids(
         assert forbidden not in text
 
 
+async def test_json_logs_are_one_object_per_line_without_personal_data(
+    etcd_endpoint: str, relays: Relays, tmp_path: Path
+) -> None:
+    await relays.add()
+    process, address = await start_process(
+        etcd_endpoint, tmp_path / "cp.log", "--log-format", "json", "--log-level", "INFO"
+    )
+    channel = grpc.aio.insecure_channel(address)
+    try:
+        stub = rooms_pb2_grpc.RoomServiceStub(channel=channel)  # type: ignore[no-untyped-call]
+        room = await create(stub, passcode=PASSCODE, name="Ada's standup")
+        await join(stub, room.room_id)
+        await rpc_error(join(stub, room.room_id, passcode="wrong"))
+    finally:
+        await channel.close()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 10)
+    lines = (await asyncio.to_thread((tmp_path / "cp.log").read_text)).splitlines()
+    entries = [json.loads(line) for line in lines if line.strip()]
+    assert entries and all(
+        set(e) >= {"ts", "level", "process", "logger", "msg"} for e in entries
+    ), lines
+    assert {e["process"] for e in entries} == {"control-plane"}
+    assert any(e["msg"] == "serving RoomService" for e in entries)
+    text = "\n".join(lines)
+    for secret in (room.room_id, "Ada", PASSCODE, room.host_key):
+        assert secret not in text
+
+
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
