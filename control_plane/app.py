@@ -6,6 +6,7 @@ run a replica in-process with exactly the production wiring.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -13,7 +14,9 @@ from collections.abc import Sequence
 import grpc
 from aiohttp import web
 
+from conclave.loop_lag import watch_lag
 from conclave.store import EtcdStore
+from conclave.tasks import spawn
 from control_plane.attempts import AttemptLimiter, Policy
 from control_plane.expiry import ExpiryWatcher
 from control_plane.gateway import Gateway
@@ -66,6 +69,7 @@ class ControlPlane:
             metrics=self.metrics,
         )
         self._runner: web.AppRunner | None = None  # the HTTP server (--http-port)
+        self._lag_watch: asyncio.Task[None] | None = None
         # Without this gRPC sets SO_REUSEPORT, and a second replica started on the
         # same port would silently share it instead of failing.
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -87,6 +91,9 @@ class ControlPlane:
             await self.signer.start()
             await self.attempts.start()
             await self.expiry.start()
+            self._lag_watch = spawn(
+                watch_lag(self.metrics.event_loop_lag.observe), "event-loop-lag"
+            )
             bound = int(self._server.add_insecure_port(f"{host}:{port}"))
             await self._server.start()
             if http_port is not None:
@@ -104,6 +111,9 @@ class ControlPlane:
         if not self._started:
             return
         self._started = False
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            self._lag_watch = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -7,7 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -35,6 +41,12 @@ class ControlPlaneMetrics:
             "conclave_control_host_actions_total",
             "Host actions written to audit logs by this replica",
             ["action"],
+            registry=self.registry,
+        )
+        self.event_loop_lag = Histogram(
+            "conclave_control_event_loop_lag_seconds",
+            "How much later than asked the replica's event loop ran a timer",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=self.registry,
         )
         self.registry.register(_AttemptLimits(attempts))

@@ -21,9 +21,11 @@ from conclave.ice import (
     use_port_range,
 )
 from conclave.logs import FORMATS, configure
+from conclave.loop_lag import watch_lag
 from conclave.store import EtcdStore
+from conclave.tasks import spawn
 from protos import relay_pb2_grpc
-from relay import signaling
+from relay import metrics, signaling
 from relay.admission import GrantChecker
 from relay.no_decode import install_decoder_guard
 from relay.node import RelayNode
@@ -187,6 +189,7 @@ async def serve(args: argparse.Namespace) -> None:
         ),
     )
     await registration.start()
+    lag_watch = spawn(watch_lag(metrics.EVENT_LOOP_LAG.observe), "event-loop-lag")
     grants.current_lease = lambda: registration.lease_id
     node.on_participants_changed = registration.participants_changed
 
@@ -202,6 +205,7 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
 
     log.info("relay stopping")
+    lag_watch.cancel()
     await registration.stop()
     for room in list(node.rooms.values()):
         await room.close("node_shutdown")

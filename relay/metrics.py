@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 PACKETS_DROPPED = Counter(
     "conclave_packets_dropped_total", "Packets the relay dropped, by reason", ["reason"]
@@ -45,4 +45,12 @@ E2EE_KEY_MESSAGES = Counter(
 CODEC_MISMATCHES = Counter(
     "conclave_codec_mismatches_total",
     "Subscriptions not forwarded because the subscriber did not negotiate the track's codec",
+)
+# How late the event loop wakes a timer (conclave/loop_lag.py): a busy or blocked
+# loop delays every packet of this node.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+EVENT_LOOP_LAG = Histogram(
+    "conclave_event_loop_lag_seconds",
+    "How much later than asked the relay's event loop ran a timer",
+    buckets=LOOP_LAG_BUCKETS,
 )

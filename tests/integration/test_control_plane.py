@@ -1053,6 +1053,7 @@ async def test_metrics_report_limits_and_outcomes_without_ids(
         await stub.UpdateRoom(
             rooms_pb2.UpdateRoomRequest(room_id=room.room_id, host_key=room.host_key, locked=True)
         )
+        await asyncio.sleep(0.6)  # a few event-loop lag samples (one per 250 ms)
         text = await asyncio.to_thread(scrape, http_port)
     finally:
         await channel.close()
@@ -1071,6 +1072,7 @@ async def test_metrics_report_limits_and_outcomes_without_ids(
     assert values["conclave_control_lockouts_total"] >= 1
     assert values["conclave_control_attempts_refused_total"] == 1
     assert values['conclave_control_host_actions_total{action="lock"}'] == 1
+    assert values["conclave_control_event_loop_lag_seconds_count"] >= 1
     for forbidden in (room.room_id, "Ada", "127.0.0.1"):
         assert forbidden not in text
 

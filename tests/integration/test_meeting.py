@@ -146,6 +146,8 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
             assert figures["audio_packets"] > 0, (name, other, figures)
     for port in cluster.http_ports:  # forwarded packets, and never a decoder, on any relay
         assert cluster.metric(port, "conclave_relay_decoders_created_total") == 0
+        # The event loop is watched (a second of meeting gives a few samples).
+        assert cluster.metric(port, "conclave_event_loop_lag_seconds_count") > 0
     forwarded = sum(
         cluster.metric(port, "conclave_packets_forwarded_total") for port in cluster.http_ports
     )
