@@ -71,6 +71,7 @@ class RelayNode:
             room.audit_lease = lease if isinstance(lease, int) else 0
             lease = settings.get("lease", 0)
             room.record_lease = lease if isinstance(lease, int) else 0
+            room.has_passcode = "passcode" in settings  # fixed at creation
             metrics.ROOMS.set(len(self.rooms))
         else:
             await room.apply_policy(policy)
@@ -105,13 +106,11 @@ class RelayNode:
     async def update_room(
         self, room: Room, change: Callable[[MeetingPolicy], MeetingPolicy], actor: str
     ) -> None:
-        record = await self.store.get(ROOMS_PREFIX + room.room_id)
-        if record is not None and "passcode" not in json.loads(record):
+        if not room.has_passcode and not change(room.policy).waiting_room:
             # Without a passcode the waiting room is the meeting's only gate.
-            if not change(room.policy).waiting_room:
-                raise SignalingError(
-                    "not_allowed", "a meeting without a passcode keeps its waiting room"
-                )
+            raise SignalingError(
+                "not_allowed", "a meeting without a passcode keeps its waiting room"
+            )
         before, after = await update_policy(self.store, room.room_id, change)
         await room.apply_policy(after)
         for action, detail in policy_actions(before, after):

@@ -194,6 +194,7 @@ class Room:
         self.policy = policy or MeetingPolicy()
         self.audit_lease = 0  # the meeting's audit lease (conclave/audit.py), from its record
         self.record_lease = 0  # the lease of the meeting's record (rejoin tokens go on it)
+        self.has_passcode = True  # False: the waiting room is its only gate
         self.participants: dict[str, Participant] = {}
         self.waiting: dict[str, Waiting] = {}
         self.tracks: dict[str, PublishedTrack] = {}

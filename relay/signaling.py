@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 
 from conclave.meeting import SCREEN_SHARE, SOURCES, MeetingPolicy
 from conclave.tasks import spawn
+from protos.grant_pb2 import JoinGrant
 from protos.grants import GrantError
 from relay import metrics
 from relay.errors import SignalingError
@@ -280,8 +281,21 @@ class SignalingSession:
             raise SignalingError(
                 "not_allowed", f"this grant does not allow publishing {refused}", CLOSE_NOT_ALLOWED
             )
-        role = "host" if grant.role == "host" else "participant"
         room = await self.node.open_room(grant.room_id)
+        try:
+            await self._enter(room, grant, publish, rights, f"video/{video_codec.lower()}")
+        except BaseException:
+            self.room = None
+            self.waiting = None
+            raise
+        finally:
+            self.node.participants_changed(room.room_id)
+
+    async def _enter(
+        self, room: Room, grant: JoinGrant, publish: list[str], rights: set[str], codec: str
+    ) -> None:
+        """Into the meeting, or its waiting room, as the meeting's policy says now."""
+        role = "host" if grant.role == "host" else "participant"
         policy = room.policy
         # A host holds the key that could undo any of this: neither a removal
         # (of someone behind the same address) nor a lock keeps it out.
@@ -291,13 +305,10 @@ class SignalingSession:
         # Rejoining after a lost connection (conclave/rejoin.py): it was inside.
         rejoining = bool(grant.rejoin_of)
         if role != "host" and removed:
-            self.node.participants_changed(room.room_id)
             raise SignalingError("removed", "you were removed from this meeting", CLOSE_REMOVED)
         if policy.closed_to_newcomers and role != "host" and not rejoining:
-            self.node.participants_changed(room.room_id)
             raise SignalingError("locked", "the meeting is locked", CLOSE_LOCKED)
         self.room = room
-        codec = f"video/{video_codec.lower()}"
         if policy.waiting_room and role != "host" and not rejoining:
             self.waiting = Waiting(
                 grant.participant_id,
@@ -312,34 +323,21 @@ class SignalingSession:
                 codec,
                 self._admitted,
             )
-            try:
-                await room.wait(self.waiting)
-            except BaseException:
-                self.waiting = None
-                self.room = None
-                self.node.participants_changed(room.room_id)
-                raise
-            self.node.participants_changed(room.room_id)
+            await room.wait(self.waiting)
             return
-        try:
-            participant = await room.join(
-                grant.participant_id,
-                grant.display_name,
-                publish,
-                grant.can_subscribe,
-                self.send,
-                self.disconnect,
-                codec,
-                role,
-                rights,
-                grant.source_tag,
-            )
-        except BaseException:
-            self.room = None
-            self.node.participants_changed(room.room_id)
-            raise
+        participant = await room.join(
+            grant.participant_id,
+            grant.display_name,
+            publish,
+            grant.can_subscribe,
+            self.send,
+            self.disconnect,
+            codec,
+            role,
+            rights,
+            grant.source_tag,
+        )
         self._admitted(participant)
-        self.node.participants_changed(room.room_id)
 
     def _admitted(self, participant: Participant) -> None:
         self.waiting = None
