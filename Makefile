@@ -15,11 +15,17 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client; }
 
 # Debian's Chromium for the browser tests (tests/e2e), which Playwright drives at
-# /usr/bin/chromium (never `playwright install`).
+# /usr/bin/chromium (never `playwright install`); Debian's prometheus for
+# tests/monitoring (promtool checks the alert rules, a real Prometheus scrapes a
+# cluster on ports of its own; without recommends: no node exporter).
 test-system-deps: system-deps
 	@test -x /usr/bin/chromium || { \
 		echo "installing Debian chromium (/usr/bin/chromium missing, tests/e2e need it)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing Debian prometheus (promtool missing, tests/monitoring need it)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends prometheus; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -415,48 +415,53 @@ def _render_audit(result: dict[str, Any]) -> str:
 async def _join(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """Join, stay `--duration` seconds (or until the meeting ends), leave, report.
 
-    Exit code 0 also when the meeting was ended by `room end`; 1 (with the report
-    still printed) when the relay dropped the connection without saying why.
+    The session follows the meeting when its relay drains or dies (it asks the
+    control plane again, client/session.py); `reconnects` in the report counts
+    the moves. Exit code 0 also when the meeting was ended by `room end`; 1 (with
+    the report still printed) when the connection was lost for good.
     """
     use_host_addresses(addresses_from_env())
     name = args.name or f"guest-{secrets.token_hex(2)}"
     publish: list[str] = args.publish
-    async with RoomsClient(args.control_plane) as rooms:
-        passcode = args.passcode if args.passcode is not None else os.environ.get(PASSCODE_ENV, "")
-        grant = await rooms.join_room(
-            args.room_id, name, bool(publish), passcode, args.host_key or ""
+    passcode = args.passcode if args.passcode is not None else os.environ.get(PASSCODE_ENV, "")
+    host_key = args.host_key or ""
+    async with RoomsClient(args.control_plane) as rooms:  # open: reconnects need it
+        grant = await rooms.join_room(args.room_id, name, bool(publish), passcode, host_key)
+        if args.no_e2ee:
+            print(
+                f"{PROG}: WARNING: end-to-end encryption is OFF (--no-e2ee): the relays can "
+                "read this participant's media, and it cannot see encrypted participants'",
+                file=sys.stderr,
+            )
+        session = Session(
+            grant,
+            name,
+            publish,
+            e2ee=not args.no_e2ee,
+            video_codec=args.video_codec.upper(),
+            wait_timeout=args.wait_timeout,
+            on_waiting=_say_waiting,
+            rooms=rooms,
+            passcode=passcode,
+            host_key=host_key,
         )
-    if args.no_e2ee:
-        print(
-            f"{PROG}: WARNING: end-to-end encryption is OFF (--no-e2ee): the relays can "
-            "read this participant's media, and it cannot see encrypted participants'",
-            file=sys.stderr,
-        )
-    session = Session(
-        grant,
-        name,
-        publish,
-        e2ee=not args.no_e2ee,
-        video_codec=args.video_codec.upper(),
-        wait_timeout=args.wait_timeout,
-        on_waiting=_say_waiting,
-    )
-    await session.start()
-    code = 0
-    try:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(args.duration):
-                await session.wait_closed()
-        # As shown during the meeting: leaving starts new keys for the others.
-        security_code = session.security_code
-        if session.closed:
-            if session.closed_reason is not None:
-                print(f"{PROG}: meeting closed: {session.closed_reason}", file=sys.stderr)
-            else:
-                print(f"{PROG}: error: the relay closed the connection", file=sys.stderr)
-                code = 1
-    finally:
-        await session.leave()
+        await session.start()
+        code = 0
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(args.duration):
+                    await session.wait_closed()
+            # As shown during the meeting: leaving starts new keys for the others.
+            security_code = session.security_code
+            if session.closed:
+                reason = session.closed_reason
+                if reason is not None and reason != "connection_lost":
+                    print(f"{PROG}: meeting closed: {reason}", file=sys.stderr)
+                else:
+                    print(f"{PROG}: error: the relay closed the connection", file=sys.stderr)
+                    code = 1
+        finally:
+            await session.leave()
     return {
         "participant_id": session.participant_id,
         "node_id": session.node_id,
@@ -464,8 +469,9 @@ async def _join(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         "role": session.role,
         "e2ee": session.e2ee,
         "security_code": security_code,
-        "roster": sorted(session.seen.values()),
+        "roster": sorted(set(session.seen.values())),  # a reconnect is no new name
         "remote": {name: dict(stats) for name, stats in sorted(session.stats().items())},
+        "reconnects": session.reconnects,
     }, code
 
 

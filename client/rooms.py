@@ -87,16 +87,29 @@ class RoomsClient:
         publish: bool,
         passcode: str = "",
         host_key: str = "",
+        *,
+        rejoin_participant_id: str = "",
+        rejoin_token: str = "",
+        unreachable_node_id: str = "",
     ) -> rooms_pb2.JoinRoomResponse:
         """A signed, short-lived grant and the relay to present it to. An unknown
         meeting and a wrong passcode both fail with NOT_FOUND. With the `host_key`
-        instead of the passcode, the grant makes its holder the host."""
+        instead of the passcode, the grant makes its holder the host.
+
+        Coming back after a lost connection (what `Session` does by itself when
+        given this client): the participant id and `rejoin_token` of the `joined`
+        message let it past the waiting room and a lock it was inside of, and
+        `unreachable_node_id` names the relay it lost without a word, which the
+        control plane then checks and, if dead, moves the meeting off."""
         request = rooms_pb2.JoinRoomRequest(
             room_id=room_id,
             display_name=display_name,
             publish=publish,
             passcode=passcode,
             host_key=host_key,
+            rejoin_participant_id=rejoin_participant_id,
+            rejoin_token=rejoin_token,
+            unreachable_node_id=unreachable_node_id,
         )
         response: rooms_pb2.JoinRoomResponse = await self._call(
             "JoinRoom", self._stub.JoinRoom, request

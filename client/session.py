@@ -3,6 +3,12 @@ relay is always the offerer, so the client only ever answers. Call
 `conclave.ice.use_host_addresses(addresses_from_env())` once at start-up (the CLI
 does) before opening a session, so that loopback ICE candidates exist on a
 single-machine cluster.
+
+Given the control plane (`rooms=`), a session outlives its relay: when the relay
+asks it to move (`reconnect`, a draining relay) or the connection drops, it asks
+the control plane again with its rejoin token and joins wherever the meeting is
+now, with a new peer connection, its tracks and new end-to-end keys; its counters
+carry on (docs/signaling.md, "Reconnecting").
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypedDict
@@ -34,6 +40,7 @@ from client.e2ee.identity import IdentityKey
 from client.e2ee.media import decrypt_receiver, encrypt_sender
 from client.errors import AdmissionRefused, ConclaveError
 from client.media import PatternVideoTrack, SineAudioTrack
+from client.rooms import RoomsClient
 from protos import rooms_pb2
 
 log = logging.getLogger("conclave.client")
@@ -57,6 +64,22 @@ REFUSALS = {
     "locked": "the meeting is locked: nobody new may enter",
 }
 REFUSAL_CLOSE_CODES = {4005: "locked", 4006: "removed", 4007: "denied"}
+#: `room_closed` reasons after which joining again does not help (others, such as
+#: "node_draining", "node_shutdown" or a dropped connection, send a session with a
+#: control plane to another relay).
+FINAL_REASONS = frozenset({*REFUSALS, "room_ended"})
+#: JoinRoom refusals that end a reconnecting session, and the `closed_reason` they
+#: leave; anything else (UNAVAILABLE, a relay's node_draining, ...) is tried again.
+FINAL_JOIN_CODES = {
+    "NOT_FOUND": "room_ended",
+    "PERMISSION_DENIED": "removed",
+    "FAILED_PRECONDITION": "locked",
+    "INVALID_ARGUMENT": "refused",
+}
+# Reconnect back-off: at once, then 0.25 s doubling up to 2 s, for `reconnect_timeout`.
+RECONNECT_FIRST_DELAY_S = 0.25
+RECONNECT_MAX_DELAY_S = 2.0
+DEFAULT_RECONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +157,17 @@ class Session:
     co-hosts see `waiting_list` and act with `admit`, `deny`, `remove`,
     `mute_participant`, `set_publish_rights`, `set_role` and `update_room`.
 
+    With `rooms` (the control plane client it joined through) and the same
+    `passcode` or `host_key`, the session reconnects by itself: when the relay says
+    `reconnect` (it is draining), and when the signalling connection drops without
+    a final `room_closed` (the relay died). It gets a new grant with its rejoin
+    token (past the waiting room and a lock), opens a new peer connection, sends
+    its tracks again and makes new end-to-end keys; `stats()` keeps counting. It
+    retries with a short back-off for `reconnect_timeout` seconds, then gives up
+    (`closed`, `closed_reason` "connection_lost"). `reconnects` counts the moves,
+    `reconnecting` says one is under way. Without `rooms` a lost connection ends
+    the session, as before.
+
     Use `async with Session(...)` or `start()` / `leave()`.
     """
 
@@ -152,6 +186,10 @@ class Session:
         e2ee: bool = True,
         identity: IdentityKey | None = None,
         video_codec: str = "VP8",
+        rooms: RoomsClient | None = None,
+        passcode: str = "",
+        host_key: str = "",
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_S,
     ) -> None:
         unknown = [kind for kind in publish if kind not in KINDS]
         if unknown:
@@ -204,6 +242,20 @@ class Session:
         self.video_codec = video_codec.upper()
         self._identity = identity
         self._keys: MeetingKeys | None = None
+        #: the control plane to ask again after a lost connection (None: no reconnects)
+        self.rooms = rooms
+        self._passcode = passcode
+        self._host_key = host_key
+        #: how long to keep trying to reconnect before giving up
+        self.reconnect_timeout = reconnect_timeout
+        #: how many times the session moved to a new connection (relay)
+        self.reconnects = 0
+        self._rejoin: tuple[str, str] | None = None  # (participant id, token) of `joined`
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._generation = 0  # of the connection; media of older ones is not counted
+        self._joined_once = False
+        self._own_ids: set[str] = {self.participant_id}  # every participant id we had
+        self._audio_rtp_before: dict[str, int] = {}  # pid -> packets on earlier connections
 
         self._tracks: dict[str, MediaStreamTrack] = {}  # source -> what we send
         self._own_tracks: list[MediaStreamTrack] = []
@@ -221,6 +273,7 @@ class Session:
         self._publish_mids: dict[str, str] = {}  # source -> mid, latest offer
         self._pending_publish: dict[str, asyncio.Future[None]] = {}  # publish_source
         self._join_timer: asyncio.Timeout | None = None  # start(), until joined
+        self._wait_limit: float | None = wait_timeout  # of the join under way
         self._counters: dict[str, _Counters] = {}
         self._audio_rtp: dict[str, tuple[str, int]] = {}  # mid -> (pid, packetsReceived)
         self._speakers: list[tuple[str, float]] = []  # (pid, level), loudest first
@@ -264,21 +317,35 @@ class Session:
         """
         if self._http is not None:
             raise RuntimeError("a Session can only be started once")
+        self._http = aiohttp.ClientSession()
+        try:
+            await self._connect(self.join_timeout, self.wait_timeout)
+        except BaseException:
+            self._left = True
+            await self._teardown()
+            self._disconnected.set()
+            raise
+        self._poller = asyncio.create_task(self._poll_loop(), name="conclave-stats")
+
+    async def _connect(self, join_timeout: float, wait_timeout: float | None) -> None:
+        """One connection to the relay of the current grant, up to `joined`; on
+        failure what it opened is closed again (the session's tracks stay)."""
         loop = asyncio.get_running_loop()
+        self._generation += 1
         self._joined = loop.create_future()
         # max-bundle: with aiortc's default ("balanced") a second m-line of the same
         # kind is created on the first one's transport and marked bundled, so BUNDLE
         # processing never moves it to the primary transport: it stays on a transport
         # that is then stopped and never sends or receives.
-        self._pc = RTCPeerConnection(
+        pc = self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
-        self._pc.on("track", self._on_track)
-        self._pc.on("connectionstatechange", self._on_connection_state)
-        self._http = aiohttp.ClientSession()
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", functools.partial(self._on_connection_state, pc))
+        assert self._http is not None
         try:
             try:
-                async with asyncio.timeout(self.join_timeout):
+                async with asyncio.timeout(join_timeout):
                     self._ws = await self._http.ws_connect(self.signal_url)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
@@ -286,17 +353,20 @@ class Session:
                     f"cannot open the signalling connection to {self.signal_url}: {reason}"
                 ) from None
             self._reader = asyncio.create_task(self._read(self._ws), name="conclave-signalling")
+            publish = [KIND_SOURCES[kind] for kind in self.publish]
             await self._send(
                 {
                     "type": "join",
                     "grant": self.grant,
-                    "publish": [KIND_SOURCES[kind] for kind in self.publish],
+                    # the screen is asked for again after the join (`_rejoined`)
+                    "publish": [source for source in publish if source in self._tracks],
                     "video_codec": self.video_codec.lower(),
                 }
             )
             try:
-                async with asyncio.timeout(self.join_timeout) as timer:
+                async with asyncio.timeout(join_timeout) as timer:
                     self._join_timer = timer  # `waiting` moves its deadline
+                    self._wait_limit = wait_timeout
                     await asyncio.shield(self._joined)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -305,22 +375,20 @@ class Session:
                     raise ConclaveError("left the meeting before the join", "left") from None
                 raise
             except TimeoutError:
-                if self.waiting and self.wait_timeout is not None:
+                if self.waiting and wait_timeout is not None:
                     raise ConclaveError(
-                        f"no host admitted us from the waiting room within {self.wait_timeout:g} s",
+                        f"no host admitted us from the waiting room within {wait_timeout:g} s",
                         "wait_timeout",
                     ) from None
                 raise ConclaveError(
                     f"the relay at {self.signal_url} did not answer the join "
-                    f"within {self.join_timeout:g} s"
+                    f"within {join_timeout:g} s"
                 ) from None
             finally:
                 self._join_timer = None
         except BaseException:
-            self._left = True
-            await self._teardown()
+            await self._close_connection(keep_tracks=True)
             raise
-        self._poller = asyncio.create_task(self._poll_loop(), name="conclave-stats")
 
     async def leave(self) -> None:
         """Say `leave`, then close the peer connection and the WebSocket.
@@ -330,6 +398,10 @@ class Session:
         if self._left:
             return
         self._left = True
+        reconnecting = self._reconnect_task
+        if reconnecting is not None:
+            reconnecting.cancel()
+            await asyncio.gather(reconnecting, return_exceptions=True)
         await self.refresh_stats()  # the last RTP figures, before the receivers stop
         ws = self._ws
         if ws is not None and not ws.closed and not self._disconnected.is_set():
@@ -339,42 +411,75 @@ class Session:
                 async with asyncio.timeout(2.0):
                     await self._disconnected.wait()
         await self._teardown()
+        self._disconnected.set()
 
     async def wait_closed(self) -> None:
-        """Until the signalling connection ends (`room_closed`, kicked, or network)."""
+        """Until the session ends: `room_closed` for good, removed, left, or (without
+        `rooms`, or after `reconnect_timeout` of failed attempts) connection lost."""
         await self._disconnected.wait()
 
     @property
     def closed(self) -> bool:
         return self._disconnected.is_set()
 
+    @property
+    def reconnecting(self) -> bool:
+        """Moving to a new connection right now (media paused meanwhile)."""
+        return self._reconnect_task is not None
+
     async def _teardown(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        if self._reader is not None:  # first, so no offer is being applied meanwhile
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._pc is not None:
-            await self._pc.close()
+        await self._close_connection(keep_tracks=False)
+        for track in self._own_tracks:
+            track.stop()
+        if self._http is not None:
+            await self._http.close()
+
+    async def _close_connection(self, keep_tracks: bool) -> None:
+        """Close the current connection (peer connection, keys, WebSocket). With
+        `keep_tracks` our tracks survive it, for the next connection to send."""
+        reader, pc, keys, ws, joined = self._reader, self._pc, self._keys, self._ws, self._joined
+        self._reader, self._keys, self._ws = None, None, None
+        self._generation += 1  # whatever the old connection still delivers is not counted
+        if reader is not None:  # first, so no offer is being applied meanwhile
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if pc is not None:
+            if keep_tracks:
+                await self._fold_audio_stats(pc)
+                for transceiver in pc.getTransceivers():
+                    # A sender stops its track when it stops: take ours away first.
+                    if transceiver.sender.track is not None:
+                        transceiver.sender.replaceTrack(None)
+            await pc.close()
+            if keep_tracks:
+                self._pc = None
         # Started receivers end their tracks (MediaStreamError) when the pc closes;
         # a receiver that never started (no media yet) does not, so cancel those.
-        if self._consumers:
-            _, pending = await asyncio.wait(set(self._consumers), timeout=1.0)
+        consumers = set(self._consumers)
+        if consumers:
+            pending = consumers
+            if not keep_tracks:  # leaving: their last frames still count
+                _, pending = await asyncio.wait(consumers, timeout=1.0)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for track in self._own_tracks:
-            track.stop()
-        if self._keys is not None:
-            self._keys.close()
-        if self._ws is not None:
-            await self._ws.close()
-        if self._http is not None:
-            await self._http.close()
-        if self._joined is not None and not self._joined.done():
-            self._joined.cancel()
+        if keys is not None:
+            keys.close()
+        if ws is not None:
+            await ws.close()
+        if joined is not None and not joined.done():
+            joined.cancel()
+
+    async def _fold_audio_stats(self, pc: RTCPeerConnection) -> None:
+        """Keep the audio packet counts of a connection that is about to close."""
+        await self.refresh_stats()
+        for pid, packets in self._audio_rtp.values():
+            self._audio_rtp_before[pid] = self._audio_rtp_before.get(pid, 0) + packets
+        self._audio_rtp.clear()
 
     # ------------------------------------------------------------------- state
 
@@ -677,14 +782,15 @@ class Session:
         inbound-rtp packetsReceived (refreshed every `stats_interval`);
         `video_frames_decoded` counts frames the video tracks returned. Everyone
         seen appears, with zeros if nothing arrived; participants sharing a display
-        name are summed.
+        name are summed. Across reconnects the figures add up: a participant that
+        came back under a new id counts on under its name.
         """
-        rtp: dict[str, int] = {}
+        rtp: dict[str, int] = dict(self._audio_rtp_before)
         for pid, packets in self._audio_rtp.values():
             rtp[pid] = rtp.get(pid, 0) + packets
         result: dict[str, RemoteStats] = {}
         for pid in {*self._seen, *self._counters, *rtp}:
-            if pid == self.participant_id:
+            if pid == self.participant_id or pid in self._own_ids:
                 continue
             counters = self._counters.get(pid, _Counters())
             name = self._seen.get(pid, pid)
@@ -698,9 +804,10 @@ class Session:
 
     async def refresh_stats(self) -> None:
         """Read packetsReceived of every audio receiver attributed to a publisher."""
-        if self._pc is None:
+        pc = self._pc
+        if pc is None:
             return
-        for transceiver in self._pc.getTransceivers():
+        for transceiver in pc.getTransceivers():
             stream = self._streams.get(transceiver.mid or "")
             if stream is None or transceiver.kind != "audio":
                 continue
@@ -709,6 +816,8 @@ class Session:
             except Exception:  # a closing transport; the frame count still stands
                 log.debug("getStats failed for mid %s", transceiver.mid, exc_info=True)
                 continue
+            if pc is not self._pc:
+                return  # another connection now: its mids mean other streams
             packets = sum(
                 s.packetsReceived
                 for s in report.values()
@@ -754,15 +863,25 @@ class Session:
                     log.debug("signalling: %s", exc)
                     break
         finally:
-            self._on_disconnected(ws.close_code)
+            self._connection_lost(ws, ws.close_code)
 
-    def _on_disconnected(self, close_code: int | None) -> None:
-        self._disconnected.set()
+    def _connection_lost(self, ws: aiohttp.ClientWebSocketResponse, close_code: int | None) -> None:
+        """The relay's end of `ws` closed. Ignored for a connection already replaced
+        or closed on purpose; else it fails the join under way, or reconnects (with
+        a control plane, unless final), or ends the session."""
+        if ws is not self._ws:
+            return
         refusal = self.closed_reason if self.closed_reason in REFUSALS else None
         refusal = refusal or REFUSAL_CLOSE_CODES.get(close_code or 0)
         if refusal is not None and self.closed_reason is None:
             self.closed_reason = refusal
-        if self._joined is not None and not self._joined.done():
+        joining = self._joined is not None and not self._joined.done()
+        if not joining and self._may_reconnect():
+            # No word from the relay before the drop: it is gone, say so.
+            self._start_reconnect(lost=self.closed_reason is None)
+        elif not self._joined_once or not joining:
+            self._disconnected.set()  # a failed first join, or the end of the session
+        if joining and self._joined is not None:
             error: ConclaveError
             if refusal is not None:
                 error = AdmissionRefused(REFUSALS[refusal], refusal)
@@ -781,6 +900,131 @@ class Session:
             self._fail_publish(
                 source, ConclaveError(f"the meeting ended before our {source} was taken")
             )
+
+    # ------------------------------------------------------------ reconnecting
+
+    def _may_reconnect(self) -> bool:
+        return (
+            self.rooms is not None
+            and self._joined_once
+            and not self._left
+            and self.closed_reason not in FINAL_REASONS
+        )
+
+    def _start_reconnect(self, lost: bool) -> None:
+        """Move to a new connection in the background (once at a time). `lost`: the
+        relay vanished without a word, which the control plane is told."""
+        if self._reconnect_task is not None or not self._may_reconnect():
+            return
+        self._reconnect_task = asyncio.create_task(
+            self._reconnect(self.node_id if lost else ""), name="conclave-reconnect"
+        )
+
+    async def _reconnect(self, lost_node: str) -> None:
+        """Ask the control plane for a grant again, then switch connections; retried
+        with back-off for `reconnect_timeout` seconds. The old connection stays up
+        until the new grant is in hand (a draining relay still forwards meanwhile)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.reconnect_timeout
+        delay = RECONNECT_FIRST_DELAY_S
+        log.info("reconnecting to the meeting")
+        final: str | None = None
+        try:
+            while not self._left:
+                try:
+                    join = await self._rejoin_grant(lost_node)
+                    await self._close_connection(keep_tracks=True)
+                    self._adopt(join)
+                    remaining = max(give_up - loop.time(), 1.0)
+                    await self._connect(min(self.join_timeout, remaining), remaining)
+                    await self._rejoined()
+                    return
+                except AdmissionRefused as exc:
+                    final = exc.code or "refused"
+                except ConclaveError as exc:
+                    final = FINAL_JOIN_CODES.get(exc.code or "")
+                    log.debug("reconnect attempt failed: %s", exc)
+                if final is not None or loop.time() + delay > give_up:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+            if self._left:
+                return
+            ws = self._ws
+            if final is None and ws is not None and not ws.closed:
+                return  # the old relay still has us: stay until it closes
+            log.warning("could not reconnect to the meeting: %s", final or "gave up")
+            self.closed_reason = final or "connection_lost"
+            await self._close_connection(keep_tracks=True)
+            self._disconnected.set()
+        finally:
+            self._reconnect_task = None
+            ws = self._ws
+            if (ws is None or ws.closed) and not self._disconnected.is_set():
+                # The new connection dropped before this task ended: go again.
+                self._start_reconnect(lost=self.closed_reason is None)
+
+    async def _rejoin_grant(self, lost_node: str) -> rooms_pb2.JoinRoomResponse:
+        assert self.rooms is not None
+        rejoin_id, token = self._rejoin or ("", "")
+        return await self.rooms.join_room(
+            self.room_id,
+            self.display_name,
+            bool(self.publish) or bool(self._tracks),
+            self._passcode,
+            self._host_key,
+            rejoin_participant_id=rejoin_id,
+            rejoin_token=token,
+            unreachable_node_id=lost_node,
+        )
+
+    def _adopt(self, join: rooms_pb2.JoinRoomResponse) -> None:
+        """The new grant's relay and identity; what the old relay told us is void."""
+        self.grant = join.grant
+        self.signal_url = join.signal_url
+        self.participant_id = join.participant_id
+        self.node_id = join.node_id
+        self._own_ids.add(join.participant_id)
+        self.closed_reason = None
+        self.role = None
+        self.waiting = False
+        self.waiting_list = []
+        self._roster.clear()
+        self._roles.clear()
+        self._published.clear()
+        self._sources.clear()
+        self._muted.clear()
+        self._streams = {}
+        self._publish_mids = {}
+        self._speakers = []
+
+    async def _rejoined(self) -> None:
+        """Back in: tell the new relay our mute state, and share the screen again
+        if the new grant lets us (else stop it)."""
+        self.reconnects += 1
+        log.info("reconnected to the meeting")
+        for source in list(self._tracks):
+            if self.muted.get(source):
+                await self._send({"type": "mute", "source": source, "muted": True})
+        if "screen" in self._tracks:
+            if "screen" in self.publish_rights:
+                await self._send({"type": "publish", "source": "screen"})
+            else:
+                self._drop_own_track("screen")
+                self.unpublished.append(("screen", "reconnect"))
+
+    def _sender(
+        self, ws: aiohttp.ClientWebSocketResponse
+    ) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        """`_send` bound to one connection: key messages of an old connection's
+        keys never reach the next relay."""
+
+        async def send(message: dict[str, Any]) -> None:
+            if ws is not self._ws or ws.closed:
+                raise ConclaveError("the signalling connection is closed")
+            await ws.send_str(json.dumps(message))
+
+        return send
 
     def _fail_publish(self, source: str, error: ConclaveError) -> None:
         done = self._pending_publish.pop(source, None)
@@ -857,6 +1101,9 @@ class Session:
         elif kind == "room_closed":
             self.closed_reason = str(message.get("reason") or "closed")
             log.info("meeting closed: %s", self.closed_reason)
+        elif kind == "reconnect":
+            log.info("the relay asks us to move (%s)", message.get("reason") or "no reason")
+            self._start_reconnect(lost=False)
         elif kind == "error":
             code, text = str(message.get("code")), str(message.get("message"))
             self.errors.append((code, text))
@@ -889,8 +1136,8 @@ class Session:
         timer = self._join_timer
         if timer is not None:
             deadline = None
-            if self.wait_timeout is not None:
-                deadline = asyncio.get_running_loop().time() + self.wait_timeout
+            if self._wait_limit is not None:
+                deadline = asyncio.get_running_loop().time() + self._wait_limit
             with contextlib.suppress(RuntimeError):  # already expiring: start() says so
                 timer.reschedule(deadline)
         log.info("in the waiting room until a host admits us")
@@ -913,14 +1160,19 @@ class Session:
         if message.get("room") is not None:
             self.room_state = dict(_object(message, "room"))
         self.waiting = False
+        self._joined_once = True
+        self._own_ids.add(self.participant_id)
+        token = message.get("rejoin_token")
+        if isinstance(token, str) and token:
+            self._rejoin = (self.participant_id, token)
         self._roster[self.participant_id] = self.display_name
         self._seen[self.participant_id] = self.display_name
         self._roles[self.participant_id] = self.role
-        if self.e2ee and self._keys is None:
+        if self.e2ee and self._keys is None and self._ws is not None:
             self._keys = MeetingKeys(
                 self.room_id,
                 self.participant_id,
-                self._send,
+                self._sender(self._ws),
                 identity=self._identity,
                 on_epoch=self._on_epoch,
             )
@@ -1055,12 +1307,14 @@ class Session:
                 transceiver.receiver,
                 transceiver.kind,
                 keys,
-                functools.partial(self._decrypt_failed, mid),
+                functools.partial(self._decrypt_failed, self._generation, mid),
             )
             if mid in publish_mids:
                 encrypt_sender(transceiver.sender, keys)
 
-    def _decrypt_failed(self, mid: str) -> None:
+    def _decrypt_failed(self, generation: int, mid: str) -> None:
+        if generation != self._generation:
+            return
         stream = self._streams.get(mid)
         if stream is not None:
             self._counters.setdefault(stream.participant_id, _Counters()).decrypt_failures += 1
@@ -1103,16 +1357,20 @@ class Session:
         if mid is None:
             log.warning("remote %s track without a transceiver mid: ignored", track.kind)
             return
-        task = asyncio.create_task(self._consume(track, mid), name=f"conclave-recv-{mid}")
+        task = asyncio.create_task(
+            self._consume(track, mid, self._generation), name=f"conclave-recv-{mid}"
+        )
         self._consumers.add(task)
         task.add_done_callback(self._consumers.discard)
 
-    async def _consume(self, track: MediaStreamTrack, mid: str) -> None:
+    async def _consume(self, track: MediaStreamTrack, mid: str, generation: int) -> None:
         """Pull every frame (aiortc queues them unboundedly otherwise) and count it
-        for whoever the latest offer says publishes on `mid`."""
+        for whoever the latest offer says publishes on `mid` (of this connection)."""
         try:
             while True:
                 frame = await track.recv()
+                if generation != self._generation:
+                    return  # the session moved to another connection
                 stream = self._streams.get(mid)
                 if stream is None:
                     continue
@@ -1128,11 +1386,16 @@ class Session:
         except MediaStreamError:
             log.debug("remote track on mid %s ended", mid)
 
-    def _on_connection_state(self) -> None:
-        state = self.connection_state
+    def _on_connection_state(self, pc: RTCPeerConnection) -> None:
+        if pc is not self._pc:
+            return  # an old connection closing
+        state = pc.connectionState
         log.debug("peer connection %s", state)
         if state == "failed":
             log.warning("media connection to the relay failed")
+            # The relay may still answer signalling yet forward nothing to us: move
+            # (a dead relay is told apart by the control plane, which asks it).
+            self._start_reconnect(lost=True)
 
 
 def _by_mid(pc: RTCPeerConnection, mid: str) -> RTCRtpTransceiver | None:

@@ -14,10 +14,17 @@ import sys
 COMMANDS: dict[str, tuple[str, bool, str]] = {
     "dev": ("conclave.dev", False, "run a local cluster: etcd, a control plane and relays"),
     "control-plane": ("control_plane.main", False, "run a control-plane replica (gRPC)"),
-    "relay": ("relay.main", False, "run a relay node (signalling and media)"),
+    "relay": (
+        "relay.main",
+        False,
+        "run a relay node (signalling and media); `relay drain NODE_ID` drains one",
+    ),
     "room": ("client.cli", True, "create, inspect, list participants of, and end meetings"),
     "join": ("client.cli", True, "join a meeting with synthetic audio/video and report"),
 }
+
+# `conclave COMMAND SUBCOMMAND ...` run by a module of their own (without both words).
+SUBCOMMANDS: dict[tuple[str, str], str] = {("relay", "drain"): "relay.drain_cli"}
 
 USAGE = "usage: conclave COMMAND [ARGS...]   (conclave COMMAND --help for details)"
 
@@ -43,6 +50,9 @@ def run(argv: list[str]) -> int:
         print(f"{USAGE}\nconclave: error: unknown command {command!r}", file=sys.stderr)
         return 2
     module_name, keep_command, _ = entry
+    subcommand = SUBCOMMANDS.get((command, argv[1])) if len(argv) > 1 else None
+    if subcommand is not None:
+        module_name, keep_command, argv = subcommand, False, argv[1:]
     module = importlib.import_module(module_name)
     result = module.main(argv if keep_command else argv[1:])
     return 0 if result is None else int(result)

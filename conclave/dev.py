@@ -141,7 +141,8 @@ class Cluster:
         """Relays first (they deregister), then the control plane, then etcd."""
         relays = [c for c in self.children if c.name.startswith("relay-")]
         others = [c for c in self.children if not c.name.startswith("relay-")]
-        await asyncio.gather(*(_terminate(c) for c in relays))
+        # SIGINT: stop now. SIGTERM would drain, but every relay is going away.
+        await asyncio.gather(*(_terminate(c, signal.SIGINT) for c in relays))
         await asyncio.gather(*(_terminate(c) for c in others))
         if self._etcd_started is not None:
             await asyncio.gather(self._etcd_started, return_exceptions=True)
@@ -210,9 +211,9 @@ async def _pump(child: Child) -> None:
             )
 
 
-async def _terminate(child: Child) -> None:
-    """SIGTERM the child's process group, SIGKILL it after GRACE_S; always reap."""
-    if await stop_group(child.process, GRACE_S):
+async def _terminate(child: Child, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Signal the child's process group, SIGKILL it after GRACE_S; always reap."""
+    if await stop_group(child.process, GRACE_S, sig):
         _say(f"{child.name} did not stop within {GRACE_S:g} s: killed it")
     if child.pump is not None:
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):

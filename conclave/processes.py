@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import os
 import shutil
 import signal
@@ -14,9 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def _load_prctl() -> Callable[[int, int], int] | None:
@@ -46,12 +49,14 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-async def stop_group(process: asyncio.subprocess.Process, grace: float) -> bool:
-    """SIGTERM the process group, SIGKILL it after `grace` seconds; always reaps.
-    Returns True when it had to kill."""
+async def stop_group(
+    process: asyncio.subprocess.Process, grace: float, sig: signal.Signals = signal.SIGTERM
+) -> bool:
+    """Signal the process group (SIGTERM unless `sig` says otherwise), SIGKILL it
+    after `grace` seconds; always reaps. Returns True when it had to kill."""
     killed = False
     if process.returncode is None:
-        signal_group(process.pid, signal.SIGTERM)
+        signal_group(process.pid, sig)
         try:
             async with asyncio.timeout(grace):
                 await process.wait()
@@ -83,16 +88,26 @@ def terminate(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 @dataclass
 class EtcdServer:
-    """One throw-away etcd member on loopback, data in a temporary directory."""
+    """One throw-away etcd member on loopback, data in a temporary directory.
+
+    Alone by default; `EtcdCluster` starts several with `name` and
+    `initial_cluster` set so that they form one cluster.
+    """
 
     client_port: int = field(default_factory=free_port)
     peer_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     data_dir: str = ""
+    name: str = "conclave-dev"
+    initial_cluster: str = ""  # "name=peer-url,...": empty for a one-member cluster
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
 
     def start(self, log_path: Path | None = None) -> None:
         binary = shutil.which("etcd")
@@ -100,13 +115,13 @@ class EtcdServer:
             raise RuntimeError("etcd is not on PATH (Debian: apt-get install etcd-server)")
         self.data_dir = tempfile.mkdtemp(prefix="conclave-etcd-")
         client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = self.peer_url
         out = open(log_path, "wb") if log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [
                 binary,
                 "--name",
-                "conclave-dev",
+                self.name,
                 "--data-dir",
                 self.data_dir,
                 "--listen-client-urls",
@@ -118,7 +133,7 @@ class EtcdServer:
                 "--initial-advertise-peer-urls",
                 peer,
                 "--initial-cluster",
-                f"conclave-dev={peer}",
+                self.initial_cluster or f"{self.name}={peer}",
                 "--unsafe-no-fsync",
                 "--log-level",
                 "error",
@@ -142,11 +157,109 @@ class EtcdServer:
             time.sleep(0.1)
         raise RuntimeError("etcd did not start listening in time")
 
+    def status(self, timeout: float = 2.0) -> dict[str, Any]:
+        """The member's `/v3/maintenance/status` (JSON gateway: ids are strings)."""
+        request = urllib.request.Request(
+            f"http://{self.endpoint}/v3/maintenance/status", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status: dict[str, Any] = json.loads(response.read())
+        return status
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        """True when the member answers `/health`: it has a leader, no alarm, and a
+        quorum read went through."""
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=timeout) as r:
+                return bool(json.loads(r.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the data directory stays until `stop`."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process is not None:
             terminate(self.process)
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@dataclass
+class EtcdCluster:
+    """Several throw-away etcd members on loopback forming one cluster, so that
+    tests can kill a member (or the leader) and watch clients fail over."""
+
+    size: int = 3
+    members: list[EtcdServer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = [EtcdServer(name=f"conclave-{i}") for i in range(self.size)]
+        self.size = len(self.members)
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def endpoint_list(self) -> str:
+        """All client endpoints comma-separated, as `--etcd` takes them."""
+        return ",".join(self.endpoints)
+
+    def start(self, log_dir: Path | None = None) -> None:
+        """Start every member; they elect a leader once a quorum is up."""
+        try:
+            for member in self.members:
+                member.start(log_dir / f"{member.name}.log" if log_dir else None)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every member listens and reports itself healthy (it has a leader)."""
+        deadline = time.monotonic() + timeout
+        for member in self.members:
+            member.wait_ready(max(deadline - time.monotonic(), 0.1))
+        while not all(m.healthy() for m in self.members):
+            for member in self.members:
+                if member.process is not None and member.process.poll() is not None:
+                    code = member.process.returncode
+                    raise RuntimeError(f"etcd {member.name} exited with {code}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the etcd cluster did not become healthy in time")
+            time.sleep(0.1)
+
+    def leader(self, timeout: float = 10.0) -> int:
+        """The index of the member that leads now, once every live member agrees."""
+        deadline = time.monotonic() + timeout
+        while True:
+            indexes: dict[str, int] = {}  # member id -> index
+            leaders: set[str] = set()
+            for index, member in enumerate(self.members):
+                if member.alive():
+                    with contextlib.suppress(OSError, ValueError, KeyError):
+                        status = member.status()
+                        indexes[status["header"]["member_id"]] = index
+                        leaders.add(status["leader"])
+            if len(leaders) == 1 and (leader := leaders.pop()) in indexes:
+                return indexes[leader]
+            if time.monotonic() > deadline:
+                raise RuntimeError("the live etcd members do not agree on a leader")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
 
 
 async def wait_for_line(stream: asyncio.StreamReader, prefix: str, timeout: float) -> str:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import grpc
 from etcd3aio import Etcd3Client, prefix_range_end
+from etcd3aio.errors import EtcdConnectionError, EtcdTransientError
 from etcd3aio.kv import KVService
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,50 @@ GRANT_KEYS_PREFIX = "/conclave/keys/grant-signing/"
 
 class StoreError(Exception):
     """etcd could not be reached or refused a request."""
+
+
+# --- Failing over between etcd members ---------------------------------------
+# etcd3aio opens one gRPC channel over all endpoints (round_robin): a request that
+# meets a dead member fails at once with UNAVAILABLE and etcd3aio retries it on
+# another. What it cannot see is a write (or lease grant) that a follower forwarded
+# to a leader killed a moment before: that request is lost without an answer and
+# would hang until its deadline. So each request gets a short deadline per attempt,
+# and attempts go on, round-robin to the next member, until the request's whole
+# budget is spent; an election (about 1 to 2 s) then costs a join a second or two,
+# not a failure. A retried write may have been applied once already: `put`
+# rewrites the same value, a transaction's guard fails the second time (callers
+# re-read), a repeated `grant_lease` leaves a lease nobody keeps, which expires.
+
+REQUEST_TIMEOUT_S = 5.0  # a request's whole budget, all attempts together
+ATTEMPT_TIMEOUT_S = 1.5  # one attempt; a healthy member answers in milliseconds
+RETRY_PAUSE_S = 0.2
+_RETRIED = (TimeoutError, EtcdConnectionError, EtcdTransientError)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _fails_over(request: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    """Retry an `EtcdStore` request whose attempt (bounded by ATTEMPT_TIMEOUT_S)
+    timed out or found no member, while one more attempt fits in REQUEST_TIMEOUT_S."""
+
+    @functools.wraps(request)
+    async def with_failover(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REQUEST_TIMEOUT_S
+        while True:
+            try:
+                return await request(*args, **kwargs)
+            except _RETRIED as exc:
+                if loop.time() + RETRY_PAUSE_S + ATTEMPT_TIMEOUT_S > deadline:
+                    raise
+                log.info("etcd request failed (%s); trying again", type(exc).__name__)
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+    return with_failover
+
+
+# --- end of failing over -----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +92,20 @@ class Lease:
     partition); the owner must register again under a new lease.
     """
 
-    def __init__(self, client: Etcd3Client, lease_id: int, ttl: int) -> None:
+    def __init__(
+        self,
+        client: Etcd3Client,
+        lease_id: int,
+        ttl: int,
+        timed: Callable[[str], _Timed] | None = None,
+    ) -> None:
         self.id = lease_id
         self.ttl = ttl
         self.lost = asyncio.Event()
+        #: Unix time etcd last confirmed the lease (granted or refreshed)
+        self.refreshed_at = time.time()
         self._client = client
+        self._timed = timed or (lambda operation: _Timed(_ignore, operation))
         self._task = asyncio.create_task(self._keepalive(), name=f"lease-{lease_id:x}")
 
     async def _keepalive(self) -> None:
@@ -57,7 +113,8 @@ class Lease:
         while not self.lost.is_set():
             await asyncio.sleep(interval)
             try:
-                await self._refresh()
+                with self._timed("lease_keepalive"):
+                    await self._refresh()
             except Exception as exc:  # etcd briefly unreachable: retry until the TTL runs out
                 log.warning("lease keepalive failed: %s", exc)
 
@@ -67,6 +124,8 @@ class Lease:
             async for response in stream:
                 if response.TTL <= 0:
                     self.lost.set()
+                else:
+                    self.refreshed_at = time.time()
                 return
         finally:
             stream.cancel()
@@ -76,15 +135,46 @@ class Lease:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), self._timed("lease_revoke"):
             await self._client.lease.revoke(self.id, timeout=2)  # type: ignore[union-attr]
+
+
+# Told (operation, seconds, failed) after every request: the servers' etcd metrics.
+RequestObserver = Callable[[str, float, bool], None]
+
+
+def _ignore(operation: str, seconds: float, failed: bool) -> None:
+    pass
+
+
+class _Timed:
+    """`with self._timed("get"):` around one request, reported to the observer."""
+
+    __slots__ = ("_observe", "_operation", "_started")
+
+    def __init__(self, observe: RequestObserver, operation: str) -> None:
+        self._observe = observe
+        self._operation = operation
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        failed = kind is not None and not issubclass(kind, asyncio.CancelledError)
+        self._observe(self._operation, time.perf_counter() - self._started, failed)
 
 
 class EtcdStore:
     """Keys, leases and prefix watches on one etcd cluster."""
 
-    def __init__(self, endpoints: list[str]) -> None:
+    def __init__(self, endpoints: list[str], observe: RequestObserver | None = None) -> None:
         self._client = Etcd3Client([_strip_scheme(e) for e in endpoints])
+        #: told about every request (conclave.server_metrics); settable after creation
+        self.observe: RequestObserver = observe or _ignore
+
+    def _timed(self, operation: str) -> _Timed:
+        return _Timed(self.observe, operation)
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Open the channel and wait until etcd answers."""
@@ -107,28 +197,43 @@ class EtcdStore:
         assert self._client.kv is not None, "EtcdStore.connect() was not called"
         return self._client.kv
 
+    @_fails_over
     async def get(self, key: str) -> bytes | None:
-        response = await self._kv.get(key, timeout=5)
+        with self._timed("get"):
+            response = await self._kv.get(key, timeout=ATTEMPT_TIMEOUT_S)
         return bytes(response.kvs[0].value) if response.kvs else None
 
+    @_fails_over
     async def get_prefix(self, prefix: str) -> tuple[dict[str, bytes], int]:
         """All keys under `prefix` and the revision they were read at."""
-        response = await self._kv.get(prefix, prefix_range_end(prefix.encode()), timeout=5)
+        with self._timed("get_prefix"):
+            response = await self._kv.get(
+                prefix, prefix_range_end(prefix.encode()), timeout=ATTEMPT_TIMEOUT_S
+            )
         items = {kv.key.decode(): bytes(kv.value) for kv in response.kvs}
         return items, int(response.header.revision)
 
+    @_fails_over
     async def put(self, key: str, value: bytes, lease: Lease | int = 0) -> None:
-        await self._kv.put(key, value, lease=_lease_id(lease), timeout=5)
+        with self._timed("put"):
+            await self._kv.put(key, value, lease=_lease_id(lease), timeout=ATTEMPT_TIMEOUT_S)
 
+    @_fails_over
     async def delete(self, key: str) -> bool:
-        response = await self._kv.delete(key, timeout=5)
+        with self._timed("delete"):
+            response = await self._kv.delete(key, timeout=ATTEMPT_TIMEOUT_S)
         return int(response.deleted) > 0
 
+    @_fails_over
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key under `prefix`; returns how many there were."""
-        response = await self._kv.delete(prefix, prefix_range_end(prefix.encode()), timeout=5)
+        with self._timed("delete"):
+            response = await self._kv.delete(
+                prefix, prefix_range_end(prefix.encode()), timeout=ATTEMPT_TIMEOUT_S
+            )
         return int(response.deleted)
 
+    @_fails_over
     async def create_if_absent(
         self, key: str, value: bytes, lease: Lease | int = 0
     ) -> tuple[bool, bytes]:
@@ -137,43 +242,65 @@ class EtcdStore:
         Returns (created, value now stored). The guard is `create_revision == 0`,
         so of any number of concurrent writers exactly one wins.
         """
-        response = await self._kv.txn(
-            compare=[KVService.txn_compare_create_revision(key, 0)],
-            success=[KVService.txn_op_put(key, value, lease=_lease_id(lease))],
-            failure=[KVService.txn_op_get(key)],
-            timeout=5,
-        )
+        with self._timed("transaction"):
+            response = await self._kv.txn(
+                compare=[KVService.txn_compare_create_revision(key, 0)],
+                success=[KVService.txn_op_put(key, value, lease=_lease_id(lease))],
+                failure=[KVService.txn_op_get(key)],
+                timeout=ATTEMPT_TIMEOUT_S,
+            )
         if response.succeeded:
             return True, value
         kvs = response.responses[0].response_range.kvs
         return False, bytes(kvs[0].value) if kvs else b""
 
+    @_fails_over
     async def get_versioned(self, key: str) -> tuple[bytes | None, int]:
         """The value and its version (0: absent), for `put_if_version`."""
-        response = await self._kv.get(key, timeout=5)
+        with self._timed("get"):
+            response = await self._kv.get(key, timeout=ATTEMPT_TIMEOUT_S)
         if not response.kvs:
             return None, 0
         return bytes(response.kvs[0].value), int(response.kvs[0].version)
 
+    @_fails_over
     async def put_if_version(self, key: str, version: int, value: bytes, lease: int = 0) -> bool:
         """Write `key` only if nobody wrote it since it was read at `version`
         (compare-and-swap); False when somebody did."""
-        response = await self._kv.txn(
-            compare=[KVService.txn_compare_version(key, version)],
-            success=[KVService.txn_op_put(key, value, lease=lease)],
-            failure=[],
-            timeout=5,
-        )
+        with self._timed("transaction"):
+            response = await self._kv.txn(
+                compare=[KVService.txn_compare_version(key, version)],
+                success=[KVService.txn_op_put(key, value, lease=lease)],
+                failure=[],
+                timeout=ATTEMPT_TIMEOUT_S,
+            )
         return bool(response.succeeded)
 
+    @_fails_over
+    async def delete_if_value(self, key: str, value: bytes) -> bool:
+        """Delete `key` only if it still holds exactly `value` (one transaction):
+        False when it is gone or holds something else by now."""
+        with self._timed("transaction"):
+            response = await self._kv.txn(
+                compare=[KVService.txn_compare_value(key, value)],
+                success=[KVService.txn_op_delete(key)],
+                failure=[],
+                timeout=ATTEMPT_TIMEOUT_S,
+            )
+        return bool(response.succeeded)
+
+    @_fails_over
     async def grant_expiring_lease(self, ttl: int) -> int:
         """A lease nobody keeps alive: its keys vanish `ttl` seconds from now."""
-        response = await self._client.lease.grant(ttl, timeout=5)  # type: ignore[union-attr]
+        with self._timed("lease_grant"):
+            response = await self._client.lease.grant(ttl, timeout=ATTEMPT_TIMEOUT_S)  # type: ignore[union-attr]
         return int(response.ID)
 
+    @_fails_over
     async def grant_lease(self, ttl: int) -> Lease:
-        response = await self._client.lease.grant(ttl, timeout=5)  # type: ignore[union-attr]
-        return Lease(self._client, int(response.ID), ttl)
+        with self._timed("lease_grant"):
+            response = await self._client.lease.grant(ttl, timeout=ATTEMPT_TIMEOUT_S)  # type: ignore[union-attr]
+        return Lease(self._client, int(response.ID), ttl, self._timed)
 
     async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         """Changes under `prefix` from `start_revision` on; reconnects by itself."""

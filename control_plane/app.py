@@ -32,6 +32,9 @@ from protos import rooms_pb2_grpc
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 3.0
+# /readyz reads this (absent) key to see that etcd answers.
+READY_PROBE_KEY = "/conclave/ping"
+READY_ETCD_TIMEOUT_S = 1.0
 
 
 class ControlPlane:
@@ -50,12 +53,18 @@ class ControlPlane:
         self.store = EtcdStore(etcd)
         self.attempts = AttemptLimiter(self.store, attempts)
         self.registry = NodeRegistry(self.store)
+        self.metrics = ControlPlaneMetrics(self.attempts, self.registry)
+        self.store.observe = self.metrics.server.observe_etcd
         self.signer = GrantSigner(self.store)
         self.relays = RelayClient()
         self.registry.on_node_removed(self.relays.forget)
-        self.placer = Placer(self.store, self.registry, strategy or PowerOfTwoChoices())
+        self.placer = Placer(
+            self.store,
+            self.registry,
+            strategy or PowerOfTwoChoices(),
+            on_decision=lambda decision: self.metrics.placements.labels(decision=decision).inc(),
+        )
         self.expiry = ExpiryWatcher(self.store, self.registry, self.relays)
-        self.metrics = ControlPlaneMetrics(self.attempts)
         self.service = RoomService(
             self.store,
             self.registry,
@@ -72,7 +81,10 @@ class ControlPlane:
         self._lag_watch: asyncio.Task[None] | None = None
         # Without this gRPC sets SO_REUSEPORT, and a second replica started on the
         # same port would silently share it instead of failing.
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(
+            interceptors=[self.metrics.server.interceptor()],
+            options=[("grpc.so_reuseport", 0)],
+        )
         rooms_pb2_grpc.add_RoomServiceServicer_to_server(self.service, self._server)  # type: ignore[no-untyped-call]
         self._started = False
 
@@ -98,7 +110,13 @@ class ControlPlane:
             await self._server.start()
             if http_port is not None:
                 app = Gateway(self.service).application()
-                app.add_routes([web.get("/metrics", self.metrics.handler)])
+                app.add_routes(
+                    [
+                        web.get("/metrics", self.metrics.handler),
+                        web.get("/healthz", self._alive),
+                        web.get("/readyz", self._ready),
+                    ]
+                )
                 await self._serve_http(app, host, http_port)
         except BaseException:
             await self.stop(grace=None)
@@ -123,6 +141,22 @@ class ControlPlane:
         await self.registry.stop()
         await self.relays.close()
         await self.store.close()
+
+    async def _alive(self, request: web.Request) -> web.Response:
+        """Liveness: the event loop answers. Restarting would not fix etcd."""
+        return web.Response(text="ok")
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        """Readiness: serving, and etcd answers now; otherwise joins would fail here
+        and the load balancer should send them to another replica."""
+        if not self._started:
+            return web.Response(status=503, text="stopping")
+        try:
+            async with asyncio.timeout(READY_ETCD_TIMEOUT_S):
+                await self.store.get(READY_PROBE_KEY)
+        except Exception:
+            return web.Response(status=503, text="etcd is not reachable")
+        return web.Response(text="ok")
 
     async def _serve_http(self, app: web.Application, host: str, port: int) -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)

@@ -138,6 +138,7 @@ class Gateway:
                 host_key=_text(body, "host_key"),
                 rejoin_participant_id=_text(body, "rejoin_participant_id"),
                 rejoin_token=_text(body, "rejoin_token"),
+                unreachable_node_id=_text(body, "unreachable_node_id"),
             ),
             _Context(request),
         )

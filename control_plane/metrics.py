@@ -1,6 +1,6 @@
-"""Prometheus metrics of a control-plane replica, served at /metrics when
-`--metrics-listen` is given. Labels never carry names, ids or addresses: only
-outcomes, action names and limit settings."""
+"""Prometheus metrics of a control-plane replica, served at /metrics on its
+`--http-port` (docs/metrics.md). Labels never carry names, ids or addresses: only
+outcomes, decisions, states, action names and limit settings."""
 
 from __future__ import annotations
 
@@ -17,18 +17,40 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from conclave.server_metrics import ServerMetrics
 from control_plane.attempts import AttemptLimiter
+from control_plane.registry import NodeRegistry
 
 # JoinRoom outcomes; "not_found" is a wrong passcode and an unknown meeting alike.
-JOIN_RESULTS = ("granted", "not_found", "locked_out", "meeting_locked", "removed")
+JOIN_RESULTS = (
+    "granted",
+    "not_found",
+    "locked_out",
+    "meeting_locked",
+    "removed",
+    "unavailable",
+    "error",
+)
+# How a join found its meeting's node (control_plane/placer.py).
+PLACEMENT_DECISIONS = ("existing", "placed", "adopted", "no_capacity")
 
 
 class ControlPlaneMetrics:
     """One replica's metrics, in a registry of its own (tests run several replicas
     in one process)."""
 
-    def __init__(self, attempts: AttemptLimiter) -> None:
+    def __init__(self, attempts: AttemptLimiter, nodes: NodeRegistry) -> None:
         self.registry = CollectorRegistry()
+        self.server = ServerMetrics(self.registry)
+        self.placements = Counter(
+            "conclave_control_placements_total",
+            "How joins found their meeting's node: existing, placed, adopted "
+            "(another replica placed it first), no_capacity",
+            ["decision"],
+            registry=self.registry,
+        )
+        for decision in PLACEMENT_DECISIONS:
+            self.placements.labels(decision=decision)
         self.joins = Counter(
             "conclave_control_joins_total",
             "JoinRoom calls by outcome",
@@ -50,6 +72,7 @@ class ControlPlaneMetrics:
             registry=self.registry,
         )
         self.registry.register(_AttemptLimits(attempts))
+        self.registry.register(_Nodes(nodes))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -58,6 +81,30 @@ class ControlPlaneMetrics:
         response = web.Response(body=self.render())
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return response
+
+
+class _Nodes(Collector):
+    """The relays this replica sees registered, read from its cache when scraped."""
+
+    def __init__(self, nodes: NodeRegistry) -> None:
+        self._nodes = nodes
+
+    def collect(self) -> Iterator[Metric]:
+        live = self._nodes.live_nodes()
+        draining = sum(1 for node in live if node.draining)
+        states = GaugeMetricFamily(
+            "conclave_control_nodes",
+            "Relays registered in etcd as this replica sees them, by state",
+            labels=["state"],
+        )
+        states.add_metric(["serving"], len(live) - draining)
+        states.add_metric(["draining"], draining)
+        yield states
+        yield GaugeMetricFamily(
+            "conclave_control_cell_capacity_participants",
+            "Sum of the registered relays' participant capacities",
+            value=sum(node.capacity for node in live),
+        )
 
 
 class _AttemptLimits(Collector):

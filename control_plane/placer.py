@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -40,8 +41,11 @@ class Placer:
         *,
         settle_timeout: float = 1.0,
         poll_interval: float = 0.05,
+        on_decision: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
+        # Told how each join found its node: existing, placed, adopted, no_capacity.
+        self._on_decision = on_decision or (lambda decision: None)
         self._registry = registry
         self._strategy = strategy
         self._settle_timeout = settle_timeout
@@ -49,18 +53,23 @@ class Placer:
         # One placement attempt per meeting at a time on this replica; joiners share it.
         self._inflight: dict[RoomId, asyncio.Task[NodeInfo]] = {}
 
-    async def ensure_placed(self, room_id: RoomId) -> NodeInfo:
+    async def ensure_placed(
+        self, room_id: RoomId, exclude: frozenset[NodeId] = frozenset()
+    ) -> NodeInfo:
         """The live node hosting the meeting, placing it first if it has none.
 
+        `exclude`: nodes not to place it on even though registered (one that failed
+        a failover check, control_plane/failover.py, until its lease runs out).
         Raises `NoRelayAvailable` when no node has headroom, and `PlacementUnsettled`
         when the placement still names a departed node after `settle_timeout`.
         """
         node = self._registry.live_placement(room_id)
-        if node is not None:
+        if node is not None and node.node_id not in exclude:
+            self._on_decision("existing")
             return node
         task = self._inflight.get(room_id)
         if task is None:
-            task = asyncio.create_task(self._settle(room_id), name="place room")
+            task = asyncio.create_task(self._settle(room_id, exclude), name="place room")
             self._inflight[room_id] = task
             task.add_done_callback(lambda done: self._finished(room_id, done))
         # shield: a cancelled JoinRoom must not cancel the attempt other joiners await.
@@ -72,15 +81,16 @@ class Placer:
         if not task.cancelled():
             task.exception()  # retrieved here so an unawaited failure is not reported as lost
 
-    async def _settle(self, room_id: RoomId) -> NodeInfo:
+    async def _settle(self, room_id: RoomId, exclude: frozenset[NodeId]) -> NodeInfo:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settle_timeout
-        excluded: set[NodeId] = set()  # nodes whose lease etcd no longer knows
+        excluded = set(exclude)  # and nodes whose lease etcd no longer knows
         while True:
             node_id = self._registry.placement(room_id)
             if node_id is not None:
                 node = await self._resolve(room_id, node_id)
                 if node is not None:
+                    self._on_decision("adopted")
                     return node
                 if self._registry.placement(room_id) is not None:
                     # Lease-bound, so etcd deletes it soon after the node's lease ends.
@@ -104,6 +114,7 @@ class Placer:
             self._registry.record_placement(room_id, winner)
             if created:
                 log.debug("placed room %s on node %s", room_id, node.node_id)
+                self._on_decision("placed")
                 return node
             # Another replica won: the next pass resolves its node.
 
@@ -137,4 +148,5 @@ class Placer:
         try:
             return self._strategy.choose(nodes, self._registry.rooms_placed())
         except NoRelayAvailable:
+            self._on_decision("no_capacity")
             raise NoRelayAvailable(room_id) from None

@@ -46,7 +46,8 @@ from control_plane.errors import (
     StoreUnavailable,
     TooManyAttempts,
 )
-from control_plane.ids import RoomId, new_participant_id, new_room_id
+from control_plane.failover import Failover
+from control_plane.ids import NodeId, RoomId, new_participant_id, new_room_id
 from control_plane.metrics import ControlPlaneMetrics
 from control_plane.placer import Placer
 from control_plane.records import (
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MEETING_TTL_S = 86_400  # a day
 DEFAULT_AUDIT_RETENTION_S = 30 * 86_400  # after the meeting's expiry
+MAX_NODE_ID = 256  # a longer unreachable_node_id hint names no relay: ignored
 HOST_API = "host-api"  # the audit log's actor for RoomService calls with the host key
 
 _STATUS: dict[type[ControlPlaneError], grpc.StatusCode] = {
@@ -137,12 +139,13 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         metrics: ControlPlaneMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._metrics = metrics or ControlPlaneMetrics(attempts)
+        self._metrics = metrics or ControlPlaneMetrics(attempts, registry)
         self._store = store
         self._registry = registry
         self._placer = placer
         self._signer = signer
         self._relays = relays
+        self._failover = Failover(store, registry)  # checks rejoiners' unreachable-node hints
         self._attempts = attempts
         self._trusted_proxies = tuple(trusted_proxies)
         self._meeting_ttl = meeting_ttl
@@ -188,6 +191,18 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     async def JoinRoom(
         self, request: rooms_pb2.JoinRoomRequest, context: Any
     ) -> rooms_pb2.JoinRoomResponse:
+        try:
+            return await self._join_room(request, context)
+        except (NoRelayAvailable, PlacementUnsettled):
+            self._metrics.joins.labels(result="unavailable").inc()
+            raise
+        except _STORE_FAILURES:
+            self._metrics.joins.labels(result="error").inc()
+            raise
+
+    async def _join_room(
+        self, request: rooms_pb2.JoinRoomRequest, context: Any
+    ) -> rooms_pb2.JoinRoomResponse:
         room_id = validation.room_id(request.room_id)
         display_name = validation.display_name(request.display_name)
         passcode = validation.passcode(request.passcode)
@@ -230,8 +245,13 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         if role != "host" and room.policy.is_removed(rejoin_of, source_tag):
             self._metrics.joins.labels(result="removed").inc()
             raise RemovedFromMeeting()
+        # A rejoiner that lost its relay: moved off it only if it does not answer us.
+        exclude = frozenset[NodeId]()
+        if 0 < len(request.unreachable_node_id) <= MAX_NODE_ID:  # only compared, never a key
+            reported = NodeId(request.unreachable_node_id)
+            exclude = await self._failover.excluded(room_id, reported)
         was_placed = self._registry.live_placement(room_id) is not None
-        node = await self._placer.ensure_placed(room_id)
+        node = await self._placer.ensure_placed(room_id, exclude)
         if not was_placed and await self._store.get(room_key(room_id)) is None:
             # EndRoom ran while we placed: undo, or the placement outlives the room.
             await self._store.delete(placement_key(room_id))

@@ -85,7 +85,8 @@ class GrantSigner:
         (its etcd lease): (token, expires_at_ms). `sources` is what it may publish
         (empty: nothing); `source_tag` the HMAC of the address it was asked from;
         `rejoin_of` the admitted participant it replaces (conclave/rejoin.py)."""
-        expires_at_ms = int(self._clock() * 1000) + self._lifetime_ms
+        issued_at_ms = int(self._clock() * 1000)
+        expires_at_ms = issued_at_ms + self._lifetime_ms
         grant = JoinGrant(
             room_id=room_id,
             participant_id=participant_id,
@@ -98,6 +99,7 @@ class GrantSigner:
             role=role,
             source_tag=source_tag,
             rejoin_of=rejoin_of,
+            issued_at_ms=issued_at_ms,
         )
         return sign(grant, self._private_key), expires_at_ms
 

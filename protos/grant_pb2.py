@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/grant.proto\x12\x0b\x63onclave.v1\"\x88\x02\n\tJoinGrant\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x15\n\rcan_subscribe\x18\x06 \x01(\x08\x12\x15\n\rexpires_at_ms\x18\x07 \x01(\x03\x12\r\n\x05nonce\x18\x08 \x01(\x0c\x12\x0e\n\x06key_id\x18\t \x01(\t\x12\x12\n\nnode_lease\x18\n \x01(\x03\x12\x0c\n\x04role\x18\x0b \x01(\t\x12\x0f\n\x07sources\x18\x0c \x03(\t\x12\x12\n\nsource_tag\x18\r \x01(\t\x12\x11\n\trejoin_of\x18\x0e \x01(\tJ\x04\x08\x05\x10\x06\"/\n\x0bSignedGrant\x12\r\n\x05grant\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/grant.proto\x12\x0b\x63onclave.v1\"\x9e\x02\n\tJoinGrant\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x15\n\rcan_subscribe\x18\x06 \x01(\x08\x12\x15\n\rexpires_at_ms\x18\x07 \x01(\x03\x12\r\n\x05nonce\x18\x08 \x01(\x0c\x12\x0e\n\x06key_id\x18\t \x01(\t\x12\x12\n\nnode_lease\x18\n \x01(\x03\x12\x0c\n\x04role\x18\x0b \x01(\t\x12\x0f\n\x07sources\x18\x0c \x03(\t\x12\x12\n\nsource_tag\x18\r \x01(\t\x12\x11\n\trejoin_of\x18\x0e \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x0f \x01(\x03J\x04\x08\x05\x10\x06\"/\n\x0bSignedGrant\x12\r\n\x05grant\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.grant_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOINGRANT']._serialized_start=36
-  _globals['_JOINGRANT']._serialized_end=300
-  _globals['_SIGNEDGRANT']._serialized_start=302
-  _globals['_SIGNEDGRANT']._serialized_end=349
+  _globals['_JOINGRANT']._serialized_end=322
+  _globals['_SIGNEDGRANT']._serialized_start=324
+  _globals['_SIGNEDGRANT']._serialized_end=371
 # @@protoc_insertion_point(module_scope)

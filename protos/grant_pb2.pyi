@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinGrant(_message.Message):
-    __slots__ = ("room_id", "participant_id", "node_id", "display_name", "can_subscribe", "expires_at_ms", "nonce", "key_id", "node_lease", "role", "sources", "source_tag", "rejoin_of")
+    __slots__ = ("room_id", "participant_id", "node_id", "display_name", "can_subscribe", "expires_at_ms", "nonce", "key_id", "node_lease", "role", "sources", "source_tag", "rejoin_of", "issued_at_ms")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class JoinGrant(_message.Message):
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TAG_FIELD_NUMBER: _ClassVar[int]
     REJOIN_OF_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     participant_id: str
     node_id: str
@@ -34,7 +35,8 @@ class JoinGrant(_message.Message):
     sources: _containers.RepeatedScalarFieldContainer[str]
     source_tag: str
     rejoin_of: str
-    def __init__(self, room_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., node_id: _Optional[str] = ..., display_name: _Optional[str] = ..., can_subscribe: _Optional[bool] = ..., expires_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., key_id: _Optional[str] = ..., node_lease: _Optional[int] = ..., role: _Optional[str] = ..., sources: _Optional[_Iterable[str]] = ..., source_tag: _Optional[str] = ..., rejoin_of: _Optional[str] = ...) -> None: ...
+    issued_at_ms: int
+    def __init__(self, room_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., node_id: _Optional[str] = ..., display_name: _Optional[str] = ..., can_subscribe: _Optional[bool] = ..., expires_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., key_id: _Optional[str] = ..., node_lease: _Optional[int] = ..., role: _Optional[str] = ..., sources: _Optional[_Iterable[str]] = ..., source_tag: _Optional[str] = ..., rejoin_of: _Optional[str] = ..., issued_at_ms: _Optional[int] = ...) -> None: ...
 
 class SignedGrant(_message.Message):
     __slots__ = ("grant", "signature")

@@ -59,7 +59,7 @@ class GetRoomRequest(_message.Message):
     def __init__(self, room_id: _Optional[str] = ..., host_key: _Optional[str] = ...) -> None: ...
 
 class JoinRoomRequest(_message.Message):
-    __slots__ = ("room_id", "display_name", "publish", "passcode", "host_key", "rejoin_participant_id", "rejoin_token")
+    __slots__ = ("room_id", "display_name", "publish", "passcode", "host_key", "rejoin_participant_id", "rejoin_token", "unreachable_node_id")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class JoinRoomRequest(_message.Message):
     HOST_KEY_FIELD_NUMBER: _ClassVar[int]
     REJOIN_PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     REJOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     display_name: str
     publish: bool
@@ -74,7 +75,8 @@ class JoinRoomRequest(_message.Message):
     host_key: str
     rejoin_participant_id: str
     rejoin_token: str
-    def __init__(self, room_id: _Optional[str] = ..., display_name: _Optional[str] = ..., publish: _Optional[bool] = ..., passcode: _Optional[str] = ..., host_key: _Optional[str] = ..., rejoin_participant_id: _Optional[str] = ..., rejoin_token: _Optional[str] = ...) -> None: ...
+    unreachable_node_id: str
+    def __init__(self, room_id: _Optional[str] = ..., display_name: _Optional[str] = ..., publish: _Optional[bool] = ..., passcode: _Optional[str] = ..., host_key: _Optional[str] = ..., rejoin_participant_id: _Optional[str] = ..., rejoin_token: _Optional[str] = ..., unreachable_node_id: _Optional[str] = ...) -> None: ...
 
 class JoinRoomResponse(_message.Message):
     __slots__ = ("room_id", "participant_id", "node_id", "signal_url", "grant", "grant_expires_at_ms")

@@ -7,12 +7,14 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 
 import grpc
 import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from conclave.arguments import non_negative_float
 from conclave.ice import (
     PortRange,
     advertise_address,
@@ -27,6 +29,7 @@ from conclave.tasks import spawn
 from protos import relay_pb2_grpc
 from relay import metrics, signaling
 from relay.admission import GrantChecker
+from relay.drain import DEFAULT_DEADLINE_S, Drainer
 from relay.no_decode import install_decoder_guard
 from relay.node import RelayNode
 from relay.peer import set_simulcast_offer, set_test_video_loss
@@ -34,6 +37,8 @@ from relay.registration import NodeInfo, NodeRegistration
 from relay.rpc import RelayServicer
 
 log = logging.getLogger("relay")
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +81,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(1:1 NAT; sockets still bind --ice-address); default: the bound address",
     )
     parser.add_argument("--capacity", type=int, default=200, help="participant limit of the node")
+    parser.add_argument(
+        "--drain-deadline",
+        type=non_negative_float,
+        default=DEFAULT_DEADLINE_S,
+        metavar="SECONDS",
+        help="on SIGTERM, drain first: move meetings to other relays, close those that "
+        f"cannot move after this long, then exit (default {DEFAULT_DEADLINE_S:g}; "
+        "a second SIGTERM, or SIGINT, stops at once)",
+    )
     parser.add_argument(
         "--simulcast",
         action=argparse.BooleanOptionalAction,
@@ -144,7 +158,34 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def health_handler(request: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP (draining included)."""
     return web.Response(text="ok")
+
+
+def readiness_handler(node: RelayNode) -> Handler:
+    """Readiness: 503 while draining, so load balancers and k8s stop sending joins."""
+
+    async def ready(request: web.Request) -> web.Response:
+        if node.draining:
+            return web.Response(status=503, text="draining")
+        return web.Response(text="ok")
+
+    return ready
+
+
+def watch_tracks(node: RelayNode, capacity: int) -> None:
+    """Capacity and track gauges, counted when scraped rather than kept in step."""
+    metrics.CAPACITY.set(capacity)
+    metrics.TRACKS_PUBLISHED.set_function(
+        lambda: sum(len(room.tracks) for room in node.rooms.values())
+    )
+    metrics.TRACKS_SUBSCRIBED.set_function(
+        lambda: sum(
+            len(participant.peer.subscriptions)
+            for room in node.rooms.values()
+            for participant in room.participants.values()
+        )
+    )
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -153,12 +194,13 @@ async def serve(args: argparse.Namespace) -> None:
     set_simulcast_offer(args.simulcast)
     configure_ice(args)
     host = args.advertise_host or args.http_host
-    store = EtcdStore(args.etcd.split(","))
+    store = EtcdStore(args.etcd.split(","), observe=metrics.SERVER.observe_etcd)
     await store.connect()
     grants = GrantChecker(store, args.node_id)
     await grants.start()
     node = RelayNode(args.node_id, store, grants, args.capacity)
     await node.start()
+    watch_tracks(node, args.capacity)
 
     app = web.Application()
     app.add_routes(
@@ -166,13 +208,14 @@ async def serve(args: argparse.Namespace) -> None:
             *signaling.routes(node),
             web.get("/metrics", metrics_handler),
             web.get("/healthz", health_handler),
+            web.get("/readyz", readiness_handler(node)),
         ]
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.http_host, args.http_port).start()
 
-    rpc_server = grpc.aio.server()
+    rpc_server = grpc.aio.server(interceptors=[metrics.SERVER.interceptor()])
     relay_pb2_grpc.add_RelayServiceServicer_to_server(  # type: ignore[no-untyped-call]
         RelayServicer(node), rpc_server
     )
@@ -192,11 +235,25 @@ async def serve(args: argparse.Namespace) -> None:
     lag_watch = spawn(watch_lag(metrics.EVENT_LOOP_LAG.observe), "event-loop-lag")
     grants.current_lease = lambda: registration.lease_id
     node.on_participants_changed = registration.participants_changed
+    drainer = Drainer(node, store, registration)
+    await drainer.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    terminated = False
+
+    def on_sigterm() -> None:
+        """The first SIGTERM drains, then stops; a second one stops at once."""
+        nonlocal terminated
+        if terminated:
+            stop.set()
+            return
+        terminated = True
+        drainer.begin(args.drain_deadline)
+        spawn(_set_when(drainer.drained, stop), "stop-when-drained")
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     print(
         f"relay ready node={args.node_id} http=http://{host}:{args.http_port} "
         f"rpc={host}:{args.rpc_port}",
@@ -206,6 +263,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     log.info("relay stopping")
     lag_watch.cancel()
+    await drainer.stop()
     await registration.stop()
     for room in list(node.rooms.values()):
         await room.close("node_shutdown")
@@ -214,6 +272,11 @@ async def serve(args: argparse.Namespace) -> None:
     await node.stop()
     await grants.stop()
     await store.close()
+
+
+async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:
+    await done.wait()
+    then.set()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from conclave.server_metrics import ServerMetrics
+
+# RelayService calls served and etcd requests made (docs/metrics.md).
+SERVER = ServerMetrics()
+
 PACKETS_DROPPED = Counter(
     "conclave_packets_dropped_total", "Packets the relay dropped, by reason", ["reason"]
 )
@@ -54,3 +59,85 @@ EVENT_LOOP_LAG = Histogram(
     "How much later than asked the relay's event loop ran a timer",
     buckets=LOOP_LAG_BUCKETS,
 )
+
+# The closed sets of label values (tests/integration/test_metrics.py checks every
+# scraped label against them).
+DROP_REASONS = (
+    "malformed_rtp",
+    "unknown_payload_type",
+    "unknown_layer",
+    "not_published",
+    "muted_by_host",
+    "padding",
+    "not_connected",
+    "send_failed",
+    "internal_error",
+    "test_loss",
+)
+NODE_STATES = ("serving", "draining")
+
+NODE_STATE = Gauge(
+    "conclave_node_state",
+    "1 for the node's state now (serving, draining), 0 for the others",
+    ["state"],
+)
+HEARTBEAT_TIMESTAMP = Gauge(
+    "conclave_relay_heartbeat_timestamp_seconds",
+    "Unix time of the node's last successful lease keepalive in etcd",
+)
+CAPACITY = Gauge(
+    "conclave_relay_capacity_participants", "The relay's participant limit (--capacity)"
+)
+TRACKS_PUBLISHED = Gauge("conclave_tracks_published", "Tracks (sources) published to this relay")
+TRACKS_SUBSCRIBED = Gauge(
+    "conclave_tracks_subscribed", "Subscriptions: (subscriber, track) pairs being forwarded"
+)
+BYTES_RECEIVED = Counter(
+    "conclave_bytes_received_total", "RTP bytes (header and payload) received from publishers"
+)
+BYTES_FORWARDED = Counter("conclave_bytes_forwarded_total", "RTP bytes sent to subscribers")
+NACKS_RECEIVED = Counter("conclave_nacks_received_total", "NACK feedback messages from subscribers")
+PLIS_RECEIVED = Counter(
+    "conclave_plis_received_total", "PLI/FIR key frame requests from subscribers"
+)
+SUBSCRIBER_RTT = Histogram(
+    "conclave_subscriber_rtt_seconds",
+    "Round-trip time to subscribers, from their receiver reports",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6),
+)
+SUBSCRIBER_LOSS = Histogram(
+    "conclave_subscriber_loss_ratio",
+    "Fraction lost that subscribers report in their receiver reports",
+    buckets=(0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+JOIN_DURATION = Histogram(
+    "conclave_join_duration_seconds",
+    "From the grant's issue to the first media packet sent to or received from the participant",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
+)
+JOIN_RESULTS = ("joined", "waiting", "refused")
+JOINS = Counter("conclave_joins_total", "Joins at the relay by result", ["result"])
+GRANT_REFUSALS = (
+    "grant_malformed",
+    "grant_unknown_key",
+    "grant_bad_signature",
+    "grant_expired",
+    "grant_wrong_node",
+    "grant_stale_node",
+    "grant_replayed",
+    "not_allowed",
+    "locked",
+    "removed",
+    "room_full",
+    "room_not_found",
+    "node_full",
+    "node_draining",
+)
+GRANTS_REFUSED = Counter(
+    "conclave_grants_refused_total", "join messages refused, by reason", ["reason"]
+)
+for _state in NODE_STATES:
+    NODE_STATE.labels(state=_state)
+NODE_STATE.labels(state="serving").set(1)
+for _result in JOIN_RESULTS:
+    JOINS.labels(result=_result)

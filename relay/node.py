@@ -21,13 +21,18 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PARTICIPANTS = 100
 WATCH_RETRY_S = 1.0
+SERVING, DRAINING = "serving", "draining"  # the node's states (conclave_node_state)
+CLOSE_NODE_REFUSED = 4004  # node_full, node_draining: ask the control plane again
 
 
 class RelayNode:
     """Rooms by id: opened on first join (settings read from etcd), dropped when
     the last participant leaves. Each room follows its record in etcd: a policy
     change (lock, suspension, waiting room, removal) applies at once, and a deleted
-    record (the meeting ended or expired) closes the room."""
+    record (the meeting ended or expired) closes the room.
+
+    A draining node (relay/drain.py) keeps its rooms until their participants have
+    moved, and refuses every new join."""
 
     def __init__(self, node_id: str, store: EtcdStore, grants: GrantChecker, capacity: int) -> None:
         self.node_id = node_id
@@ -37,6 +42,21 @@ class RelayNode:
         self.rooms: dict[str, Room] = {}
         self.on_participants_changed: Callable[[int], None] = lambda count: None
         self._watch: asyncio.Task[None] | None = None
+        self.state = SERVING
+        self._show_state()
+
+    @property
+    def draining(self) -> bool:
+        return self.state == DRAINING
+
+    def start_draining(self) -> None:
+        """From now on no join is accepted; one-way for the life of the process."""
+        self.state = DRAINING
+        self._show_state()
+
+    def _show_state(self) -> None:
+        for state in (SERVING, DRAINING):
+            metrics.NODE_STATE.labels(state=state).set(1 if state == self.state else 0)
 
     async def start(self) -> None:
         self._watch = spawn(self._follow_records(), "room-records")
@@ -51,8 +71,14 @@ class RelayNode:
     async def open_room(self, room_id: str) -> Room:
         """The meeting's room, its policy freshly read from etcd: a join is checked
         against the record as it is now, not as the watch last saw it."""
+        if self.draining:
+            raise SignalingError(
+                "node_draining", "this relay is draining; join again", CLOSE_NODE_REFUSED
+            )
         if self.participant_count() >= self.capacity:
-            raise SignalingError("node_full", "this relay is at capacity; join again", 4004)
+            raise SignalingError(
+                "node_full", "this relay is at capacity; join again", CLOSE_NODE_REFUSED
+            )
         value = await self.store.get(ROOMS_PREFIX + room_id)
         if value is None:
             raise SignalingError("room_not_found", "the meeting does not exist (ended?)", 4004)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,6 +50,9 @@ CONNECT_TIMEOUT_S = 20.0
 CODECS = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
 
 RTCP_INTERVAL_S = 1.0
+# Sender reports remembered per participant for RTT: a few seconds' worth for
+# each of its subscriptions, with room to spare.
+_REPORTS_REMEMBERED = 64
 CNAME = b"conclave-relay"
 
 Signal = Callable[[dict[str, Any]], Awaitable[None]]
@@ -170,6 +174,9 @@ class ParticipantPeer:
         self._simulcast_offered: list[str] = []  # mids ever offered with layers
         self.subscriptions: dict[str, Subscription] = {}
         self.rtcp_ssrc = random.getrandbits(32)
+        # Unix ms the join began (its grant's issue) until the first media packet
+        # to or from this participant; then None (conclave_join_duration_seconds).
+        self.join_started_ms: int | None = None
         self.incoming: dict[int, IncomingStream] = {}  # by SSRC
         self._signal = signal
         self._events = events
@@ -180,6 +187,8 @@ class ParticipantPeer:
         self._mid_extension_ids: set[int] = set()
         self.publish_codec: dict[str, str] = {}  # source -> MIME type of the latest packet
         self._by_output_ssrc: dict[int, Subscription] = {}
+        # (output SSRC, middle 32 bits of its NTP time) -> when the SR was sent
+        self._reports_sent: dict[tuple[int, int], float] = {}
         self._transport: RTCDtlsTransport | None = None
         self._needed = asyncio.Event()
         self._answer: asyncio.Future[str] | None = None
@@ -546,15 +555,43 @@ class ParticipantPeer:
             if isinstance(item, rtcp.SenderReport):
                 await self._sender_report(item)
             elif isinstance(item, rtcp.KeyframeRequest):
+                metrics.PLIS_RECEIVED.inc()
                 sub = self._by_output_ssrc.get(item.media_ssrc)
                 if sub is not None and sub.output is not None:
                     self._events.on_keyframe_request(sub.track_id, sub.output)
             elif isinstance(item, rtcp.Nack):
+                metrics.NACKS_RECEIVED.inc()
                 sub = self._by_output_ssrc.get(item.media_ssrc)
                 if sub is not None and sub.output is not None and item.lost:
                     await self._events.on_nack(sub.track_id, sub.output, item.lost)
+            elif isinstance(item, rtcp.ReportBlock):
+                self._report_block(item)
             else:
                 self._remb(item)
+
+    def media_flowing(self) -> None:
+        """The first media packet to or from this participant: the join is done."""
+        started, self.join_started_ms = self.join_started_ms, None
+        if started is not None:
+            metrics.JOIN_DURATION.observe(max(time.time() * 1000 - started, 0) / 1000)
+
+    def sender_report_sent(self, ssrc: int, ntp: int, now: float) -> None:
+        """Remember when a sender report went out on `ssrc`: the receiver report
+        that answers it names it (LSR), which gives the round-trip time."""
+        self._reports_sent[(ssrc, (ntp >> 16) & 0xFFFFFFFF)] = now
+        if len(self._reports_sent) > _REPORTS_REMEMBERED:
+            del self._reports_sent[next(iter(self._reports_sent))]
+
+    def _report_block(self, block: rtcp.ReportBlock) -> None:
+        """Loss and round-trip time this subscriber reports about what we send it."""
+        if block.ssrc not in self._by_output_ssrc:
+            return  # about an SSRC of someone else's, or forged
+        metrics.SUBSCRIBER_LOSS.observe(block.fraction_lost / 256)
+        sent = self._reports_sent.get((block.ssrc, block.lsr)) if block.lsr else None
+        if sent is not None:
+            rtt = asyncio.get_running_loop().time() - sent - block.dlsr / 65536
+            if rtt >= 0:
+                metrics.SUBSCRIBER_RTT.observe(rtt)
 
     async def _sender_report(self, report: rtcp.SenderReport) -> None:
         stream = self.incoming.get(report.ssrc)

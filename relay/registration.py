@@ -3,7 +3,10 @@
 The lease (TTL 3 s) is what tells the control plane the node is alive: when the
 process dies the key disappears within the TTL, and so do the placements the
 control plane attached to the same lease. The load figure is a coarse bucket and
-is written only when the bucket changes.
+is written only when the bucket changes. A draining node (relay/drain.py) adds
+`"draining": true` and its exact participant count, rewritten as people leave, so
+that `conclave relay drain --wait` can tell when it is empty; that is a handful of
+writes once in the node's life, not a figure kept in step.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 from conclave.store import NODES_PREFIX, EtcdStore, Lease
 from conclave.tasks import spawn
+from relay import metrics
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,13 @@ class NodeRegistration:
         self._store = store
         self._info = info
         self._load = 0.0
+        self._draining = False
+        self._participants = 0  # written while draining only
         self._lease: Lease | None = None
         self._task: asyncio.Task[None] | None = None
+        # One write at a time, each with the state as it is when it starts, so an
+        # older figure never lands after a newer one.
+        self._write_lock = asyncio.Lock()
 
     @property
     def lease_id(self) -> int:
@@ -46,24 +55,41 @@ class NodeRegistration:
     async def start(self) -> None:
         await self._register()
         self._task = asyncio.create_task(self._renew_when_lost(), name="node-registration")
+        # The last time etcd confirmed our lease (the node key lives exactly as long).
+        metrics.HEARTBEAT_TIMESTAMP.set_function(
+            lambda: self._lease.refreshed_at if self._lease is not None else 0.0
+        )
 
     async def _register(self) -> None:
         self._lease = await self._store.grant_lease(LEASE_TTL_S)
         await self._write()
 
     async def _write(self) -> None:
-        assert self._lease is not None
-        value = {
-            "node_id": self._info.node_id,
-            "signal_url": self._info.signal_url,
-            "rpc_address": self._info.rpc_address,
-            "capacity": self._info.capacity,
-            "load": self._load,
-            "lease": self._lease.id,
-        }
-        await self._store.put(
-            NODES_PREFIX + self._info.node_id, json.dumps(value).encode(), self._lease
-        )
+        async with self._write_lock:
+            lease = self._lease
+            assert lease is not None
+            value: dict[str, object] = {
+                "node_id": self._info.node_id,
+                "signal_url": self._info.signal_url,
+                "rpc_address": self._info.rpc_address,
+                "capacity": self._info.capacity,
+                "load": self._load,
+                "lease": lease.id,
+            }
+            if self._draining:
+                value["draining"] = True
+                value["participants"] = self._participants
+            await self._store.put(
+                NODES_PREFIX + self._info.node_id, json.dumps(value).encode(), lease
+            )
+
+    async def set_draining(self, participants: int) -> None:
+        """Say in the node record that this node takes no new meetings (placement
+        skips it) and how many participants it still has. Raises if etcd refuses:
+        the caller retries."""
+        self._draining = True
+        self._participants = participants
+        await self._write()
 
     async def _renew_when_lost(self) -> None:
         while True:
@@ -80,8 +106,12 @@ class NodeRegistration:
 
     def participants_changed(self, count: int) -> None:
         load = round(min(count / max(self._info.capacity, 1), 1.0), 1)
-        if load != self._load:
-            self._load = load
+        changed = load != self._load
+        self._load = load
+        if self._draining and count != self._participants:
+            self._participants = count
+            changed = True
+        if changed:
             spawn(self._write_quietly(), "node-load-update")
 
     async def _write_quietly(self) -> None:

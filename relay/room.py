@@ -44,6 +44,11 @@ CLOSE_REMOVED = 4006
 CLOSE_DENIED = 4007
 # Padding-only packets carry no media; the forwarder drops them (relay/forwarder.py).
 _PADDING_DROPPED = metrics.PACKETS_DROPPED.labels(reason="padding")
+# Bound once: these count every packet.
+_RECEIVED = metrics.PACKETS_RECEIVED
+_BYTES_RECEIVED = metrics.BYTES_RECEIVED
+_FORWARDED = metrics.PACKETS_FORWARDED
+_BYTES_FORWARDED = metrics.BYTES_FORWARDED
 
 # Ends a participant's signalling connection: (reason, WebSocket close code).
 Disconnect = Callable[[str, int], Awaitable[None]]
@@ -679,14 +684,23 @@ class Room:
         if track.held:
             metrics.PACKETS_DROPPED.labels(reason="muted_by_host").inc()
             return
-        metrics.PACKETS_RECEIVED.inc()
+        _RECEIVED.inc()
+        _BYTES_RECEIVED.inc(len(data))
+        if peer.join_started_ms is not None:
+            peer.media_flowing()
         voice = participant.voice
         if source == "microphone" and voice is not None and peer.audio_level_id is not None:
             voice.observe(header.extensions, peer.audio_level_id)
         outputs = track.forwarder.forward(data, header, layer, now)
+        sent_bytes = 0
         for output, packet in outputs:
-            await output.sink.send_rtp(packet)  # never raises: one subscriber can't stop others
-        metrics.PACKETS_FORWARDED.inc(len(outputs))
+            sink = output.sink
+            if sink.join_started_ms is not None:
+                sink.media_flowing()
+            await sink.send_rtp(packet)  # never raises: one subscriber can't stop others
+            sent_bytes += len(packet)
+        _FORWARDED.inc(len(outputs))
+        _BYTES_FORWARDED.inc(sent_bytes)
 
     # -- simulcast layers ----------------------------------------------------
 
@@ -883,6 +897,8 @@ class Room:
             translated = track.forwarder.sender_report(output, report.ntp, report.rtp_timestamp)
             if translated is not None:
                 await output.sink.send_rtp(translated + sdes_cname(output.ssrc, CNAME))
+                sent_at = asyncio.get_running_loop().time()
+                output.sink.sender_report_sent(output.ssrc, report.ntp, sent_at)
 
     def _send_keyframe_request(self, track_id: str, layer: int) -> None:
         track = self.tracks.get(track_id)

@@ -52,7 +52,16 @@ class Remb(NamedTuple):
     ssrcs: list[int]
 
 
-Feedback = SenderReport | KeyframeRequest | Nack | Remb
+class ReportBlock(NamedTuple):
+    """What a receiver says about one SSRC it receives (in an SR or an RR)."""
+
+    ssrc: int
+    fraction_lost: int  # of 256, since the previous report
+    lsr: int  # middle 32 bits of the NTP time of the last SR it got, 0 if none
+    dlsr: int  # since then, in 1/65536 s
+
+
+Feedback = SenderReport | KeyframeRequest | Nack | Remb | ReportBlock
 
 
 def iter_packets(data: bytes) -> Iterator[tuple[int, int, bytes]]:
@@ -79,12 +88,25 @@ def parse(data: bytes) -> list[Feedback]:
     for packet_type, fmt, body in iter_packets(data):
         if packet_type == PT_SR and len(body) >= _sender_info.size:
             found.append(SenderReport(*_sender_info.unpack_from(body)))
+            found.extend(_report_blocks(fmt, body, _sender_info.size))
+        elif packet_type == PT_RR:
+            found.extend(_report_blocks(fmt, body, 4))
         elif packet_type == PT_PSFB:
             found.extend(_payload_specific(fmt, body))
         elif packet_type == PT_RTPFB and fmt == FMT_NACK and len(body) >= 12:
             media_ssrc = _ssrc_pair.unpack_from(body)[1]
             found.append(Nack(media_ssrc, _nack_items(body[8:])))
     return found
+
+
+def _report_blocks(count: int, body: bytes, offset: int) -> Iterator[ReportBlock]:
+    """The `count` report blocks from `offset` on, as many as the body holds."""
+    for index in range(count):
+        start = offset + index * _report_block.size
+        if start + _report_block.size > len(body):
+            return
+        ssrc, fraction, _, _, _, _, lsr, dlsr = _report_block.unpack_from(body, start)
+        yield ReportBlock(ssrc, fraction, lsr, dlsr)
 
 
 def _payload_specific(fmt: int, body: bytes) -> list[Feedback]:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -95,6 +96,7 @@ class SignalingSession:
         self._left_on_purpose = False  # sent `leave`: its rejoin token ends too
         self._send_lock = asyncio.Lock()
         self._peer_watch: asyncio.Task[None] | None = None
+        self._join_started_ms: int | None = None  # the grant's issue, Unix ms
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -147,7 +149,13 @@ class SignalingSession:
     async def handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "join":
-            await self._join(message)
+            try:
+                await self._join(message)
+            except SignalingError as exc:
+                if exc.code in metrics.GRANT_REFUSALS:
+                    metrics.GRANTS_REFUSED.labels(reason=exc.code).inc()
+                    metrics.JOINS.labels(result="refused").inc()
+                raise
             return
         if self.participant is None:
             if self.waiting is not None and kind == "leave":
@@ -309,7 +317,11 @@ class SignalingSession:
         if policy.closed_to_newcomers and role != "host" and not rejoining:
             raise SignalingError("locked", "the meeting is locked", CLOSE_LOCKED)
         self.room = room
+        # The join began when the control plane issued the grant.
+        self._join_started_ms = grant.issued_at_ms or None
         if policy.waiting_room and role != "host" and not rejoining:
+            self._join_started_ms = None  # waiting for a host is not join time
+            metrics.JOINS.labels(result="waiting").inc()
             self.waiting = Waiting(
                 grant.participant_id,
                 grant.display_name,
@@ -342,6 +354,8 @@ class SignalingSession:
     def _admitted(self, participant: Participant) -> None:
         self.waiting = None
         self.participant = participant
+        metrics.JOINS.labels(result="joined").inc()
+        participant.peer.join_started_ms = self._join_started_ms or int(time.time() * 1000)
         self._peer_watch = spawn(self._watch_peer(participant), "peer-watch")
         if self.room is not None:
             spawn(self.node.record_rejoin(self.room, participant), "rejoin-token")

@@ -350,6 +350,53 @@ async def test_a_removed_participant_is_told_and_gets_no_more_media(
         await page.context.close()
 
 
+async def test_pages_move_without_a_reconnect_view_when_their_relay_drains(
+    cluster: WebCluster, browser: Browser
+) -> None:
+    """`conclave relay drain`: the pages get `reconnect`, fetch a grant for the
+    meeting's next relay and switch to it while the old connection still runs, so
+    they never show the reconnecting view. A third relay joins for this test, so
+    that the last one still has a relay to move to."""
+    spare = RelayProcess("relay-c", cluster.etcd.endpoint)
+    await spare.start()
+    cluster.relays[spare.node_id] = spare
+    host, guest = await new_page(browser), await new_page(browser)
+    link, passcode = await create_meeting(host, cluster.base)
+    await host_joins(host)
+    await join_by_link(guest, link, "Gail", passcode)
+    await until_state(guest, "meeting")
+    await until_frames(guest, await participant_id(host), 10)
+    node = await host.evaluate("() => window.conclave.nodeId")
+    await host.evaluate(SAMPLE_STATES)
+    await guest.evaluate(SAMPLE_STATES)
+    drain = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "conclave.cli", "relay", "drain", node,
+        "--etcd", cluster.etcd.endpoint, "--wait", "--deadline", "30",
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(drain.communicate(), 60)
+    assert drain.returncode == 0 and json.loads(out)["state"] == "drained", out
+    for page in (host, guest):
+        assert await page.evaluate("() => window.conclave.nodeId") != node
+        seen = await page.evaluate("() => window.statesSeen")
+        assert "reconnecting" not in seen and seen[-1] == "meeting", seen
+    await until_frames(guest, await participant_id(host), 5, timeout=10)
+    for page in (host, guest):
+        await page.context.close()
+    # The drained relay stays up, draining: the last test must not count on it.
+    await cluster.relays.pop(node).stop()
+
+
+# Every state the page passes through, sampled every 50 ms.
+SAMPLE_STATES = """() => {
+  window.statesSeen = [window.conclave.state];
+  setInterval(() => {
+    const now = window.conclave.state;
+    if (now !== window.statesSeen[window.statesSeen.length - 1]) window.statesSeen.push(now);
+  }, 50);
+}"""
+
+
 async def test_pages_reconnect_when_their_relay_dies(cluster: WebCluster, browser: Browser) -> None:
     """Runs last: it kills a relay of the module's cluster. The meeting has a waiting
     room and is locked by then: the guest, admitted before, comes back with its

@@ -675,6 +675,9 @@ def check_rtcp(data: bytes) -> list[rtcp.Feedback]:
             assert 0 <= item.bitrate <= REMB_MAX and len(item.ssrcs) <= 255, item
             assert all(0 <= s < 2**32 for s in item.ssrcs), item
             assert rtcp.parse(rtcp.remb(1, item.bitrate, item.ssrcs)) == [item]
+        elif isinstance(item, rtcp.ReportBlock):
+            assert 0 <= item.fraction_lost <= 255, item
+            assert all(0 <= v < 2**32 for v in (item.ssrc, item.lsr, item.dlsr)), item
         else:
             raise AssertionError(f"unexpected record {item!r}")
     assert rtcp.keyframe_requests(data) == [
@@ -696,6 +699,9 @@ def _expected_records(packets: list[Any]) -> list[rtcp.Feedback]:
             info = packet.sender_info
             found.append(rtcp.SenderReport(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp,
                                            info.packet_count, info.octet_count))  # fmt: skip
+            found += [_report_block(r) for r in packet.reports]
+        elif isinstance(packet, RtcpRrPacket):
+            found += [_report_block(r) for r in packet.reports]
         elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == 1 and packet.lost:
             found.append(rtcp.Nack(packet.media_ssrc, [s & 0xFFFF for s in packet.lost]))
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == 1:
@@ -712,6 +718,10 @@ def _expected_records(packets: list[Any]) -> list[rtcp.Feedback]:
                 ssrcs = list(struct.unpack_from(f"!{count}I", fci, 8))
                 found.append(rtcp.Remb(mantissa << exponent, ssrcs))
     return found
+
+
+def _report_block(info: Any) -> rtcp.ReportBlock:
+    return rtcp.ReportBlock(info.ssrc, info.fraction_lost, info.lsr, info.dlsr)
 
 
 # -- forwarding ----------------------------------------------------------------

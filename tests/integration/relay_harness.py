@@ -1,28 +1,35 @@
-"""A real relay process on the test etcd, and grants signed by a test key.
+"""Real server processes for tests: a relay and a control plane on a test etcd
+(and that etcd itself, started off the event loop), and grants signed by a test key.
 
-Used by tests that exercise the relay's signalling directly, without a control
-plane in between, so that they can forge, expire and replay grants at will.
+The relay and the grants are for tests that exercise the relay's signalling
+directly, without a control plane in between, so that they can forge, expire and
+replay grants at will; the control plane for tests that kill or stop it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.sdk import Session
-from conclave.processes import free_port, wait_for_line
+from conclave.processes import EtcdCluster, EtcdServer, free_port, wait_for_line
 from conclave.store import GRANT_KEYS_PREFIX, NODES_PREFIX, ROOMS_PREFIX, EtcdStore
 from protos import grants, rooms_pb2
 from protos.grant_pb2 import JoinGrant
+
+Etcd = TypeVar("Etcd", EtcdServer, EtcdCluster)
 
 # node id -> the lease its relay process registered under (what a control plane
 # reads from the node key and puts into grants).
@@ -72,7 +79,7 @@ class RelayProcess:
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGINT)  # at once; SIGTERM would drain first
             try:
                 await asyncio.wait_for(self.process.wait(), 10)
             except TimeoutError:
@@ -97,6 +104,51 @@ def scrape_metric(http_port: int, name: str) -> float:
         for line in text.splitlines()
         if line.startswith((name + " ", name + "{"))
     )
+
+
+@dataclass
+class ControlPlaneProcess:
+    """`python -m control_plane` as a child process, to be stopped or SIGKILLed."""
+
+    etcd: str
+    listen: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "control_plane", "--etcd", self.etcd, "--listen", self.listen,
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        await wait_for_line(self.process.stdout, "control-plane ready", timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL: no lease revoked, no call finished, as in a crash."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):  # killed, not reaped yet
+            self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def running(etcd: Etcd) -> AsyncIterator[Etcd]:
+    """`async with running(EtcdServer())`: started and ready, stopped at the end;
+    its blocking calls run in a thread, not on the event loop."""
+    await asyncio.to_thread(etcd.start)
+    try:
+        await asyncio.to_thread(etcd.wait_ready)
+        yield etcd
+    finally:
+        await asyncio.to_thread(etcd.stop)
 
 
 class GrantMinter:

@@ -19,11 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import pytest_asyncio
 
+from client.sdk import RoomsClient, Session
+from conclave.ice import use_host_addresses
 from conclave.processes import free_port, wait_for_line
+from conclave.server_metrics import ETCD_OPERATIONS
 from conclave.store import EtcdStore
+from control_plane import metrics as control_metrics
+from protos import relay_pb2, rooms_pb2
+from relay import metrics as relay_metrics
 from tests.integration.relay_harness import scrape_metric
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
@@ -40,6 +47,14 @@ class DevCluster:
 
     def metric(self, port: int, name: str) -> float:
         return scrape_metric(port, name)
+
+    def node_ids(self) -> list[str]:
+        """The relays' node ids, in the order of `http_ports`."""
+        return [f"relay-{i}" for i in range(len(self.http_ports))]
+
+    def all_ports(self) -> list[int]:
+        """Every process's HTTP port with a /metrics: relays, then the control plane."""
+        return [*self.http_ports, self.web_port]
 
 
 def descendants(pid: int) -> set[int]:
@@ -168,7 +183,8 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
 # as docs/privacy.md lists them. Anything else found in a running cluster fails.
 ETCD_INVENTORY: dict[str, set[str] | None] = {
     r"/conclave/nodes/[\w-]+": {"node_id", "signal_url", "rpc_address", "capacity", "load",
-                                "lease"},
+                                "lease", "draining", "participants"},
+    r"/conclave/drain/[\w-]+": {"deadline_s", "requested_at_ms"},
     r"/conclave/rooms/[\w-]+": {"room_id", "name", "created_at_ms", "max_participants",
                                 "passcode", "host_key_sha256", "policy", "expires_at_ms",
                                 "lease", "audit_lease"},
@@ -248,6 +264,89 @@ async def test_privacy_inventory_holds_for_a_running_cluster(cluster: DevCluster
 def metrics_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
+
+
+# The closed sets every label of a conclave_ metric must come from (docs/metrics.md).
+def label_values() -> dict[str, set[str]]:
+    signalling = (REPO_ROOT / "docs" / "signaling.md").read_text().split("## Error codes")[1]
+    codes = {c for row in signalling.splitlines() if row.startswith("| `")
+             for c in re.findall(r"`([a-z_]+)`", row.split("|")[1])}  # fmt: skip
+    methods = {
+        method.name
+        for module in (rooms_pb2, relay_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    return {
+        "reason": set(relay_metrics.DROP_REASONS) | set(relay_metrics.GRANT_REFUSALS),
+        "result": set(relay_metrics.JOIN_RESULTS) | set(control_metrics.JOIN_RESULTS),
+        "decision": set(control_metrics.PLACEMENT_DECISIONS),
+        "state": set(relay_metrics.NODE_STATES),
+        "method": methods,
+        "code": codes | {status.name for status in grpc.StatusCode},
+        "operation": set(ETCD_OPERATIONS),
+        "setting": {"burst", "per_minute", "lockout_seconds", "max_lockout_seconds"},
+    }
+
+
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+ACTION = re.compile(r"[a-z_]{1,24}")  # audit action names: constants in the code
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_meeting_is_measured_with_bounded_labels(cluster: DevCluster) -> None:
+    """Three publishers in one meeting show up in the metrics docs/metrics.md
+    promises, on the relay and the control plane; every label of every conclave_
+    series on every process comes from a closed set (no ids, names, addresses)."""
+    use_host_addresses(["127.0.0.1"])
+    names = ["dora", "emil", "fay"]
+    async with RoomsClient(cluster.control_plane) as rooms:
+        room = await rooms.create_room("measured")
+        joins = [await rooms.join_room(room.room_id, n, True, room.passcode) for n in names]
+        sessions = [Session(j, n, ["audio", "video"]) for j, n in zip(joins, names, strict=True)]
+        for session in sessions:
+            await session.start()
+        try:
+            port = cluster.http_ports[cluster.node_ids().index(room.node_id)]
+            async with asyncio.timeout(30):  # receiver reports answer sender reports
+                while cluster.metric(port, "conclave_subscriber_rtt_seconds_count") < 3:
+                    await asyncio.sleep(0.25)
+            assert cluster.metric(port, "conclave_participants") == 3
+            assert cluster.metric(port, "conclave_tracks_published") == 6
+            assert cluster.metric(port, "conclave_tracks_subscribed") == 12
+            assert cluster.metric(port, "conclave_join_duration_seconds_count") >= 3
+            assert cluster.metric(port, "conclave_subscriber_loss_ratio_count") > 0
+            assert cluster.metric(port, "conclave_bytes_forwarded_total") > 100_000
+            assert cluster.metric(port, "conclave_etcd_request_duration_seconds_count") > 0
+            assert cluster.metric(port, "conclave_relay_capacity_participants") > 0
+            web = cluster.web_port
+            assert cluster.metric(web, "conclave_control_placements_total") >= 3
+            assert cluster.metric(web, "conclave_grpc_server_handling_seconds_count") >= 5
+            assert cluster.metric(web, "conclave_etcd_request_duration_seconds_count") > 0
+            assert cluster.metric(web, "conclave_control_cell_capacity_participants") > 0
+            texts = [await asyncio.to_thread(metrics_text, p) for p in cluster.all_ports()]
+        finally:
+            for session in sessions:
+                await session.leave()
+        await rooms.end_room(room.room_id, room.host_key)
+
+    allowed = label_values()
+    seen: set[str] = set()
+    for text in texts:
+        for line in text.splitlines():
+            if not line.startswith("conclave_") or "{" not in line:
+                continue
+            name = line[: line.index("{")]
+            for label, value in LABEL.findall(line[line.index("{") : line.rindex("}") + 1]):
+                seen.add(label)
+                if label == "le":
+                    float(value)
+                elif label == "action":
+                    assert ACTION.fullmatch(value), line
+                else:
+                    assert label in allowed, f"{name} has an unexpected label {label!r}"
+                    assert value in allowed[label], f"{name}: {label}={value!r} is not bounded"
+    assert {"reason", "result", "method", "code", "operation"} <= seen
 
 
 @pytest.mark.asyncio(loop_scope="module")

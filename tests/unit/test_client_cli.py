@@ -193,8 +193,13 @@ class FakeSession:
         video_codec: str = "VP8",
         wait_timeout: float | None = None,
         on_waiting: Callable[[], None] | None = None,
+        rooms: Any = None,
+        passcode: str = "",
+        host_key: str = "",
     ) -> None:
         self.join, self.display_name, self.publish = join, display_name, publish
+        self.rooms, self.passcode, self.host_key = rooms, passcode, host_key
+        self.reconnects = 0
         self.e2ee = e2ee
         self.video_codec = video_codec
         self.wait_timeout = wait_timeout
@@ -418,9 +423,12 @@ def test_join_prints_report(fakes: None, capsys: pytest.CaptureFixture[str]) -> 
             "bob": {"audio_packets": 250, "video_frames_decoded": 140, "decrypt_failures": 1},
             "carol": {"audio_packets": 0, "video_frames_decoded": 0, "decrypt_failures": 0},
         },
+        "reconnects": 0,
     }
     assert ("join_room", ("room-1", "alice", True)) in FakeRooms.calls
     (session,) = FakeSession.instances
+    # the session can ask the control plane again, as the join did
+    assert isinstance(session.rooms, FakeRooms)
     assert session.publish == ["audio", "video"] and session.left and session.e2ee
     assert session.video_codec == "VP8"
     assert session.wait_timeout is None

@@ -177,6 +177,7 @@ def test_reports_round_trip(
     )
     assert check_rtcp(compound) == [
         rtcp.SenderReport(ssrc, ntp, rtp_timestamp, packets, octets),
+        *(rtcp.ReportBlock(b[0], b[1], b[5], b[6]) for b in blocks),
         rtcp.KeyframeRequest(media),
     ]
     sr, rr, sdes, pli = RtcpPacket.parse(compound)

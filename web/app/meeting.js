@@ -58,6 +58,9 @@ export class Meeting {
       // inside (past the waiting room, before a lock); see conclave/rejoin.py.
       rejoin_participant_id: this.rejoinProof ? this.rejoinProof.participantId : "",
       rejoin_token: this.rejoinProof ? this.rejoinProof.token : "",
+      // The relay that vanished without a word, if it did: the control plane asks
+      // it, and moves the meeting at once if it does not answer (docs/architecture.md).
+      unreachable_node_id: this.unreachableNode || "",
       // Ask for publish rights even without a camera or microphone: the screen
       // may still be shared (what is sent is decided at `join`, not here).
       publish: true,
@@ -99,6 +102,8 @@ export class Meeting {
     const final = FINAL_REASONS.has(reason) ? reason
       : FINAL_CODES[code] || (code === 4004 && FINAL_4004[error]) || null;
     if (final) return this.finish(final);
+    // No room_closed and no refusal: the relay itself is gone (or unreachable).
+    if (!reason && !error && this.state === "meeting") this.unreachableNode = this.nodeId;
     if (this.state !== "reconnecting") {
       this.reconnectStarted = performance.now();
       this.attempt = 0;
@@ -127,6 +132,29 @@ export class Meeting {
       return this.scheduleRetry();
     }
     if (this.state === "reconnecting") this.open(join);
+  }
+
+  /**
+   * The relay is draining (`reconnect`, docs/signaling.md): a grant for the
+   * meeting's next relay first, then the switch, so that media stops only for the
+   * switch itself. If the grant does not come, the relay closes us after its grace
+   * period and the lost-connection path takes over.
+   */
+  async move() {
+    if (this.moving || this.state !== "meeting") return;
+    this.moving = true;
+    try {
+      const join = await this.requestGrant();
+      if (this.state !== "meeting" || !this.conn) return;
+      const old = this.conn;
+      this.clearRemote();
+      this.open(join);
+      old.close(); // no `leave`: the old rejoin token stays good until the new join
+    } catch (e) {
+      // refused or unreachable: wait for the relay's room_closed, then rejoin
+    } finally {
+      this.moving = false;
+    }
   }
 
   leave() {
@@ -286,7 +314,11 @@ export class Meeting {
 }
 
 Meeting.prototype.messageHandlers = {
+  reconnect() {
+    this.move();
+  },
   joined(m) {
+    this.unreachableNode = null;
     if (m.rejoin_token) this.rejoinProof = { participantId: m.participant_id, token: m.rejoin_token };
     this.self = { participantId: m.participant_id, role: m.role, rights: m.publish_rights || [] };
     this.room = m.room || {};
