@@ -15,7 +15,7 @@ from conclave.tasks import spawn
 from relay import metrics
 from relay.admission import GrantChecker
 from relay.errors import SignalingError
-from relay.room import Participant, Room
+from relay.room import NotFound, Participant, Room
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +119,16 @@ class RelayNode:
         """Disconnect a participant and record the removal, so that neither this
         relay nor the control plane lets it back in (by id, or by the address its
         grants come from)."""
-        if room.find(participant_id).role == "host":
+        found = room.find(participant_id)
+        if found.role == "host":
             raise SignalingError("not_allowed", "a host cannot be removed")
-        source_tag = await room.remove(participant_id)
-        _, policy = await update_policy(
-            self.store, room.room_id, lambda p: p.with_removal(Removal(participant_id, source_tag))
-        )
+        # Recorded first: once told it was removed, it must find the door shut at
+        # the control plane too (and if etcd cannot take it, nobody is half removed).
+        removal = Removal(participant_id, found.source_tag)
+        _, policy = await update_policy(self.store, room.room_id, lambda p: p.with_removal(removal))
         room.policy = policy
+        with contextlib.suppress(NotFound):  # the policy watch may have been quicker
+            await room.remove(participant_id)
         self.participants_changed(room.room_id)
         await self.audit(room, "remove", actor, participant_id)
 

@@ -515,13 +515,12 @@ class Room:
             raise NotFound()
         return found
 
-    async def remove(self, participant_id: str) -> str:
-        """Disconnect a participant (or waiting joiner); returns the source tag that
-        the caller records so it cannot come back (conclave/meeting.py)."""
+    async def remove(self, participant_id: str) -> None:
+        """Disconnect a participant (or waiting joiner), told it was removed; the
+        caller has recorded the removal already (relay/node.py)."""
         found = self.find(participant_id)
         await found.disconnect("removed", CLOSE_REMOVED)
         await self.leave(participant_id)  # now, not when its socket notices
-        return found.source_tag
 
     async def mute_participant(self, participant_id: str, source: str) -> None:
         """Stop forwarding a participant's source until it unmutes itself."""

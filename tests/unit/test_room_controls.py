@@ -205,7 +205,8 @@ async def test_removal_disconnects_and_a_recorded_removal_disconnects_on_any_rel
 ) -> None:
     _, pest = await join(room, "p_pest", [])
     _, host_inbox = await join(room, "p_host", [], role="host")
-    assert await room.remove("p_pest") == "tag-p_pest"
+    assert room.find("p_pest").source_tag == "tag-p_pest"
+    await room.remove("p_pest")
     assert pest.closed == ("removed", CLOSE_REMOVED)
     assert "p_pest" not in room.participants
     assert host_inbox.of("participant_left")[-1]["participant_id"] == "p_pest"
