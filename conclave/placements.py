@@ -21,6 +21,12 @@ def placement_key(room_id: str) -> str:
     return PLACEMENT_PREFIX + room_id
 
 
+def encode_placement(node_id: str) -> bytes:
+    """The placement value; identical bytes for every meeting on one node (cheap to
+    count, and what a value-compared delete compares)."""
+    return json.dumps({"node_id": node_id}).encode()
+
+
 def placed_node(raw: bytes) -> str | None:
     """The node id a placement value names; None for a value that is not one."""
     try:

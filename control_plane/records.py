@@ -10,8 +10,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from conclave import placements
 from conclave.meeting import MeetingPolicy
-from conclave.store import NODES_PREFIX, PLACEMENT_PREFIX, ROOMS_PREFIX
+from conclave.placements import encode_placement as encode_placement  # shared with relays
+from conclave.placements import placement_key as placement_key
+from conclave.store import NODES_PREFIX, ROOMS_PREFIX
 from control_plane.ids import NodeId, RoomId
 from control_plane.passcodes import PasscodeHash
 
@@ -22,10 +25,6 @@ def node_key(node_id: NodeId) -> str:
 
 def room_key(room_id: RoomId) -> str:
     return ROOMS_PREFIX + room_id
-
-
-def placement_key(room_id: RoomId) -> str:
-    return PLACEMENT_PREFIX + room_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +138,10 @@ class RoomRecord:
         return json.dumps(data).encode()
 
 
-def encode_placement(node_id: NodeId) -> bytes:
-    """The placement value; identical bytes for every room on one node (cheap to count)."""
-    return json.dumps({"node_id": node_id}).encode()
-
-
 def decode_placement(raw: bytes) -> NodeId:
-    node_id = _field(_object(raw), "node_id", str)
-    if not node_id:
+    """The node a placement names (conclave/placements.py); strict, as above."""
+    node_id = placements.placed_node(raw)
+    if node_id is None:
         raise ValueError("placement names no node")
     return NodeId(node_id)
 
