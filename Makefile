@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+LOAD_STAMP := $(VENV)/.installed-load
 
-.PHONY: run test lint protos deps clean system-deps test-system-deps bench fuzz
+.PHONY: run test lint protos deps clean system-deps test-system-deps bench fuzz loadtest
 
 # etcd for the cluster and the integration tests.
 system-deps:
@@ -68,6 +69,20 @@ protos: $(TEST_STAMP)
 
 bench: deps
 	$(BIN)/python bench/forward.py
+
+$(LOAD_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[load]'
+	touch $@
+
+# locust against a local cluster's control plane (loadtests/run.py): one bounded run
+# per user count, CSV files and a summary under loadtests/results/, e.g.
+# make loadtest LOAD_USERS=10,20,40 LOAD_TIME=60s
+LOAD_USERS ?= 20
+LOAD_TIME ?= 60s
+LOAD_ARGS ?=
+
+loadtest: system-deps $(LOAD_STAMP)
+	$(BIN)/python -m loadtests.run --users $(LOAD_USERS) --time $(LOAD_TIME) $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -125,6 +125,7 @@ class Cluster:
     control_plane_port: int = field(default_factory=free_port)
     relay_http_port: int = field(default_factory=free_port)
     relay_rpc_port: int = field(default_factory=free_port)
+    relay_args: list[str] = field(default_factory=list)  # extra, e.g. ["--capacity", "1000"]
     etcd: EtcdServer | None = None
     children: list[Child] = field(default_factory=list)
     relay: Child | None = None
@@ -177,6 +178,7 @@ class Cluster:
                 HOST,
                 "--log-level",
                 "WARNING",
+                *self.relay_args,
             ],
             ready_prefix="relay ready",
             timeout=self.ready_timeout,

@@ -67,11 +67,21 @@ async def append(
     is on the audit lease, so none outlives the documented retention."""
     if lease <= 0:
         raise ValueError("audit entries need the meeting's audit lease")
+    key, value, entry = prepare(room_id, action, actor, target, detail)
+    await store.put(key, value, lease)
+    return entry
+
+
+def prepare(
+    room_id: str, action: str, actor: str, target: str = "", detail: str = ""
+) -> tuple[str, bytes, AuditEntry]:
+    """The key and value of a new entry, for a caller that writes it together with
+    other keys in one transaction (a new meeting: see `append` for the key's form;
+    the value goes on the audit lease)."""
     at_us = _next_micros()
     entry = AuditEntry(at_us // 1000, action, actor, target, detail[:MAX_DETAIL_CHARS])
     key = f"{entries_prefix(room_id)}{at_us:016d}-{secrets.token_hex(4)}"
-    await store.put(key, json.dumps(asdict(entry)).encode(), lease)
-    return entry
+    return key, json.dumps(asdict(entry)).encode(), entry
 
 
 _last_micros = 0

@@ -21,6 +21,12 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     ),
     "room": ("client.cli", True, "create, inspect, list participants of, and end meetings"),
     "join": ("client.cli", True, "join a meeting with synthetic audio/video and report"),
+    "loadtest": (
+        "client.loadtest",
+        False,
+        "`loadtest media`: load a cluster with counting publishers and subscribers",
+    ),
+    "sim": ("control_plane.sim", False, "simulate a day of meetings through the placement code"),
 }
 
 # `conclave COMMAND SUBCOMMAND ...` run by a module of their own (without both words).

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -253,6 +253,26 @@ class EtcdStore:
             return True, value
         kvs = response.responses[0].response_range.kvs
         return False, bytes(kvs[0].value) if kvs else b""
+
+    @_fails_over
+    async def create_all_if_absent(self, items: Sequence[tuple[str, bytes, int]]) -> bool:
+        """Write every (key, value, lease id) in one transaction, only if none of the
+        keys exists yet: records that belong together (a new meeting and the start of
+        its audit log) cost one revision and one raft proposal, and exist all or none.
+
+        False when any key existed (nothing is written). A retried attempt that had
+        been applied already also says False: the caller starts over with new keys.
+        """
+        with self._timed("transaction"):
+            response = await self._kv.txn(
+                compare=[KVService.txn_compare_create_revision(key, 0) for key, _, _ in items],
+                success=[
+                    KVService.txn_op_put(key, value, lease=lease) for key, value, lease in items
+                ],
+                failure=[],
+                timeout=ATTEMPT_TIMEOUT_S,
+            )
+        return bool(response.succeeded)
 
     @_fails_over
     async def get_versioned(self, key: str) -> tuple[bytes | None, int]:

@@ -43,7 +43,8 @@ class Policy:
 
 
 class AttemptLimiter:
-    """`admit` before checking a passcode, `failed` after a wrong one."""
+    """`admit` before checking a passcode, `failed` after a wrong one, `succeeded`
+    after a right one."""
 
     def __init__(
         self, store: EtcdStore, policy: Policy | None = None, clock: Callable[[], float] = time.time
@@ -93,6 +94,11 @@ class AttemptLimiter:
             self.refused += 1
         return wait, [key for key, (_, spent) in zip(keys, results, strict=True) if spent]
 
+    async def succeeded(self, spent: list[str]) -> None:
+        """A right passcode: give back the tokens `admit` took, so that joining a
+        meeting after someone's typo does not wear down its (or an office's) budget."""
+        await asyncio.gather(*(self._give_back(key) for key in spent))
+
     async def failed(self, keys: list[str], spent: list[str]) -> None:
         """A wrong passcode: spend a token of each key that has not paid yet; a key
         whose bucket is empty is locked out."""
@@ -126,6 +132,16 @@ class AttemptLimiter:
             state["tokens"] -= 1
             if state["tokens"] < 0 and state["locked_until"] <= now:
                 self._lock(state, now)
+            if await self._write(key, version, state):
+                return
+
+    async def _give_back(self, key: str) -> None:
+        for _ in range(CAS_TRIES):
+            raw, version = await self._store.get_versioned(key)
+            if raw is None:
+                return  # forgotten meanwhile: nothing to give back to
+            state = self._refilled(_state(raw), self._clock())
+            state["tokens"] = min(float(self.policy.burst), state["tokens"] + 1)
             if await self._write(key, version, state):
                 return
 

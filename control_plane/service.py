@@ -229,6 +229,8 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             await self._attempts.failed(limited, spent)
             self._metrics.joins.labels(result="not_found").inc()
             raise NoSuchMeeting()
+        if spent:  # only after someone's failures: their records exist
+            await self._attempts.succeeded(spent)
         role = "host" if request.host_key else "participant"
         # Back after a lost connection, with the token its relay gave it: not new.
         rejoin_of = ""
@@ -493,12 +495,18 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         policy: MeetingPolicy,
     ) -> RoomRecord:
         """Write a new meeting: its record on a lease that ends at its expiry, and
-        the start of its audit log (with the host key's digest, for reading the log
-        after the record is gone) on a lease that ends `audit_retention` later."""
+        the start of its audit log (the host key's digest, for reading the log after
+        the record is gone, and the "create" entry) on a lease that ends
+        `audit_retention` later. All three in one transaction: one etcd revision per
+        meeting (docs/benchmarks.md), and never a meeting without its log."""
         now_ms = int(self._clock() * 1000)
-        lease = await self._store.grant_expiring_lease(self._meeting_ttl)
-        audit_lease = await self._store.grant_expiring_lease(
-            self._meeting_ttl + self._audit_retention
+        lease, audit_lease = await asyncio.gather(
+            self._store.grant_expiring_lease(self._meeting_ttl),
+            self._store.grant_expiring_lease(self._meeting_ttl + self._audit_retention),
+        )
+        detail = (
+            f"waiting_room={'on' if policy.waiting_room else 'off'} "
+            f"screen_share={policy.screen_share} passcode={'yes' if passcode else 'no'}"
         )
         for _ in range(3):  # a collision of 100-bit ids is next to impossible
             room = RoomRecord(
@@ -513,20 +521,16 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
                 lease=lease,
                 audit_lease=audit_lease,
             )
-            created, _ = await self._store.create_if_absent(
-                audit.host_key(room.room_id), host_key_sha256.encode(), audit_lease
-            )
-            if not created:
-                continue
-            detail = (
-                f"waiting_room={'on' if policy.waiting_room else 'off'} "
-                f"screen_share={policy.screen_share} passcode={'yes' if passcode else 'no'}"
-            )
-            await self._audit(room, "create", detail=detail)
-            created, _ = await self._store.create_if_absent(
-                room_key(room.room_id), room.to_json(), lease
+            entry_key, entry, _ = audit.prepare(room.room_id, "create", HOST_API, detail=detail)
+            created = await self._store.create_all_if_absent(
+                [
+                    (room_key(room.room_id), room.to_json(), lease),
+                    (audit.host_key(room.room_id), host_key_sha256.encode(), audit_lease),
+                    (entry_key, entry, audit_lease),
+                ]
             )
             if created:
+                self._metrics.host_actions.labels(action="create").inc()
                 return room
         raise StoreUnavailable("could not allocate a unique room id")
 

@@ -58,8 +58,8 @@ async def limiter(policy: Policy) -> tuple[AttemptLimiter, MemoryStore, Clock]:
 
 async def attempt(limits: AttemptLimiter, keys: list[str], right: bool) -> float:
     wait, spent = await limits.admit(keys)
-    if wait == 0 and not right:
-        await limits.failed(keys, spent)
+    if wait == 0:
+        await (limits.succeeded(spent) if right else limits.failed(keys, spent))
     return wait
 
 
@@ -111,3 +111,17 @@ async def test_refilled_tokens_allow_tries_again() -> None:
     clock.now += 10  # one token back (6 a minute)
     assert await attempt(limits, keys, False) == 0
     assert await attempt(limits, keys, False) == 30
+
+
+async def test_right_passcodes_after_a_typo_do_not_wear_the_budget_down() -> None:
+    """One wrong passcode leaves a record; the right ones after it give back the
+    token they took, so a meeting (or an office behind one address) is not locked
+    by its own participants."""
+    limits, _, _ = await limiter(Policy(burst=3, per_minute=0.001, lockout_s=60))
+    keys = limits.keys("room-1", "10.0.0.1")
+    assert await attempt(limits, keys, False) == 0
+    for _ in range(20):
+        assert await attempt(limits, keys, True) == 0
+    assert await attempt(limits, keys, False) == 0  # still two failures left
+    assert await attempt(limits, keys, False) == 0
+    assert await attempt(limits, keys, False) == 60

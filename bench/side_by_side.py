@@ -1,0 +1,445 @@
+"""Side by side on this machine, in one run: Conclave's relay, Janus 1.1 (VideoRoom,
+`event_loops = 2`) and the naive aiortc relay (decode, re-encode per subscriber).
+
+For each mode (video: VP8 640x360 at 2 Mbit/s, ~200 packets/s; audio: Opus, 50
+packets/s) and each N, every system in turn gets the same load: one publisher
+(client/loadtest.py's pre-encoded clip, looped) and N counting subscribers (SRTP
+decrypted, RTP header read for loss and jitter, never decoded), in worker
+processes. After everyone receives and a warm-up, a window measures the server
+process's CPU (/proc, all threads), what the subscribers received and lost.
+Figures are per packet delivered to a subscriber, for all three alike (Janus and
+the naive relay export no forwarding counter; Conclave's /metrics is reported
+beside). The naive relay gets its own, small N (it saturates early).
+
+    .venv/bin/python bench/side_by_side.py [--video 10,50,200] [--audio 10,50,200]
+        [--naive-video 1,2,4,8] [--naive-audio 1,5,10,20] [--seconds 15] [--json]
+
+Janus comes from Debian's `janus` package (installed with apt-get if missing and
+we are root; bench/janus.py). Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import functools
+import json
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+from cluster import HOST, Child, Cluster, child_env, spawn, stop_child  # bench/ is sys.path[0]
+from janus import JanusServer, create_room, destroy_room
+
+from client.loadtest import (
+    BATCH,
+    Relay,
+    Worker,
+    join_all,
+    metric_sum,
+    scrape,
+    summarise,
+    take_snapshot,
+    wait_receiving,
+)
+from client.rooms import RoomsClient
+from conclave.processes import free_port
+
+HERE = Path(__file__).resolve().parent
+LOSS_LIMIT_PCT = 1.0
+VIDEO = {"width": 640, "height": 360, "bitrate": 2_000_000}
+Batches = list[tuple[int, Callable[[], Awaitable[list[dict[str, Any]]]]]]
+
+
+def say(message: str) -> None:
+    print(f"[side-by-side] {message}", file=sys.stderr, flush=True)
+
+
+def udp_receive_drops() -> int:
+    """Datagrams the kernel dropped for a full socket receive buffer, machine-wide
+    (/proc/net/snmp Udp RcvbufErrors): on loopback, loss the subscribers (or a
+    server) did not read in time, as opposed to packets a server never sent."""
+    with open("/proc/net/snmp") as f:
+        lines = [line.split() for line in f if line.startswith("Udp:")]
+    header, values = lines[0], lines[1]
+    return int(values[header.index("RcvbufErrors")])
+
+
+def machine_ticks() -> list[int]:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cluster = Cluster(relay_args=["--capacity", "1000"])
+        self.janus = JanusServer(free_port())
+        self.naive_port = free_port()
+        self.naive: Child | None = None
+        self.workers: list[Worker] = []
+
+    async def start(self) -> None:
+        systems = self.args.systems
+        if "conclave" in systems:
+            await self.cluster.start()
+            assert self.cluster.relay is not None
+            say(f"conclave relay pid {self.cluster.relay.pid}")
+        if "janus" in systems:
+            await self.janus.start()
+            say(f"janus pid {self.janus.pid} ({self.janus.version}), {self.janus.url}")
+        if "naive" in systems:
+            self.naive = await spawn(
+                "naive-relay",
+                [str(HERE / "naive_relay.py"), "--port", str(self.naive_port)],
+                ready_prefix="naive relay ready",
+                timeout=30,
+                echo=True,
+            )
+            say(f"naive relay pid {self.naive.pid}")
+        argv = [sys.executable, str(HERE / "sbs_worker.py")]
+        self.workers = [await Worker.start(argv, child_env()) for _ in range(self.args.workers)]
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.close() for w in self.workers), return_exceptions=True)
+        if self.naive is not None:
+            await stop_child(self.naive)
+        await asyncio.to_thread(self.janus.stop)
+        await self.cluster.stop()
+
+    async def point(
+        self, system: str, kinds: list[str], n: int, http: aiohttp.ClientSession
+    ) -> dict[str, Any]:
+        """One publisher, n subscribers on `system`: join, warm up, measure, leave."""
+        args = self.args
+        count = len(self.workers)
+        if system == "conclave":
+            assert self.cluster.relay is not None
+            relays = {
+                "conclave": Relay("conclave", self.cluster.metrics_url, self.cluster.relay.pid)
+            }
+            rooms = RoomsClient(self.cluster.control_plane_target)
+            room = await rooms.create_room("side-by-side", max_participants=n + 1)
+
+            async def entries(names: list[str], publisher: bool) -> list[dict[str, Any]]:
+                made = []
+                for name in names:
+                    join = await rooms.join_room(room.room_id, name, publisher, room.passcode)
+                    made.append(
+                        {
+                            "id": name,
+                            "server": "conclave",
+                            "signal_url": join.signal_url,
+                            "grant": join.grant,
+                            "publish": kinds if publisher else [],
+                            "video": VIDEO,
+                        }
+                    )
+                return made
+
+            async def cleanup() -> None:
+                with contextlib.suppress(Exception):
+                    await rooms.end_room(room.room_id, room.host_key)
+                await rooms.close()
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:  # until the relay is empty again
+                    samples = await scrape(http, self.cluster.metrics_url)
+                    if metric_sum(samples, "conclave_participants") == 0:
+                        break
+                    await asyncio.sleep(0.5)
+        elif system == "janus":
+            relays = {"janus": Relay("janus", None, self.janus.pid)}
+            room_id = random.randint(10_000, 1_000_000_000)
+            await create_room(http, self.janus.url, room_id, 1)
+
+            async def entries(names: list[str], publisher: bool) -> list[dict[str, Any]]:
+                return [
+                    {
+                        "id": name,
+                        "server": "janus",
+                        "url": self.janus.url,
+                        "room": room_id,
+                        "feed": 1,
+                        "feeds": [1],
+                        "publish": kinds if publisher else [],
+                        "video": VIDEO,
+                    }
+                    for name in names
+                ]
+
+            async def cleanup() -> None:
+                await destroy_room(http, self.janus.url, room_id)
+        else:
+            assert self.naive is not None
+            relays = {"naive": Relay("naive", None, self.naive.pid)}
+            url = f"http://{HOST}:{self.naive_port}"
+
+            async def entries(names: list[str], publisher: bool) -> list[dict[str, Any]]:
+                return [
+                    {
+                        "id": name,
+                        "server": "naive",
+                        "url": url,
+                        "kinds": kinds,
+                        "publish": kinds if publisher else [],
+                        "video": VIDEO,
+                    }
+                    for name in names
+                ]
+
+            async def cleanup() -> None:
+                return None
+
+        wanted = {"pub": 0} | {f"s{i}": len(kinds) for i in range(n)}
+        subscribers = [f"s{i}" for i in range(n)]
+        pub_batches: Batches = [(0, functools.partial(entries, ["pub"], True))]
+        sub_batches: Batches = [
+            (k % count, functools.partial(entries, subscribers[s : s + BATCH], False))
+            for k, s in enumerate(range(0, n, BATCH))
+        ]
+        result: dict[str, Any] = {"system": system, "mode": "+".join(kinds), "subscribers": n}
+        try:
+            started = time.monotonic()
+            failures = await join_all(self.workers, pub_batches, 20.0)
+            if not failures:
+                failures += await join_all(self.workers, sub_batches, 30.0)
+            result["join_failures"] = len(failures)
+            result["join_s"] = round(time.monotonic() - started, 1)
+            if failures:
+                say(f"{system} N={n}: {len(failures)} joins failed, e.g. {failures[0]}")
+            waited, short = await wait_receiving(self.workers, wanted, 40.0)
+            result["not_receiving"] = len(short)
+            if short:
+                say(f"{system} N={n}: {len(short)} not receiving after {waited:.0f} s")
+            await asyncio.sleep(args.warmup)
+            ticks0, drops0 = machine_ticks(), udp_receive_drops()
+            before = await take_snapshot(http, relays, self.workers)
+            await asyncio.sleep(args.seconds)
+            after = await take_snapshot(http, relays, self.workers)
+            ticks = [y - x for x, y in zip(ticks0, machine_ticks(), strict=False)]
+            result["udp_rcvbuf_drops"] = udp_receive_drops() - drops0
+            window = summarise(before, after, relays, kinds)
+            relay = window["relays"][0]
+            received = window["participants_received_pps"]
+            result.update(
+                received_pps=received,
+                expected_pps=window["participants_expected_pps"],
+                loss_pct=window["loss_pct"],
+                jitter_ms=window["jitter_ms"],
+                server_cpu_pct=relay["cpu_pct"],
+                server_user_pct=relay.get("cpu_user_pct"),
+                server_sys_pct=relay.get("cpu_sys_pct"),
+                us_per_delivered=(
+                    round(relay["cpu_pct"] / 100 * 1e6 / received, 2) if received else None
+                ),
+                conclave_forwarded_pps=relay["forwarded_pps"] if system == "conclave" else None,
+                us_per_forwarded=relay["cpu_us_per_forwarded"] if system == "conclave" else None,
+                workers_cpu_pct=window["workers_cpu_pct"],
+                machine_busy_pct=round(100 * (1 - (ticks[3] + ticks[4]) / (sum(ticks) or 1)), 1),
+                window_s=window["window_s"],
+            )
+            return result
+        finally:
+            await asyncio.gather(
+                *(w.call({"op": "leave_all"}, 60) for w in self.workers), return_exceptions=True
+            )
+            with contextlib.suppress(Exception):
+                await cleanup()
+            await asyncio.sleep(args.pause)
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    started = datetime.datetime.now(datetime.UTC)
+    bench = Bench(args)
+    rows: list[dict[str, Any]] = []
+    plan: list[tuple[list[str], list[int], list[str]]] = []
+    big = [s for s in args.systems if s != "naive"]
+    if args.video:
+        plan.append((["video"], args.video, big))
+    if args.audio:
+        plan.append((["audio"], args.audio, big))
+    if "naive" in args.systems:
+        if args.naive_video:
+            plan.append((["video"], args.naive_video, ["naive"]))
+        if args.naive_audio:
+            plan.append((["audio"], args.naive_audio, ["naive"]))
+    try:
+        await bench.start()
+        async with aiohttp.ClientSession() as http:
+            for kinds, sizes, systems in plan:
+                for n in sizes:
+                    for system in systems:
+                        say(f"{system} {'+'.join(kinds)} N={n}")
+                        try:
+                            row = await bench.point(system, kinds, n, http)
+                        except Exception as exc:  # one failed point must not lose the rest
+                            row = {
+                                "system": system,
+                                "mode": "+".join(kinds),
+                                "subscribers": n,
+                                "error": f"{type(exc).__name__}: {exc}",
+                            }
+                        say(json.dumps(row))
+                        rows.append(row)
+    finally:
+        await bench.stop()
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "command": " ".join([".venv/bin/python", "bench/side_by_side.py", *sys.argv[1:]]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "janus": bench.janus.version,
+        "rows": rows,
+        "summary": summarise_systems(rows),
+    }
+
+
+def summarise_systems(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per system and mode: the largest N measured below 1 % loss, and the CPU per
+    delivered packet at each N."""
+    out: list[dict[str, Any]] = []
+    keys = sorted({(r["system"], r["mode"]) for r in rows})
+    for system, mode in keys:
+        mine = [r for r in rows if (r["system"], r["mode"]) == (system, mode) and "error" not in r]
+        # A server that falls behind sends fewer packets without sequence gaps (the
+        # naive relay's encoders): a point also fails if its subscribers got less
+        # than 95 % of the per-subscriber rate of the system's smallest N.
+        mine.sort(key=lambda r: int(r["subscribers"]))
+        rates = [r["received_pps"] / r["subscribers"] for r in mine if r.get("received_pps")]
+        for r in mine:
+            if r.get("received_pps") and rates:
+                r["rate_vs_smallest_n_pct"] = round(
+                    100 * r["received_pps"] / r["subscribers"] / rates[0], 1
+                )
+        ok = [
+            r["subscribers"]
+            for r in mine
+            if r.get("loss_pct") is not None
+            and r["loss_pct"] < LOSS_LIMIT_PCT
+            and not r.get("join_failures")
+            and not r.get("not_receiving")
+            and r.get("rate_vs_smallest_n_pct", 0) >= 95
+        ]
+        out.append(
+            {
+                "system": system,
+                "mode": mode,
+                "max_subscribers_below_1pct_loss": max(ok) if ok else None,
+                "us_per_delivered": {r["subscribers"]: r.get("us_per_delivered") for r in mine},
+            }
+        )
+    return out
+
+
+def render(result: dict[str, Any]) -> str:
+    header = [
+        "system",
+        "mode",
+        "N",
+        "recv pkt/s",
+        "loss %",
+        "rate %",
+        "jitter ms (mean/max)",
+        "server CPU %",
+        "µs/delivered",
+        "µs/fwd (metrics)",
+        "workers %",
+        "rcvbuf drops",
+        "machine %",
+    ]
+    table = [header]
+    for r in result["rows"]:
+        if "error" in r:
+            table.append(
+                [r["system"], r["mode"], str(r["subscribers"]), r["error"][:60]]
+                + [""] * (len(header) - 4)
+            )
+            continue
+        kind = r["mode"]
+        jitter = r.get("jitter_ms", {}).get(kind, {})
+        table.append(
+            [
+                r["system"],
+                r["mode"],
+                str(r["subscribers"]),
+                f"{r['received_pps']:.0f}",
+                f"{r['loss_pct']}",
+                f"{r.get('rate_vs_smallest_n_pct', '-')}",
+                f"{jitter.get('mean', '-')}/{jitter.get('max', '-')}",
+                f"{r['server_cpu_pct']}",
+                f"{r['us_per_delivered']}",
+                f"{r['us_per_forwarded'] if r['us_per_forwarded'] is not None else '-'}",
+                f"{r['workers_cpu_pct']}",
+                f"{r.get('udp_rcvbuf_drops', '-')}",
+                f"{r['machine_busy_pct']}",
+            ]
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    for s in result["summary"]:
+        lines.append(
+            f"{s['system']} {s['mode']}: max N below 1 % loss "
+            f"{s['max_subscribers_below_1pct_loss']}; µs/delivered {s['us_per_delivered']}"
+        )
+    return f"{result['date']}  {result['command']}\nJanus: {result['janus']}\n\n" + "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+
+    def sizes(limit: int) -> Callable[[str], list[int]]:
+        def parse(text: str) -> list[int]:
+            values = [int(v) for v in text.split(",") if v.strip()]
+            if any(v < 1 or v > limit for v in values):
+                raise argparse.ArgumentTypeError(f"a comma-separated list of 1..{limit}")
+            return values
+
+        return parse
+
+    parser.add_argument("--video", type=sizes(400), default=[10, 50, 200], metavar="N,...")
+    parser.add_argument("--audio", type=sizes(400), default=[10, 50, 200], metavar="N,...")
+    parser.add_argument("--naive-video", type=sizes(20), default=[1, 2, 4, 8], metavar="N,...")
+    parser.add_argument("--naive-audio", type=sizes(20), default=[1, 5, 10, 20], metavar="N,...")
+    parser.add_argument(
+        "--systems", default="conclave,janus,naive", type=lambda t: [s for s in t.split(",") if s]
+    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured window per point")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between points")
+    parser.add_argument("--workers", type=int, default=2, help="subscriber worker processes")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not 1 <= args.seconds <= 60 or not 0 <= args.warmup <= 30:
+        parser.error("--seconds 1..60, --warmup 0..30")
+    if not set(args.systems) <= {"conclave", "janus", "naive"}:
+        parser.error("--systems: conclave, janus, naive")
+    args.workers = max(1, min(args.workers, 8))
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        result = uvloop.run(amain(args))
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

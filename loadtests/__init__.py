@@ -1,0 +1,1 @@
+"""Load tests of the control plane's RoomService with locust (`make loadtest`)."""
