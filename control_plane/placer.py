@@ -75,6 +75,23 @@ class Placer:
         # shield: a cancelled JoinRoom must not cancel the attempt other joiners await.
         return await asyncio.shield(task)
 
+    def choose_new(self, exclude: frozenset[NodeId] = frozenset()) -> NodeInfo | None:
+        """A node for a meeting nobody else knows of yet, or None when no node has
+        headroom: CreateRoom writes the placement together with the meeting, in the
+        same transaction, then tells `placed_new`."""
+        try:
+            return self._strategy.choose(
+                [n for n in self._registry.live_nodes() if n.node_id not in exclude],
+                self._registry.rooms_placed(),
+            )
+        except NoRelayAvailable:
+            self._on_decision("no_capacity")
+            return None
+
+    def placed_new(self, room_id: RoomId, node: NodeInfo) -> None:
+        self._registry.record_placement(room_id, node.node_id)
+        self._on_decision("placed")
+
     def _finished(self, room_id: RoomId, task: asyncio.Task[NodeInfo]) -> None:
         if self._inflight.get(room_id) is task:
             del self._inflight[room_id]

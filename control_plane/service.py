@@ -54,6 +54,7 @@ from control_plane.records import (
     NodeInfo,
     RoomRecord,
     decode_placement,
+    encode_placement,
     placement_key,
     room_key,
 )
@@ -165,16 +166,13 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         protected = await passcodes.protect(passcode) if passcode else None
         host_key = passcodes.new_host_key()
         policy = MeetingPolicy(waiting_room=request.waiting_room, screen_share=screen_share)
-        room = await self._create_record(
+        # Placed with its creation, in the same transaction, so GetRoom names the
+        # node; with no relay up the meeting still exists and the first JoinRoom
+        # places it.
+        room, node = await self._create_record(
             name, limit, protected, passcodes.host_key_digest(host_key), policy
         )
-        # Place now so GetRoom names the node; with no relay up the meeting still
-        # exists and the first JoinRoom places it.
-        node_id = ""
-        try:
-            node_id = (await self._placer.ensure_placed(room.room_id)).node_id
-        except (NoRelayAvailable, PlacementUnsettled) as exc:
-            log.debug("room %s created unplaced: %s", room.room_id, exc)
+        node_id = node.node_id if node is not None else ""
         log.debug("created room %s on node %r", room.room_id, node_id)
         reply = _room_message(room, node_id)
         reply.passcode = passcode  # the only time either is told ("": none needed)
@@ -493,12 +491,13 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         passcode: passcodes.PasscodeHash | None,
         host_key_sha256: str,
         policy: MeetingPolicy,
-    ) -> RoomRecord:
-        """Write a new meeting: its record on a lease that ends at its expiry, and
-        the start of its audit log (the host key's digest, for reading the log after
+    ) -> tuple[RoomRecord, NodeInfo | None]:
+        """Write a new meeting: its record on a lease that ends at its expiry, the
+        start of its audit log (the host key's digest, for reading the log after
         the record is gone, and the "create" entry) on a lease that ends
-        `audit_retention` later. All three in one transaction: one etcd revision per
-        meeting (docs/benchmarks.md), and never a meeting without its log."""
+        `audit_retention` later, and its placement on the chosen node's lease. All
+        in one transaction: one etcd revision per meeting (docs/benchmarks.md), and
+        never a meeting without its log. Returns the node, None if none had room."""
         now_ms = int(self._clock() * 1000)
         lease, audit_lease = await asyncio.gather(
             self._store.grant_expiring_lease(self._meeting_ttl),
@@ -508,6 +507,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             f"waiting_room={'on' if policy.waiting_room else 'off'} "
             f"screen_share={policy.screen_share} passcode={'yes' if passcode else 'no'}"
         )
+        node = self._placer.choose_new()
         for _ in range(3):  # a collision of 100-bit ids is next to impossible
             room = RoomRecord(
                 new_room_id(),
@@ -522,16 +522,28 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
                 audit_lease=audit_lease,
             )
             entry_key, entry, _ = audit.prepare(room.room_id, "create", HOST_API, detail=detail)
-            created = await self._store.create_all_if_absent(
-                [
-                    (room_key(room.room_id), room.to_json(), lease),
-                    (audit.host_key(room.room_id), host_key_sha256.encode(), audit_lease),
-                    (entry_key, entry, audit_lease),
-                ]
-            )
+            items = [
+                (room_key(room.room_id), room.to_json(), lease),
+                (audit.host_key(room.room_id), host_key_sha256.encode(), audit_lease),
+                (entry_key, entry, audit_lease),
+            ]
+            if node is not None:
+                items.append(
+                    (placement_key(room.room_id), encode_placement(node.node_id), node.lease)
+                )
+            try:
+                created = await self._store.create_all_if_absent(items)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND or node is None:
+                    raise
+                # "requested lease not found": the node died since the cache saw it.
+                node = self._placer.choose_new(frozenset({node.node_id}))
+                continue
             if created:
                 self._metrics.host_actions.labels(action="create").inc()
-                return room
+                if node is not None:
+                    self._placer.placed_new(room.room_id, node)
+                return room, node
         raise StoreUnavailable("could not allocate a unique room id")
 
     async def _audit(

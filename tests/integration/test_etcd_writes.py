@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from conclave.processes import EtcdServer
-from conclave.store import NODES_PREFIX, EtcdStore, Lease
+from conclave.store import NODES_PREFIX, PLACEMENT_PREFIX, EtcdStore, Lease
 from control_plane.app import ControlPlane
 from control_plane.attempts import Policy
 from protos import rooms_pb2, rooms_pb2_grpc
@@ -148,17 +148,18 @@ async def join(stub: Any, room_id: str) -> rooms_pb2.JoinRoomResponse:
     return response
 
 
-async def test_create_room_writes_the_meeting_once_and_places_it_once(
-    stub: Any, relay: str, counts: Counts
+async def test_create_room_writes_and_places_the_meeting_in_one_revision(
+    stub: Any, relay: str, store: EtcdStore, counts: Counts
 ) -> None:
-    """The record, the host-key digest and the "create" audit entry: one revision;
-    placing the meeting on the relay: one more; the two expiring leases: two
-    proposals that change no key."""
+    """The record, the host-key digest, the "create" audit entry and the placement
+    on the relay: one revision; the two expiring leases: two proposals that change
+    no key."""
     await create(stub)  # warm-up: the attempt limiter and the signer wrote theirs at start
     before = await counts.read()
     room = await create(stub)
     assert room.node_id == relay
-    assert await counts.delta(before) == (2, 4)
+    assert await counts.delta(before) == (1, 3)
+    assert await store.get(PLACEMENT_PREFIX + room.room_id) is not None
 
 
 async def test_create_room_without_a_relay_is_one_revision(stub: Any, counts: Counts) -> None:
