@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -36,27 +37,26 @@ from typing import Any
 
 import aiohttp
 import uvloop
-from aiortc import (
-    RTCBundlePolicy,
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
-from conclave.ice import addresses_from_env, use_host_addresses
+from client.loadtest.participants import LEAVE_TIMEOUT_S, ConclaveParticipant, load_http
+from client.loadtest.receive import hook_rtp
+from client.loadtest.worker import serve_lines
 
 log = logging.getLogger("bench.subscriber")
 
 VideoSize = tuple[int, int]
 
 JOIN_TIMEOUT_S = 15.0
-LEAVE_TIMEOUT_S = 5.0
 REMB_INTERVAL_S = 1.0
 
 
-class CountingSubscriber:
-    """One participant that publishes nothing and counts the RTP packets it gets."""
+class CountingSubscriber(ConclaveParticipant):
+    """One participant that publishes nothing and counts the RTP packets it gets:
+    client/loadtest's signalling, with a cheaper count (packets and bytes, no
+    per-SSRC statistics), `video_size` and an optional constant REMB."""
+
+    wait_joined = True
 
     def __init__(
         self,
@@ -66,9 +66,7 @@ class CountingSubscriber:
         video_size: VideoSize | None = None,
         remb: int = 0,
     ) -> None:
-        self.http = http
-        self.signal_url = signal_url
-        self.grant = grant
+        super().__init__(http, {"signal_url": signal_url, "grant": grant})
         self.video_size = video_size
         self.remb = remb
         self._ssrcs: set[bytes] = set()  # media SSRCs received, for the REMB
@@ -77,82 +75,14 @@ class CountingSubscriber:
         self.bytes = 0
         self.padded = 0  # packets with the padding bit (counted only with `remb`)
         self.first_packet_at: float | None = None
-        self.errors: list[str] = []
-        self.participant_id: str | None = None
-        self.pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._joined = asyncio.get_running_loop().create_future()
-        self._answered = asyncio.Event()
-        self._closed = asyncio.Event()
         self._hooked: set[int] = set()
         self._sized: set[str] = set()  # video tracks this subscriber sent video_size for
-        self._left = False
 
     async def start(self, timeout: float = JOIN_TIMEOUT_S) -> None:
-        """Join, and return once the relay's first offer has been answered."""
-        async with asyncio.timeout(timeout):
-            self._ws = await self.http.ws_connect(self.signal_url)
-            self._reader = asyncio.create_task(self._read(self._ws), name="bench-sub-signalling")
-            await self._ws.send_str(
-                json.dumps({"type": "join", "grant": self.grant, "publish": []})
-            )
-            await asyncio.shield(self._joined)
-            waits = [
-                asyncio.ensure_future(self._answered.wait()),
-                asyncio.ensure_future(self._closed.wait()),
-            ]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waits:
-                    waiter.cancel()
-        if not self._answered.is_set():
-            raise RuntimeError(f"the relay closed the connection before an offer: {self.errors}")
+        await super().start(timeout)
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        try:
-            async for frame in ws:
-                if frame.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                message = json.loads(frame.data)
-                kind = message.get("type")
-                if kind == "offer":
-                    await self._answer(str(message["sdp"]))
-                    await self._send_video_sizes(message.get("streams") or [])
-                elif kind == "joined":
-                    self.participant_id = str(message.get("participant_id"))
-                    self._settle_join(None)
-                elif kind == "error":
-                    text = f"{message.get('code')}: {message.get('message')}"
-                    self.errors.append(text)
-                    self._settle_join(RuntimeError(f"relay error {text}"))
-        except Exception as exc:  # a bad offer or message: this subscriber is done
-            self.errors.append(f"{type(exc).__name__}: {exc}")
-            self._settle_join(exc)
-        finally:
-            self._closed.set()
-            self._settle_join(RuntimeError("the relay closed the connection"))
-
-    def _settle_join(self, error: BaseException | None) -> None:
-        if self._joined.done():
-            return
-        if error is None:
-            self._joined.set_result(None)
-        else:
-            self._joined.set_exception(error)
-            self._joined.exception()  # retrieved: start() may have timed out already
-
-    async def _answer(self, sdp: str) -> None:
-        pc = self.pc
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        self._hook()
-        assert self._ws is not None
-        await self._ws.send_str(json.dumps({"type": "answer", "sdp": pc.localDescription.sdp}))
-        self._answered.set()
+    async def _answered_offer(self, message: dict[str, Any]) -> None:
+        await self._send_video_sizes(message.get("streams") or [])
 
     async def _send_video_sizes(self, streams: list[dict[str, Any]]) -> None:
         """`video_size` once for each video track the relay sends this subscriber."""
@@ -167,33 +97,14 @@ class CountingSubscriber:
             message = {"type": "video_size", "track_id": track_id, "width": width, "height": height}
             await self._ws.send_str(json.dumps(message))
 
-    def progress(self) -> str:
-        """How far the join got, for error messages."""
-        steps = [
-            f"websocket={'open' if self._ws is not None else 'no'}",
-            f"joined={self._joined.done() and not self._joined.exception()}",
-            f"answered={self._answered.is_set()}",
-            f"closed={self._closed.is_set()}",
-            f"ice={self.pc.iceConnectionState}",
-            f"errors={self.errors}",
-        ]
-        return " ".join(steps)
-
-    def _hook(self) -> None:
+    def _hook(self, sdp: str) -> None:
         """Replace the bundled DTLS transport's RTP handler with the counter."""
-        for transceiver in self.pc.getTransceivers():
-            transport = transceiver.receiver.transport
-            if transport is None or id(transport) in self._hooked:
-                continue
-            self._hooked.add(id(transport))
-            if self.remb:
-                transport._handle_rtp_data = self._count_ssrcs  # type: ignore[method-assign]
-                if self._remb_task is None:
-                    self._remb_task = asyncio.create_task(
-                        self._send_remb(transport), name="bench-sub-remb"
-                    )
-            else:
-                transport._handle_rtp_data = self._count  # type: ignore[method-assign]
+        handler = self._count_ssrcs if self.remb else self._count
+        for transport in hook_rtp(self.pc, handler, self._hooked):
+            if self.remb and self._remb_task is None:
+                self._remb_task = asyncio.create_task(
+                    self._send_remb(transport), name="bench-sub-remb"
+                )
 
     async def _count(self, data: bytes, arrival_time_ms: int) -> None:
         if self.first_packet_at is None:
@@ -222,27 +133,10 @@ class CountingSubscriber:
                 await transport._send_rtp(bytes(packet))
 
     async def leave(self, timeout: float = LEAVE_TIMEOUT_S) -> None:
-        if self._left:
-            return
-        self._left = True
         if self._remb_task is not None:
             self._remb_task.cancel()
             await asyncio.gather(self._remb_task, return_exceptions=True)
-        ws = self._ws
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(timeout):
-                if ws is not None and not ws.closed and not self._closed.is_set():
-                    await ws.send_str(json.dumps({"type": "leave"}))
-                    await self._closed.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(timeout):
-                await self.pc.close()
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close()
+        await super().leave(timeout)
 
 
 class SubscriberPool:
@@ -264,9 +158,7 @@ class SubscriberPool:
     ) -> None:
         """Join `(signal_url, grant, video size)` entries concurrently; raise if any fails."""
         if self._http is None:
-            # limit=0: every WebSocket holds a connection, and aiohttp's default pool
-            # of 100 would make subscriber 101 wait forever.
-            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            self._http = load_http()
         batch = [
             CountingSubscriber(self._http, url, grant, size, remb) for url, grant, size in entries
         ]
@@ -336,19 +228,9 @@ def _size(value: Any) -> VideoSize | None:
 
 
 async def serve_worker() -> None:
-    use_host_addresses(addresses_from_env())
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     pool = SubscriberPool()
     try:
-        while line := await reader.readline():
-            try:
-                reply = {"ok": True, **await _handle(pool, json.loads(line))}
-            except Exception as exc:
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
+        await serve_lines(functools.partial(_handle, pool))
     finally:
         await pool.close()
 

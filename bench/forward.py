@@ -56,15 +56,15 @@ from browser_publisher import BrowserPublisher  # bench/ is sys.path[0]
 from cluster import HOST, Child, Cluster, spawn
 from counting_subscriber import SubscriberPool, VideoSize
 
+from client.errors import ConclaveError
+from client.loadtest.measure import METRIC_FORWARDED, METRIC_RECEIVED, process_cpu, scrape
+from client.loadtest.worker import Worker
 from client.media import PatternVideoTrack
 from client.sdk import RoomsClient, Session
 from conclave.ice import use_host_addresses
 from protos.rooms_pb2 import JoinRoomResponse
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WORKER_SCRIPT = Path(__file__).resolve().parent / "counting_subscriber.py"  # beside this file
-METRIC_FORWARDED = "conclave_packets_forwarded_total"
-METRIC_RECEIVED = "conclave_packets_received_total"
 METRIC_PARTICIPANTS = "conclave_participants"
 METRIC_KEYFRAMES = "conclave_keyframe_requests_total"
 METRIC_DROPPED = "conclave_packets_dropped_total"
@@ -186,11 +186,12 @@ class Pool(Protocol):
 
 
 class WorkerPool:
-    """A SubscriberPool in a child process, driven over its stdin/stdout."""
+    """A SubscriberPool in a child process, driven over its stdin/stdout
+    (client/loadtest's Worker speaking bench/counting_subscriber.py's requests)."""
 
     def __init__(self, child: Child) -> None:
         self.child = child
-        self._lock = asyncio.Lock()
+        self.worker = Worker(child.process, "subscriber worker")
 
     @classmethod
     async def start(cls) -> WorkerPool:
@@ -204,60 +205,33 @@ class WorkerPool:
     def pid(self) -> int:
         return self.child.pid
 
-    async def _call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        process = self.child.process
-        assert process.stdin is not None and process.stdout is not None
-        async with self._lock:
-            process.stdin.write(json.dumps(request).encode() + b"\n")
-            await process.stdin.drain()
-            line = await asyncio.wait_for(process.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"the subscriber worker exited ({process.returncode})")
-        reply: dict[str, Any] = json.loads(line)
-        if not reply.get("ok"):
-            raise RuntimeError(f"subscriber worker: {reply.get('error')}")
-        return reply
-
     async def join(
         self, entries: list[tuple[str, str, VideoSize | None]], timeout: float, remb: int
     ) -> None:
         request = {"op": "join", "subscribers": entries, "timeout": timeout, "remb": remb}
-        await self._call(request, timeout + 10)
+        await self.worker.call(request, timeout + 10)
 
     async def counts(self) -> list[tuple[int, int]]:
-        reply = await self._call({"op": "counts"}, 10.0)
+        reply = await self.worker.call({"op": "counts"}, 10.0)
         return [(int(p), int(b)) for p, b in reply["counts"]]
 
     async def padded(self) -> list[int]:
-        reply = await self._call({"op": "padded"}, 10.0)
+        reply = await self.worker.call({"op": "padded"}, 10.0)
         return [int(p) for p in reply["padded"]]
 
     async def errors(self) -> list[str]:
-        reply = await self._call({"op": "errors"}, 10.0)
+        reply = await self.worker.call({"op": "errors"}, 10.0)
         return [str(e) for e in reply["errors"]]
 
     async def leave_all(self) -> None:
-        await self._call({"op": "leave_all"}, 30.0)
+        await self.worker.call({"op": "leave_all"}, 30.0)
 
     async def close(self) -> None:
         """End of input: the worker leaves everyone and exits."""
-        process = self.child.process
-        if process.stdin is not None and not process.stdin.is_closing():
-            process.stdin.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(15.0):
-                await process.wait()
+        await self.worker.close()
 
 
 # ---------------------------------------------------------------------- measurement
-
-
-def process_cpu(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process, all its threads, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # after the ")" field 3 (state) is index 0, so utime (14) and stime (15) are 11, 12
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 def process_schedstat(pid: int) -> tuple[int, int]:
@@ -278,19 +252,6 @@ def machine_cpu() -> list[int]:
     softirq steal ..., in clock ticks summed over all CPUs."""
     with open("/proc/stat") as f:
         return [int(x) for x in f.readline().split()[1:]]
-
-
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """Prometheus text format -> {"name{labels}": value} (no HELP/TYPE lines)."""
-    async with asyncio.timeout(10.0), http.get(url) as response:
-        text = await response.text()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                samples[name] = float(value)
-    return samples
 
 
 @dataclass
@@ -1015,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
     except asyncio.CancelledError:  # SIGTERM cancels the main task
         say("terminated; every child stopped")
         return 143
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, ConclaveError) as exc:
         say(f"failed: {exc}")
         return 1
     finally:

@@ -1,5 +1,5 @@
 """Janus 1.1 as a benchmark peer on loopback: the server, its HTTP/JSON signalling,
-and load participants that count like Conclave's (client/loadtest.py).
+and load participants that count like Conclave's (client/loadtest).
 
 The server runs from a config folder of our own (`-F`/`-C`): HTTP transport on
 127.0.0.1 only, the VideoRoom plugin only (plugin and transport folders holding
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
-from client.loadtest import Counter, close_pc, publish_tracks
+from client.loadtest.participants import CountingPeer
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
@@ -367,24 +367,17 @@ async def destroy_room(http: aiohttp.ClientSession, url: str, room: int) -> None
         await session.close()
 
 
-class JanusParticipant:
+class JanusParticipant(CountingPeer):
     """A VideoRoom publisher (clip tracks) or subscriber (counting) on one handle.
 
     Entry: {"url", "room", "feed" (publisher: its id), "feeds" (subscriber: the
     publishers' ids), "publish" (kinds), "video" (clip settings)}."""
 
     def __init__(self, http: aiohttp.ClientSession, entry: dict[str, Any]) -> None:
-        self.http = http
+        super().__init__(http, entry)
         self.entry = entry
         self.url = str(entry["url"])
         self.room = int(entry["room"])
-        self.publish = [str(k) for k in entry.get("publish") or []]
-        self.tracks = publish_tracks(self.publish, dict(entry.get("video") or {}))
-        self.counter = Counter()
-        self.errors: list[str] = []
-        self.pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
         self.session: JanusSession | None = None
         self.handle = 0
 
@@ -451,4 +444,4 @@ class JanusParticipant:
         if self.session is not None and self.handle:
             await self.session.detach(self.handle)
             self.handle = 0
-        await close_pc(self.pc, self.tracks.values())
+        await super().leave()

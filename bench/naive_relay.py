@@ -8,7 +8,7 @@ early, so bench/side_by_side.py tries only a few small N.
 Run as a script it is the server (`--port`): POST /publish and POST /subscribe
 take a client's SDP offer as JSON `{"sdp": ...}` and answer `{"sdp": ...}`; one
 meeting, the latest publisher. `NaiveParticipant` is the load side (counting
-subscribers, clip publishers: client/loadtest.py).
+subscribers, clip publishers: client/loadtest).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import aiohttp
 import aiortc.codecs.vpx
 import uvloop
 from aiohttp import web
-from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
-from client.loadtest import Counter, close_pc, payload_clocks, publish_tracks
+from client.loadtest.participants import CountingPeer, new_pc
+from client.loadtest.receive import payload_clocks
 from conclave.ice import use_host_addresses
 
 HOST = "127.0.0.1"
@@ -40,9 +41,7 @@ class NaiveRelay:
         self.pcs: set[RTCPeerConnection] = set()
 
     def _pc(self) -> RTCPeerConnection:
-        pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
+        pc = new_pc()
         self.pcs.add(pc)
 
         @pc.on("connectionstatechange")
@@ -99,21 +98,14 @@ async def serve(port: int, bitrate: int) -> None:
         await runner.cleanup()
 
 
-class NaiveParticipant:
+class NaiveParticipant(CountingPeer):
     """Entry: {"url" (http://host:port), "publish" (kinds), "kinds" (a subscriber's
     kinds), "video"}."""
 
     def __init__(self, http: aiohttp.ClientSession, entry: dict[str, Any]) -> None:
-        self.http = http
+        super().__init__(http, entry)
         self.url = str(entry["url"])
-        self.publish = [str(k) for k in entry.get("publish") or []]
         self.kinds = [str(k) for k in entry.get("kinds") or []]
-        self.tracks = publish_tracks(self.publish, dict(entry.get("video") or {}))
-        self.counter = Counter()
-        self.errors: list[str] = []
-        self.pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
 
     async def start(self, timeout: float) -> None:
         pc = self.pc
@@ -132,9 +124,6 @@ class NaiveParticipant:
                 self.counter.hook(pc, pc.localDescription.sdp)
                 self.counter.clocks.update(payload_clocks(answer))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-
-    async def leave(self) -> None:
-        await close_pc(self.pc, self.tracks.values())
 
 
 def main() -> int:

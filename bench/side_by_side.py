@@ -3,7 +3,7 @@
 
 For each mode (video: VP8 640x360 at 2 Mbit/s, ~200 packets/s; audio: Opus, 50
 packets/s) and each N, every system in turn gets the same load: one publisher
-(client/loadtest.py's pre-encoded clip, looped) and N counting subscribers (SRTP
+(client/loadtest's pre-encoded clip, looped) and N counting subscribers (SRTP
 decrypted, RTP header read for loss and jitter, never decoded), in worker
 processes. After everyone receives and a warm-up, a window measures the server
 process's CPU (/proc, all threads), what the subscribers received and lost.
@@ -40,17 +40,8 @@ import uvloop
 from cluster import HOST, Child, Cluster, child_env, spawn, stop_child  # bench/ is sys.path[0]
 from janus import JanusServer, create_room, destroy_room
 
-from client.loadtest import (
-    BATCH,
-    Relay,
-    Worker,
-    join_all,
-    metric_sum,
-    scrape,
-    summarise,
-    take_snapshot,
-    wait_receiving,
-)
+from client.loadtest.measure import Relay, metric_sum, scrape, summarise, take_snapshot
+from client.loadtest.worker import BATCH, Worker, join_all, wait_receiving
 from client.rooms import RoomsClient
 from conclave.processes import free_port
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from client.loadtest import StreamStats, payload_clocks
+from client.loadtest.receive import StreamStats, payload_clocks
 from conclave.processes import free_port, wait_for_line
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
