@@ -32,7 +32,8 @@ class NodeInfo:
     """What a relay publishes about itself under its lease.
 
     `draining` is optional (absent means False): a relay that is shutting down can
-    set it to keep its meetings while refusing new ones.
+    set it to keep its meetings while refusing new ones. `region` is optional too
+    (`--region`): where the node is, for placing meetings near their joiners.
     """
 
     node_id: NodeId
@@ -42,6 +43,7 @@ class NodeInfo:
     load: float
     lease: int
     draining: bool = False
+    region: str = ""  # absent: a node that names no region
 
     @classmethod
     def from_json(cls, raw: bytes) -> NodeInfo:
@@ -57,6 +59,7 @@ class NodeInfo:
             load=float(_field(data, "load", (int, float))),
             lease=_checked(lease, "lease", int),
             draining=data.get("draining", False) is True,
+            region=_checked(data.get("region", ""), "region", str),
         )
         if not node.node_id or node.lease <= 0:
             raise ValueError("node info needs a node_id and a positive lease id")
@@ -72,6 +75,7 @@ class NodeInfo:
                 "load": self.load,
                 "lease": self.lease,
                 "draining": self.draining,
+                "region": self.region,
             }
         ).encode()
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -82,6 +83,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--capacity", type=int, default=200, help="participant limit of the node")
     parser.add_argument(
+        "--region",
+        type=_region,
+        default=None,
+        help="the region the node is in, e.g. eu-west (letters, digits, '-', '.', '_'); "
+        "written into its etcd record for placement (default: none)",
+    )
+    parser.add_argument(
         "--drain-deadline",
         type=non_negative_float,
         default=DEFAULT_DEADLINE_S,
@@ -122,6 +130,12 @@ def _port_range(value: str) -> PortRange:
         return PortRange.parse(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _region(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise argparse.ArgumentTypeError("a region is 1-64 letters, digits, '-', '.' or '_'")
+    return value
 
 
 def _public_ip(value: str) -> str:
@@ -229,6 +243,7 @@ async def serve(args: argparse.Namespace) -> None:
             signal_url=f"ws://{host}:{args.http_port}/ws",
             rpc_address=f"{host}:{args.rpc_port}",
             capacity=args.capacity,
+            region=args.region or "",
         ),
     )
     await registration.start()

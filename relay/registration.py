@@ -32,6 +32,7 @@ class NodeInfo:
     signal_url: str
     rpc_address: str
     capacity: int
+    region: str = ""  # where the node is (--region), for placement near joiners
 
 
 class NodeRegistration:
@@ -76,6 +77,8 @@ class NodeRegistration:
                 "load": self._load,
                 "lease": lease.id,
             }
+            if self._info.region:
+                value["region"] = self._info.region
             if self._draining:
                 value["draining"] = True
                 value["participants"] = self._participants

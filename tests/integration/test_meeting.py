@@ -183,7 +183,7 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
 # as docs/privacy.md lists them. Anything else found in a running cluster fails.
 ETCD_INVENTORY: dict[str, set[str] | None] = {
     r"/conclave/nodes/[\w-]+": {"node_id", "signal_url", "rpc_address", "capacity", "load",
-                                "lease", "draining", "participants"},
+                                "lease", "draining", "participants", "region"},
     r"/conclave/drain/[\w-]+": {"deadline_s", "requested_at_ms"},
     r"/conclave/rooms/[\w-]+": {"room_id", "name", "created_at_ms", "max_participants",
                                 "passcode", "host_key_sha256", "policy", "expires_at_ms",
