@@ -20,7 +20,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pathlib import Path
 import uvloop
 
 from conclave.arguments import int_between, port
-from conclave.processes import EtcdServer, die_with_parent, free_port, stop_group
+from conclave.processes import EtcdServer, die_with_parent, free_port, port_free, stop_group
 
 HOST = "127.0.0.1"
 GRACE_S = 5.0
@@ -69,7 +68,7 @@ class Cluster:
 
     async def start(self) -> None:
         """etcd, then the control plane, then the relays (they need both)."""
-        busy = [p for p in self._fixed_ports() if not _port_free(p)]
+        busy = [p for p in self._fixed_ports() if not port_free(p, HOST)]
         if busy:
             raise StartupError(f"port(s) already in use on {HOST}: {', '.join(map(str, busy))}")
         log_path = self.workdir / "etcd.log"
@@ -222,15 +221,6 @@ async def _terminate(child: Child, sig: signal.Signals = signal.SIGTERM) -> None
         child.pump.cancel()
     if not child.ready.done():
         child.ready.cancel()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def _say(message: str) -> None:

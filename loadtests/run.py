@@ -29,7 +29,6 @@ import queue
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from client.loadtest.measure import process_cpu
+from conclave.processes import free_port, port_free
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -51,26 +53,11 @@ _PROPOSALS = re.compile(r"^etcd_server_proposals_committed_total\s+(\S+)$", re.M
 # --- the cluster -------------------------------------------------------------------
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def _http_port(relays: int) -> int:
     """A free port followed by `relays` free ones (conclave dev's relays use them)."""
     for _ in range(50):
-        port = _free_port()
-        if port + relays < 65536 and all(_free(port + 1 + i) for i in range(relays)):
+        port = free_port(HOST)
+        if port + relays < 65536 and all(port_free(port + 1 + i, HOST) for i in range(relays)):
             return port
     raise SystemExit("loadtest: no run of free loopback ports for the relays")
 
@@ -79,9 +66,9 @@ class Cluster:
     """`conclave dev` as a child in its own session; its stderr goes to a log file."""
 
     def __init__(self, source: Path, relays: int, log_path: Path) -> None:
-        self.grpc_port = _free_port()
+        self.grpc_port = free_port(HOST)
         self.http_port = _http_port(relays)
-        self.etcd_port = _free_port()
+        self.etcd_port = free_port(HOST)
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # closed in stop()
         env = dict(os.environ, PYTHONPATH=str(source), PYTHONUNBUFFERED="1")
@@ -184,8 +171,7 @@ def machine_busy() -> tuple[float, float]:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (its threads included), in seconds."""
-    fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(process_cpu(pid))
 
 
 # --- etcd's counts -----------------------------------------------------------------
