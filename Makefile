@@ -64,7 +64,7 @@ lint: $(TEST_STAMP)
 
 protos: $(TEST_STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
-		protos/rooms.proto protos/relay.proto protos/grant.proto
+		protos/rooms.proto protos/relay.proto protos/grant.proto protos/link.proto
 	rm -f protos/grant_pb2_grpc.py
 
 bench: deps

@@ -23,7 +23,8 @@ from typing import Any
 import uvloop
 
 from client.errors import ConclaveError
-from client.sdk import KINDS, SOURCES, RoomsClient, Session, control_plane_target
+from client.sdk import KINDS, SOURCES, RoomsClient, control_plane_target
+from client.sdk import join as sdk_join
 from conclave.arguments import int_between, non_negative_float
 from conclave.ice import addresses_from_env, use_host_addresses
 
@@ -181,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--host-key",
         default=None,
         help="join as the meeting's host, with its host key instead of the passcode",
+    )
+    join.add_argument(
+        "--region",
+        default=None,
+        help="ask for a relay in this region (as relays name theirs with --region); a "
+        "meeting gains one there if it has none (docs/cascading.md)",
     )
     join.add_argument(
         "--publish",
@@ -425,27 +432,26 @@ async def _join(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     publish: list[str] = args.publish
     passcode = args.passcode if args.passcode is not None else os.environ.get(PASSCODE_ENV, "")
     host_key = args.host_key or ""
+    if args.no_e2ee:
+        print(
+            f"{PROG}: WARNING: end-to-end encryption is OFF (--no-e2ee): the relays can "
+            "read this participant's media, and it cannot see encrypted participants'",
+            file=sys.stderr,
+        )
     async with RoomsClient(args.control_plane) as rooms:  # open: reconnects need it
-        grant = await rooms.join_room(args.room_id, name, bool(publish), passcode, host_key)
-        if args.no_e2ee:
-            print(
-                f"{PROG}: WARNING: end-to-end encryption is OFF (--no-e2ee): the relays can "
-                "read this participant's media, and it cannot see encrypted participants'",
-                file=sys.stderr,
-            )
-        session = Session(
-            grant,
+        session = await sdk_join(
+            rooms,
+            args.room_id,
             name,
             publish,
+            passcode=passcode,
+            host_key=host_key,
+            region=args.region or "",
             e2ee=not args.no_e2ee,
             video_codec=args.video_codec.upper(),
             wait_timeout=args.wait_timeout,
             on_waiting=_say_waiting,
-            rooms=rooms,
-            passcode=passcode,
-            host_key=host_key,
         )
-        await session.start()
         code = 0
         try:
             with contextlib.suppress(TimeoutError):

@@ -91,6 +91,8 @@ class RoomsClient:
         rejoin_participant_id: str = "",
         rejoin_token: str = "",
         unreachable_node_id: str = "",
+        region: str = "",
+        full_node_id: str = "",
     ) -> rooms_pb2.JoinRoomResponse:
         """A signed, short-lived grant and the relay to present it to. An unknown
         meeting and a wrong passcode both fail with NOT_FOUND. With the `host_key`
@@ -100,7 +102,9 @@ class RoomsClient:
         given this client): the participant id and `rejoin_token` of the `joined`
         message let it past the waiting room and a lock it was inside of, and
         `unreachable_node_id` names the relay it lost without a word, which the
-        control plane then checks and, if dead, moves the meeting off."""
+        control plane then checks and, if dead, moves the meeting off. `region`
+        asks for a relay in that region (a meeting spans relays, docs/cascading.md);
+        `full_node_id` names a relay that refused the caller as full."""
         request = rooms_pb2.JoinRoomRequest(
             room_id=room_id,
             display_name=display_name,
@@ -110,6 +114,8 @@ class RoomsClient:
             rejoin_participant_id=rejoin_participant_id,
             rejoin_token=rejoin_token,
             unreachable_node_id=unreachable_node_id,
+            region=region,
+            full_node_id=full_node_id,
         )
         response: rooms_pb2.JoinRoomResponse = await self._call(
             "JoinRoom", self._stub.JoinRoom, request

@@ -17,6 +17,9 @@ from client.rooms import (
 )
 from client.session import KINDS, SOURCES, RemoteStats, RemoteStream, Session
 
+FULL_RETRIES = 3  # joins again after a relay said node_full or node_draining
+NODE_REFUSALS = ("node_full", "node_draining")
+
 
 async def join(
     rooms: RoomsClient,
@@ -26,25 +29,47 @@ async def join(
     *,
     passcode: str = "",
     host_key: str = "",
+    region: str = "",
     **options: Any,
 ) -> Session:
     """Join a meeting and return the started `Session`, which reconnects by itself
     through `rooms` (a draining or dead relay, a dropped connection) until
-    `leave()`. `publish` is kinds as for `Session`; `options` are `Session`'s
-    keyword arguments (`e2ee`, `wait_timeout`, `reconnect_timeout`, ...). Keep
-    `rooms` open for as long as the session lives."""
-    grant = await rooms.join_room(room_id, display_name, bool(publish), passcode, host_key)
-    session = Session(
-        grant,
-        display_name,
-        publish,
-        rooms=rooms,
-        passcode=passcode,
-        host_key=host_key,
-        **options,
-    )
-    await session.start()
-    return session
+    `leave()`. `publish` is kinds as for `Session`; `region` asks for a relay in that
+    region; `options` are `Session`'s keyword arguments (`e2ee`, `wait_timeout`,
+    `reconnect_timeout`, ...). Keep `rooms` open for as long as the session lives.
+
+    A relay that turns the join away as full is named in the next JoinRoom, which
+    sends the joiner to another relay of the meeting (docs/cascading.md)."""
+    full_node = ""
+    for attempt in range(FULL_RETRIES + 1):
+        grant = await rooms.join_room(
+            room_id,
+            display_name,
+            bool(publish),
+            passcode,
+            host_key,
+            region=region,
+            full_node_id=full_node,
+        )
+        session = Session(
+            grant,
+            display_name,
+            publish,
+            rooms=rooms,
+            passcode=passcode,
+            host_key=host_key,
+            region=region,
+            **options,
+        )
+        try:
+            await session.start()
+        except ConclaveError as exc:
+            if exc.code not in NODE_REFUSALS or attempt == FULL_RETRIES:
+                raise
+            full_node = grant.node_id if exc.code == "node_full" else ""
+            continue
+        return session
+    raise AssertionError("unreachable")
 
 
 __all__ = [

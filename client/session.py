@@ -190,6 +190,7 @@ class Session:
         passcode: str = "",
         host_key: str = "",
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_S,
+        region: str = "",
     ) -> None:
         unknown = [kind for kind in publish if kind not in KINDS]
         if unknown:
@@ -246,6 +247,7 @@ class Session:
         self.rooms = rooms
         self._passcode = passcode
         self._host_key = host_key
+        self.region = region  # asked for in every JoinRoom when reconnecting
         #: how long to keep trying to reconnect before giving up
         self.reconnect_timeout = reconnect_timeout
         #: how many times the session moved to a new connection (relay)
@@ -976,6 +978,7 @@ class Session:
             rejoin_participant_id=rejoin_id,
             rejoin_token=token,
             unreachable_node_id=lost_node,
+            region=self.region,
         )
 
     def _adopt(self, join: rooms_pb2.JoinRoomResponse) -> None:

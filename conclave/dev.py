@@ -56,6 +56,7 @@ class Cluster:
     http_port: int
     etcd_port: int | None
     ready_timeout: float
+    relay_capacity: int | None = None  # each relay's participant limit (None: its default)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="conclave-dev-")))
     etcd: EtcdServer | None = None
     children: list[Child] = field(default_factory=list)
@@ -114,6 +115,7 @@ class Cluster:
                     str(free_port()),
                     "--ice-address",
                     HOST,
+                    *(["--capacity", str(self.relay_capacity)] if self.relay_capacity else []),
                 ],
                 "relay ready",
             )
@@ -238,6 +240,7 @@ async def _run(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         etcd_port=args.etcd_port,
         ready_timeout=args.ready_timeout,
+        relay_capacity=args.relay_capacity,
     )
     stop_task = asyncio.create_task(stop.wait())
     tasks: list[asyncio.Task[object]] = [stop_task]
@@ -307,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--etcd-port", type=port, default=None, help="etcd client port (default: a free port)"
+    )
+    parser.add_argument(
+        "--relay-capacity",
+        type=int_between(1),
+        default=None,
+        metavar="N",
+        help="participant limit of each relay (default: the relay's own); a meeting "
+        "larger than that spans several relays (docs/cascading.md)",
     )
     parser.add_argument(
         "--ready-timeout",

@@ -150,14 +150,7 @@ class MemoryStore(EtcdStore):
         """One key's put; `new_revision=False` for the second and later puts of one
         transaction, which etcd applies at a single revision."""
         lease_id = lease.id if isinstance(lease, Lease) else lease
-        if lease_id and lease_id not in self._leases:
-            # What etcd answers; the placer catches exactly this.
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.NOT_FOUND,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details="etcdserver: requested lease not found",
-            )
+        self._check_lease(lease_id)
         if new_revision:
             self.revision += 1
         old = self._data.get(key)
@@ -175,6 +168,16 @@ class MemoryStore(EtcdStore):
         if lease_id:
             self._leases[lease_id].keys.add(key)
         self._emit(WatchEvent("put", key, value))
+
+    def _check_lease(self, lease_id: int) -> None:
+        if lease_id and lease_id not in self._leases:
+            # What etcd answers; the placer catches exactly this.
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.NOT_FOUND,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="etcdserver: requested lease not found",
+            )
 
     def _emit(self, event: WatchEvent) -> None:
         self._history.append((self.revision, event))
@@ -258,6 +261,35 @@ class MemoryStore(EtcdStore):
         if (entry.version if entry is not None else 0) != version:
             return False
         self._write(key, value, lease)
+        return True
+
+    async def get_with_meta(self, key: str) -> tuple[bytes | None, int, int]:
+        self._expire()
+        self._report("get")
+        entry = self._data.get(key)
+        if entry is None:
+            return None, 0, 0
+        return entry.value, entry.mod_revision, entry.lease
+
+    async def put_fenced(
+        self,
+        fence: tuple[str, bytes, int, int],
+        key: str,
+        value: bytes,
+        lease: int = 0,
+    ) -> bool:
+        self._expire()
+        self._report("transaction")
+        fence_key, fence_value, fence_revision, fence_lease = fence
+        entry = self._data.get(fence_key)
+        if (entry.mod_revision if entry is not None else 0) != fence_revision:
+            return False
+        if key in self._data:
+            return False
+        self._check_lease(fence_lease)
+        self._check_lease(lease)
+        self._write(fence_key, fence_value, fence_lease)
+        self._write(key, value, lease, new_revision=False)
         return True
 
     async def delete_if_value(self, key: str, value: bytes) -> bool:

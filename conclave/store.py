@@ -18,6 +18,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import grpc
 from etcd3aio import Etcd3Client, prefix_range_end
+from etcd3aio._protobuf import Compare
 from etcd3aio.errors import EtcdConnectionError, EtcdTransientError
 from etcd3aio.kv import KVService
 
@@ -291,6 +292,55 @@ class EtcdStore:
             response = await self._kv.txn(
                 compare=[KVService.txn_compare_version(key, version)],
                 success=[KVService.txn_op_put(key, value, lease=lease)],
+                failure=[],
+                timeout=ATTEMPT_TIMEOUT_S,
+            )
+        return bool(response.succeeded)
+
+    @_fails_over
+    async def get_with_meta(self, key: str) -> tuple[bytes | None, int, int]:
+        """The value, its mod_revision and the lease it is attached to (None, 0, 0:
+        absent), for `put_fenced`."""
+        with self._timed("get"):
+            response = await self._kv.get(key, timeout=ATTEMPT_TIMEOUT_S)
+        if not response.kvs:
+            return None, 0, 0
+        kv = response.kvs[0]
+        return bytes(kv.value), int(kv.mod_revision), int(kv.lease)
+
+    @_fails_over
+    async def put_fenced(
+        self,
+        fence: tuple[str, bytes, int, int],
+        key: str,
+        value: bytes,
+        lease: int = 0,
+    ) -> bool:
+        """Create `key` under a fence, in one transaction: `fence` is (key, value,
+        mod_revision, lease) as `get_with_meta` read it. Only if the fence key is
+        unchanged since (same mod_revision) and `key` does not exist, the fence key
+        is written again with the same value and lease (raising its mod_revision, so
+        a concurrent writer fenced on the same read fails) and `key` is created.
+
+        False when either guard failed (nothing is written): re-read and decide
+        again. A retried attempt that had been applied also says False.
+        """
+        fence_key, fence_value, fence_revision, fence_lease = fence
+        with self._timed("transaction"):
+            response = await self._kv.txn(
+                compare=[
+                    Compare(
+                        result=Compare.EQUAL,
+                        target=Compare.MOD,
+                        key=fence_key.encode(),
+                        mod_revision=fence_revision,
+                    ),
+                    KVService.txn_compare_create_revision(key, 0),
+                ],
+                success=[
+                    KVService.txn_op_put(fence_key, fence_value, lease=fence_lease),
+                    KVService.txn_op_put(key, value, lease=lease),
+                ],
                 failure=[],
                 timeout=ATTEMPT_TIMEOUT_S,
             )

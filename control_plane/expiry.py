@@ -8,8 +8,12 @@ is already gone is harmless, so replicas need not agree on who does it. The one
 whose delete removed the key also asks the relay to close the meeting (the relay
 notices the deleted record by itself too).
 
+The meeting's span keys (the further relays it was on, conclave/spans.py) go
+with its placement.
+
 At start, and whenever the watch has to be re-established, a sweep deletes every
-placement whose meeting has no record (one that expired while no replica watched).
+placement and span key whose meeting has no record (one that expired while no
+replica watched).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 
+from conclave import spans
 from conclave.store import PLACEMENT_PREFIX, ROOMS_PREFIX, EtcdStore
 from control_plane.errors import RelayUnavailable
 from control_plane.ids import RoomId
@@ -63,11 +68,22 @@ class ExpiryWatcher:
         placed, so a placement seen without a record read later is one whose
         meeting is gone, never one being created."""
         placements, _ = await self._store.get_prefix(PLACEMENT_PREFIX)
+        spanned, _ = await self._store.get_prefix(spans.SPANS_PREFIX)
         rooms, revision = await self._store.get_prefix(ROOMS_PREFIX)
         for key, raw in placements.items():
             room_id = key[len(PLACEMENT_PREFIX) :]
             if ROOMS_PREFIX + room_id not in rooms:
                 await self._gone(RoomId(room_id), raw)
+        orphans = {
+            parsed[0]
+            for key in spanned
+            if (parsed := spans.parse_span_name(key[len(spans.SPANS_PREFIX) :])) is not None
+            and ROOMS_PREFIX + parsed[0] not in rooms
+        }
+        for room_id in sorted(orphans):
+            with contextlib.suppress(Exception):
+                await spans.forget_meeting(self._store, room_id)
+            self._registry.forget_spans(RoomId(room_id))
         return revision
 
     async def _follow(self, revision: int) -> None:
@@ -87,17 +103,19 @@ class ExpiryWatcher:
                 revision = await self.sweep() + 1
 
     async def _gone(self, room_id: RoomId, placement: bytes | None = None) -> None:
-        """The meeting's record is gone: drop its placement (idempotent)."""
+        """The meeting's record is gone: drop its placement and spans (idempotent)."""
         node_id = self._registry.placement(room_id)
         if node_id is None and placement is not None:
             with contextlib.suppress(ValueError):
                 node_id = decode_placement(placement)
         try:
             deleted = await self._store.delete(placement_key(room_id))
+            await spans.forget_meeting(self._store, room_id)
         except Exception as exc:
             log.warning("deleting an expired meeting's placement failed (%s)", type(exc).__name__)
             return
         self._registry.forget_placement(room_id)
+        self._registry.forget_spans(room_id)
         if not deleted:
             return
         self.cleaned += 1

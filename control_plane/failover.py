@@ -9,6 +9,11 @@ does not answer is the meeting's placement deleted (only while it still names th
 node: conclave/placements.py) and the meeting placed again without it. A relay that
 answers keeps its meeting, whatever the client said: a client's own network
 trouble moves nobody.
+
+A meeting on several relays (cascading, conclave/spans.py) is checked the same way
+when the reported node is one of its further relays: silent, its span key is
+deleted and the node left out, so the rejoiner is not sent back to it while its
+lease runs out.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from conclave import placements
+from conclave import placements, spans
 from conclave.store import EtcdStore
 from control_plane.ids import NodeId, RoomId
 from control_plane.records import NodeInfo
@@ -75,6 +80,10 @@ class Failover:
             raw = await self._store.get(placements.placement_key(room_id))
             placed = NodeId(placements.placed_node(raw) or "") if raw is not None else None
         if placed != reported:
+            # etcd, not the cache: a span just added may not be in the cache yet,
+            # and a hint naming another node than the placement's is rare.
+            if await self._store.get(spans.span_key(room_id, reported)) is not None:
+                return await self._check_span(room_id, reported)
             return frozenset()  # the meeting has moved on already (or was never there)
         node = self._registry.node(reported)
         if node is not None and await self._probe(node, room_id, self._timeout):
@@ -84,4 +93,15 @@ class Failover:
             log.info("a relay that does not answer lost a meeting to failover")
             log.debug("released room %s from node %s", room_id, reported)
         self._registry.forget_placement(room_id)
+        return frozenset({reported})
+
+    async def _check_span(self, room_id: RoomId, reported: NodeId) -> frozenset[NodeId]:
+        """`reported` is a further relay of the meeting: left out if it is silent,
+        its span key deleted (it is on that relay's lease, which ends soon anyway)."""
+        node = self._registry.node(reported)
+        if node is not None and await self._probe(node, room_id, self._timeout):
+            return frozenset()
+        await self._store.delete(spans.span_key(room_id, reported))
+        self._registry.record_spans(room_id, self._registry.span_nodes(room_id) - {reported})
+        log.debug("room %s: further relay %s does not answer", room_id, reported)
         return frozenset({reported})

@@ -32,7 +32,7 @@ JOIN_RESULTS = (
     "error",
 )
 # How a join found its meeting's node (control_plane/placer.py).
-PLACEMENT_DECISIONS = ("existing", "placed", "adopted", "no_capacity")
+PLACEMENT_DECISIONS = ("existing", "placed", "adopted", "spilled", "no_capacity")
 
 
 class ControlPlaneMetrics:
@@ -45,7 +45,8 @@ class ControlPlaneMetrics:
         self.placements = Counter(
             "conclave_control_placements_total",
             "How joins found their meeting's node: existing, placed, adopted "
-            "(another replica placed it first), no_capacity",
+            "(another replica placed it first), spilled (a node was added to the "
+            "meeting), no_capacity",
             ["decision"],
             registry=self.registry,
         )

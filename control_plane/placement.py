@@ -17,6 +17,10 @@ from control_plane.records import NodeInfo
 
 # A node at or above this load takes no new meetings (existing ones still grow).
 MAX_LOAD = 0.9
+# A meeting's node at or above this share of its capacity (by the estimate of
+# control_plane/routing.py) takes no more of its joiners: they go to another of
+# the meeting's nodes, or a node is added to the meeting (cascading).
+SPILL_LOAD = 0.9
 
 
 class PlacementStrategy(Protocol):

@@ -26,6 +26,7 @@ from control_plane.records import (
     placement_key,
 )
 from control_plane.registry import NodeRegistry
+from control_plane.routing import choose_home
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class Placer:
         on_decision: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
-        # Told how each join found its node: existing, placed, adopted, no_capacity.
+        # Told how each join found its node: existing, placed, adopted, no_capacity
+        # (and spilled, by control_plane/router.py).
         self._on_decision = on_decision or (lambda decision: None)
         self._registry = registry
         self._strategy = strategy
@@ -53,13 +55,23 @@ class Placer:
         # One placement attempt per meeting at a time on this replica; joiners share it.
         self._inflight: dict[RoomId, asyncio.Task[NodeInfo]] = {}
 
+    @property
+    def strategy(self) -> PlacementStrategy:
+        return self._strategy
+
+    def report(self, decision: str) -> None:
+        """Count a join's placement decision (metrics)."""
+        self._on_decision(decision)
+
     async def ensure_placed(
-        self, room_id: RoomId, exclude: frozenset[NodeId] = frozenset()
+        self, room_id: RoomId, exclude: frozenset[NodeId] = frozenset(), region: str = ""
     ) -> NodeInfo:
         """The live node hosting the meeting, placing it first if it has none.
 
         `exclude`: nodes not to place it on even though registered (one that failed
         a failover check, control_plane/failover.py, until its lease runs out).
+        A new home is chosen by `routing.choose_home`: the meeting's live span
+        nodes first, then nodes in the joiner's `region`, then the strategy.
         Raises `NoRelayAvailable` when no node has headroom, and `PlacementUnsettled`
         when the placement still names a departed node after `settle_timeout`.
         """
@@ -69,7 +81,7 @@ class Placer:
             return node
         task = self._inflight.get(room_id)
         if task is None:
-            task = asyncio.create_task(self._settle(room_id, exclude), name="place room")
+            task = asyncio.create_task(self._settle(room_id, exclude, region), name="place room")
             self._inflight[room_id] = task
             task.add_done_callback(lambda done: self._finished(room_id, done))
         # shield: a cancelled JoinRoom must not cancel the attempt other joiners await.
@@ -98,7 +110,9 @@ class Placer:
         if not task.cancelled():
             task.exception()  # retrieved here so an unawaited failure is not reported as lost
 
-    async def _settle(self, room_id: RoomId, exclude: frozenset[NodeId]) -> NodeInfo:
+    async def _settle(
+        self, room_id: RoomId, exclude: frozenset[NodeId], region: str = ""
+    ) -> NodeInfo:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settle_timeout
         excluded = set(exclude)  # and nodes whose lease etcd no longer knows
@@ -115,7 +129,7 @@ class Placer:
                         raise PlacementUnsettled(room_id, node_id)
                     await asyncio.sleep(self._poll_interval)
                     continue
-            node = self._choose(room_id, excluded)
+            node = self._choose(room_id, excluded, region)
             key = placement_key(room_id)
             try:
                 created, stored = await self._store.create_if_absent(
@@ -160,10 +174,17 @@ class Placer:
                 return NodeInfo.from_json(raw_node)
         return None
 
-    def _choose(self, room_id: RoomId, excluded: set[NodeId]) -> NodeInfo:
+    def _choose(self, room_id: RoomId, excluded: set[NodeId], region: str) -> NodeInfo:
         nodes = [n for n in self._registry.live_nodes() if n.node_id not in excluded]
         try:
-            return self._strategy.choose(nodes, self._registry.rooms_placed())
+            return choose_home(
+                nodes,
+                self._registry.span_nodes(room_id),
+                self._registry.grants(),
+                region,
+                self._strategy,
+                self._registry.rooms_placed(),
+            )
         except NoRelayAvailable:
             self._on_decision("no_capacity")
             raise NoRelayAvailable(room_id) from None

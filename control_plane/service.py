@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 from etcd3aio.errors import EtcdError
 
-from conclave import audit, rejoin
+from conclave import audit, rejoin, spans
 from conclave.meeting import MeetingGone, MeetingPolicy, policy_actions, update_policy
 from conclave.store import EtcdStore, StoreError
 from control_plane import passcodes, validation
@@ -60,6 +60,7 @@ from control_plane.records import (
 )
 from control_plane.registry import NodeRegistry
 from control_plane.relay_client import RelayClient
+from control_plane.router import JoinRouter
 from control_plane.signing import GrantSigner
 from protos import rooms_pb2, rooms_pb2_grpc
 
@@ -67,7 +68,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MEETING_TTL_S = 86_400  # a day
 DEFAULT_AUDIT_RETENTION_S = 30 * 86_400  # after the meeting's expiry
-MAX_NODE_ID = 256  # a longer unreachable_node_id hint names no relay: ignored
+MAX_NODE_ID = 256  # a longer unreachable_node_id or full_node_id names no relay: ignored
+MAX_REGION = 64  # a longer region names none: the joiner is taken to be anywhere
 HOST_API = "host-api"  # the audit log's actor for RoomService calls with the host key
 
 _STATUS: dict[type[ControlPlaneError], grpc.StatusCode] = {
@@ -147,6 +149,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         self._signer = signer
         self._relays = relays
         self._failover = Failover(store, registry)  # checks rejoiners' unreachable-node hints
+        self._router = JoinRouter(store, registry, placer)  # the node for each joiner
         self._attempts = attempts
         self._trusted_proxies = tuple(trusted_proxies)
         self._meeting_ttl = meeting_ttl
@@ -250,12 +253,21 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         if 0 < len(request.unreachable_node_id) <= MAX_NODE_ID:  # only compared, never a key
             reported = NodeId(request.unreachable_node_id)
             exclude = await self._failover.excluded(room_id, reported)
-        was_placed = self._registry.live_placement(room_id) is not None
-        node = await self._placer.ensure_placed(room_id, exclude)
-        if not was_placed and await self._store.get(room_key(room_id)) is None:
-            # EndRoom ran while we placed: undo, or the placement outlives the room.
+        # A relay that refused this joiner as full, and where the joiner is: both only
+        # compared with node records, never used as keys.
+        full = (
+            NodeId(request.full_node_id) if 0 < len(request.full_node_id) <= MAX_NODE_ID else None
+        )
+        region = request.region if len(request.region) <= MAX_REGION else ""
+        routed = await self._router.node_for(room_id, exclude, full, region)
+        node = routed.node
+        if routed.wrote and await self._store.get(room_key(room_id)) is None:
+            # EndRoom ran while we placed it or added a node: undo, or the placement
+            # and spans outlive the room.
             await self._store.delete(placement_key(room_id))
             self._registry.forget_placement(room_id)
+            await spans.forget_meeting(self._store, room_id)
+            self._registry.forget_spans(room_id)
             raise RoomNotFound(room_id)
         participant_id = new_participant_id()
         grant, expires_at_ms = self._signer.issue(
@@ -304,6 +316,8 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         # then find no placement left to clean up, and leave closing it to us.
         await self._store.delete(placement_key(room_id))
         self._registry.forget_placement(room_id)
+        await spans.forget_meeting(self._store, room_id)
+        self._registry.forget_spans(room_id)
         existed = await self._store.delete(room_key(room_id))
         await self._store.delete_prefix(rejoin.room_prefix(room_id))
         if node is not None:

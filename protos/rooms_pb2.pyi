@@ -59,7 +59,7 @@ class GetRoomRequest(_message.Message):
     def __init__(self, room_id: _Optional[str] = ..., host_key: _Optional[str] = ...) -> None: ...
 
 class JoinRoomRequest(_message.Message):
-    __slots__ = ("room_id", "display_name", "publish", "passcode", "host_key", "rejoin_participant_id", "rejoin_token", "unreachable_node_id")
+    __slots__ = ("room_id", "display_name", "publish", "passcode", "host_key", "rejoin_participant_id", "rejoin_token", "unreachable_node_id", "region", "full_node_id")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,8 @@ class JoinRoomRequest(_message.Message):
     REJOIN_PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     REJOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     UNREACHABLE_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    FULL_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     display_name: str
     publish: bool
@@ -76,7 +78,9 @@ class JoinRoomRequest(_message.Message):
     rejoin_participant_id: str
     rejoin_token: str
     unreachable_node_id: str
-    def __init__(self, room_id: _Optional[str] = ..., display_name: _Optional[str] = ..., publish: _Optional[bool] = ..., passcode: _Optional[str] = ..., host_key: _Optional[str] = ..., rejoin_participant_id: _Optional[str] = ..., rejoin_token: _Optional[str] = ..., unreachable_node_id: _Optional[str] = ...) -> None: ...
+    region: str
+    full_node_id: str
+    def __init__(self, room_id: _Optional[str] = ..., display_name: _Optional[str] = ..., publish: _Optional[bool] = ..., passcode: _Optional[str] = ..., host_key: _Optional[str] = ..., rejoin_participant_id: _Optional[str] = ..., rejoin_token: _Optional[str] = ..., unreachable_node_id: _Optional[str] = ..., region: _Optional[str] = ..., full_node_id: _Optional[str] = ...) -> None: ...
 
 class JoinRoomResponse(_message.Message):
     __slots__ = ("room_id", "participant_id", "node_id", "signal_url", "grant", "grant_expires_at_ms")

@@ -11,7 +11,8 @@ Then, until no participant is left:
    participant count (relay/registration.py), and joins are refused with
    `node_draining` (relay/node.py);
 2. when another relay serves, the placements naming this node are deleted, each
-   only while it still names it (conclave/placements.py), and the participants of
+   only while it still names it (conclave/placements.py), and so are its span keys
+   (the meetings it was a further relay of, conclave/spans.py); the participants of
    those meetings get `reconnect` (docs/signaling.md): they ask the control plane
    again, which places the meeting on another relay, and come back with their
    rejoin token. Whoever is still here `RECONNECT_GRACE_S` later (a client that
@@ -31,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from conclave import placements
+from conclave import placements, spans
 from conclave.store import NODES_PREFIX, EtcdStore
 from conclave.tasks import spawn
 
@@ -240,6 +241,8 @@ class Drainer:
                     log.debug("released the placement of room %s", room_id)
             if not targets:
                 return
+            if await spans.leave_all(self._store, node.node_id):
+                log.debug("left the meetings this node was a further relay of")
             still_mine = set(await placements.placements_of(self._store, node.node_id))
         except Exception as exc:  # etcd unreachable: try again at the next step
             log.warning("moving meetings failed: %s", type(exc).__name__)
@@ -271,6 +274,8 @@ class Drainer:
         if not node.rooms:
             return
         log.info("drain deadline: closing %d meeting(s) that could not move", len(node.rooms))
+        with contextlib.suppress(Exception):
+            await spans.leave_all(self._store, node.node_id)
         for room_id, room in list(node.rooms.items()):
             with contextlib.suppress(Exception):
                 await placements.release(self._store, room_id, node.node_id)

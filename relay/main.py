@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import re
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -27,10 +29,13 @@ from conclave.logs import FORMATS, configure
 from conclave.loop_lag import watch_lag
 from conclave.store import EtcdStore
 from conclave.tasks import spawn
-from protos import relay_pb2_grpc
+from protos import link_pb2_grpc, relay_pb2_grpc
 from relay import metrics, signaling
 from relay.admission import GrantChecker
 from relay.drain import DEFAULT_DEADLINE_S, Drainer
+from relay.link_crypto import NodeIdentity
+from relay.link_socket import LinkSocket
+from relay.links import SERVER_OPTIONS, LinkManager, LinkServicer
 from relay.no_decode import install_decoder_guard
 from relay.node import RelayNode
 from relay.peer import set_simulcast_offer, set_test_video_loss
@@ -82,6 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(1:1 NAT; sockets still bind --ice-address); default: the bound address",
     )
     parser.add_argument("--capacity", type=int, default=200, help="participant limit of the node")
+    parser.add_argument(
+        "--link-port",
+        type=int,
+        default=0,
+        help="UDP port for media between relays of a meeting (links, docs/cascading.md); "
+        "default: any free port",
+    )
     parser.add_argument(
         "--region",
         type=_region,
@@ -190,8 +202,10 @@ def readiness_handler(node: RelayNode) -> Handler:
 def watch_tracks(node: RelayNode, capacity: int) -> None:
     """Capacity and track gauges, counted when scraped rather than kept in step."""
     metrics.CAPACITY.set(capacity)
-    metrics.TRACKS_PUBLISHED.set_function(
-        lambda: sum(len(room.tracks) for room in node.rooms.values())
+    metrics.TRACKS_PUBLISHED.set_function(  # by participants here, not over links
+        lambda: sum(
+            1 for room in node.rooms.values() for track in room.tracks.values() if not track.remote
+        )
     )
     metrics.TRACKS_SUBSCRIBED.set_function(
         lambda: sum(
@@ -215,6 +229,11 @@ async def serve(args: argparse.Namespace) -> None:
     node = RelayNode(args.node_id, store, grants, args.capacity)
     await node.start()
     watch_tracks(node, args.capacity)
+    link_socket = LinkSocket()
+    await link_socket.open(args.http_host, args.link_port)
+    media_host = await _address_of(host)
+    links = LinkManager(node, NodeIdentity(), link_socket, media_host)
+    node.links_ready = links.ready
 
     app = web.Application()
     app.add_routes(
@@ -229,9 +248,14 @@ async def serve(args: argparse.Namespace) -> None:
     await runner.setup()
     await web.TCPSite(runner, args.http_host, args.http_port).start()
 
-    rpc_server = grpc.aio.server(interceptors=[metrics.SERVER.interceptor()])
+    rpc_server = grpc.aio.server(
+        interceptors=[metrics.SERVER.interceptor()], options=SERVER_OPTIONS
+    )
     relay_pb2_grpc.add_RelayServiceServicer_to_server(  # type: ignore[no-untyped-call]
         RelayServicer(node), rpc_server
+    )
+    link_pb2_grpc.add_RelayLinkServicer_to_server(  # type: ignore[no-untyped-call]
+        LinkServicer(links), rpc_server
     )
     rpc_server.add_insecure_port(f"{args.http_host}:{args.rpc_port}")
     await rpc_server.start()
@@ -244,9 +268,11 @@ async def serve(args: argparse.Namespace) -> None:
             rpc_address=f"{host}:{args.rpc_port}",
             capacity=args.capacity,
             region=args.region or "",
+            link_key=links.identity.public_b64,
         ),
     )
     await registration.start()
+    links.lease = lambda: registration.lease_id
     lag_watch = spawn(watch_lag(metrics.EVENT_LOOP_LAG.observe), "event-loop-lag")
     grants.current_lease = lambda: registration.lease_id
     node.on_participants_changed = registration.participants_changed
@@ -279,6 +305,8 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("relay stopping")
     lag_watch.cancel()
     await drainer.stop()
+    await links.stop()
+    link_socket.close()
     await registration.stop()
     for room in list(node.rooms.values()):
         await room.close("node_shutdown")
@@ -287,6 +315,16 @@ async def serve(args: argparse.Namespace) -> None:
     await node.stop()
     await grants.stop()
     await store.close()
+
+
+async def _address_of(host: str) -> str:
+    """The IP address other relays send link media to (a name is resolved once)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+        return str(infos[0][4][0])
 
 
 async def _set_when(done: asyncio.Event, then: asyncio.Event) -> None:

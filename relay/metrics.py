@@ -60,7 +60,7 @@ EVENT_LOOP_LAG = Histogram(
     buckets=LOOP_LAG_BUCKETS,
 )
 
-# The closed sets of label values (tests/integration/test_metrics.py checks every
+# The closed sets of label values (tests/integration/test_meeting.py checks every
 # scraped label against them).
 DROP_REASONS = (
     "malformed_rtp",
@@ -141,3 +141,59 @@ for _state in NODE_STATES:
 NODE_STATE.labels(state="serving").set(1)
 for _result in JOIN_RESULTS:
     JOINS.labels(result=_result)
+
+# Links: the relays of a cascaded meeting are joined by links (a gRPC stream for
+# control, encrypted UDP datagrams for media); each published track crosses each
+# link at most once. Direction is this relay's: `sent` from it, `received` by it.
+LINK_OPEN_RESULTS = ("opened", "unauthenticated", "not_member", "failed")
+LINK_DIRECTIONS = ("sent", "received")
+LINK_DROP_REASONS = ("unknown_link", "not_authentic", "malformed")
+# Link probes: from loopback (0.1 ms) to another region (500 ms).
+LINK_RTT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+LINK_LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+LINKS = Gauge("conclave_links", "Meeting links to other relays open on this relay")
+LINK_OPENS = Counter(
+    "conclave_link_opens_total",
+    "Link opening attempts by result: opened (either side), unauthenticated, "
+    "not_member, failed (dial)",
+    ["result"],
+)
+LINK_PACKETS = Counter(
+    "conclave_link_packets_total", "Media datagrams over links, by direction", ["direction"]
+)
+LINK_BYTES = Counter(
+    "conclave_link_bytes_total",
+    "Bytes of media datagrams over links (on the wire, encrypted), by direction",
+    ["direction"],
+)
+LINK_TRACKS = Gauge(
+    "conclave_link_tracks",
+    "Track streams crossing links now, once per (track, link), by direction",
+    ["direction"],
+)
+LINK_TRACK_STARTS = Counter(
+    "conclave_link_track_starts_total",
+    "Times a track started crossing a link, by direction",
+    ["direction"],
+)
+LINK_RTT = Histogram(
+    "conclave_link_rtt_seconds", "Round-trip time of link probes", buckets=LINK_RTT_BUCKETS
+)
+LINK_LOSS = Histogram(
+    "conclave_link_loss_ratio",
+    "Share of media datagrams lost on a link per 1-second interval, receiver side",
+    buckets=LINK_LOSS_BUCKETS,
+)
+LINK_DROPPED = Counter(
+    "conclave_link_dropped_total", "Link datagrams refused, by reason", ["reason"]
+)
+for _result in LINK_OPEN_RESULTS:
+    LINK_OPENS.labels(result=_result)
+for _direction in LINK_DIRECTIONS:
+    LINK_PACKETS.labels(direction=_direction)
+    LINK_BYTES.labels(direction=_direction)
+    LINK_TRACKS.labels(direction=_direction)
+    LINK_TRACK_STARTS.labels(direction=_direction)
+for _reason in LINK_DROP_REASONS:
+    LINK_DROPPED.labels(reason=_reason)

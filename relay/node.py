@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from conclave import audit, rejoin
 from conclave.meeting import MeetingPolicy, Removal, policy_actions, policy_of, update_policy
@@ -25,6 +25,10 @@ SERVING, DRAINING = "serving", "draining"  # the node's states (conclave_node_st
 CLOSE_NODE_REFUSED = 4004  # node_full, node_draining: ask the control plane again
 
 
+async def _no_links(room: Room) -> None:
+    """A relay without links (tests of one relay) has nobody to wait for."""
+
+
 class RelayNode:
     """Rooms by id: opened on first join (settings read from etcd), dropped when
     the last participant leaves. Each room follows its record in etcd: a policy
@@ -41,6 +45,9 @@ class RelayNode:
         self.grants = grants
         self.rooms: dict[str, Room] = {}
         self.on_participants_changed: Callable[[int], None] = lambda count: None
+        # Before a room's first participant here joins: link it to the meeting's
+        # other relays and wait for them to tell who is there (relay/links.py).
+        self.links_ready: Callable[[Room], Awaitable[None]] = _no_links
         self._watch: asyncio.Task[None] | None = None
         self.state = SERVING
         self._show_state()
@@ -79,6 +86,14 @@ class RelayNode:
             raise SignalingError(
                 "node_full", "this relay is at capacity; join again", CLOSE_NODE_REFUSED
             )
+        room = await self.open_linked_room(room_id)
+        if not room.local_count and not room.waiting:
+            await self.links_ready(room)
+        return room
+
+    async def open_linked_room(self, room_id: str) -> Room:
+        """The meeting's room, opened for a join or for a link from another relay of
+        the meeting (which a draining or full relay still serves)."""
         value = await self.store.get(ROOMS_PREFIX + room_id)
         if value is None:
             raise SignalingError("room_not_found", "the meeting does not exist (ended?)", 4004)
@@ -104,10 +119,14 @@ class RelayNode:
         return room
 
     def participant_count(self) -> int:
-        return sum(len(r.participants) + len(r.waiting) for r in self.rooms.values())
+        """Participants connected to (or waiting on) this relay; those of linked
+        relays are theirs."""
+        return sum(r.local_count + len(r.waiting) for r in self.rooms.values())
 
     def participants_changed(self, room_id: str) -> None:
         room = self.rooms.get(room_id)
+        if room is not None and not room.local_count and not room.waiting:
+            room.close_dialed_links()
         if room is not None and room.empty:
             del self.rooms[room_id]
             metrics.ROOMS.set(len(self.rooms))

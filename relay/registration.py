@@ -33,6 +33,9 @@ class NodeInfo:
     rpc_address: str
     capacity: int
     region: str = ""  # where the node is (--region), for placement near joiners
+    # Base64 of the node's link public key (relay/link_crypto.py): other relays of
+    # the cell check its link hellos with it.
+    link_key: str = ""
 
 
 class NodeRegistration:
@@ -79,6 +82,8 @@ class NodeRegistration:
             }
             if self._info.region:
                 value["region"] = self._info.region
+            if self._info.link_key:
+                value["link_key"] = self._info.link_key
             if self._draining:
                 value["draining"] = True
                 value["participants"] = self._participants

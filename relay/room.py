@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from relay import metrics
 from relay.errors import RoomFull, SignalingError
 from relay.forwarder import SubscriberOutput, TrackForwarder
 from relay.layers import SubscriberLayers, TrackLayers
+from relay.link import KIND_SENDER_REPORT, MeetingLink
 from relay.peer import CNAME, ParticipantPeer, Signal, Subscription
+from relay.remote import RemotePeer
 from relay.rtcp import SenderReport, pli, sdes_cname
 from relay.rtp import RtpHeader
 from relay.speaker import INTERVAL_S, SpeakerDetector, VoiceLevel
@@ -38,6 +41,7 @@ SIMULCAST_UPSTREAM_BITRATE = 4_000_000
 LAYERS_INTERVAL_S = 0.5  # how often layer choices and dynacast are revisited
 MEDIA_KINDS = ("audio", "video")
 MODERATORS = ("host", "cohost")  # the roles that may admit, mute, remove, lock
+ROLES = (*MODERATORS, "participant")
 # WebSocket close codes of the meeting's security decisions (docs/signaling.md).
 CLOSE_LOCKED = 4005
 CLOSE_REMOVED = 4006
@@ -52,6 +56,22 @@ _BYTES_FORWARDED = metrics.BYTES_FORWARDED
 
 # Ends a participant's signalling connection: (reason, WebSocket close code).
 Disconnect = Callable[[str, int], Awaitable[None]]
+# Either peer a participant has: its own connection here, or its relay's link.
+Peer = ParticipantPeer | RemotePeer
+LINK_CACHE = 512  # raw packets kept per layer of a track crossing links (link NACKs)
+_clock_pair = struct.Struct("!QI")  # a sender report's NTP and RTP times, over a link
+_LINK_TRACKS_SENT = metrics.LINK_TRACKS.labels(direction="sent")
+_LINK_TRACKS_RECEIVED = metrics.LINK_TRACKS.labels(direction="received")
+_LINK_STARTS_SENT = metrics.LINK_TRACK_STARTS.labels(direction="sent")
+_LINK_STARTS_RECEIVED = metrics.LINK_TRACK_STARTS.labels(direction="received")
+
+
+async def _nobody(message: dict[str, Any]) -> None:
+    """The signal of a remote participant: its own relay talks to it."""
+
+
+async def _not_here(reason: str, code: int) -> None:
+    """The disconnect of a remote participant: its own relay disconnects it."""
 
 
 class NotFound(SignalingError):
@@ -113,6 +133,18 @@ class PublishedTrack:
     # publisher itself unmutes (its consent, as in every meeting service).
     muted: bool = False
     held: bool = False
+    # Links (docs/cascading.md). `index` numbers the track on links, in its own
+    # relay's numbering. A local track keeps the layers each link asked for and its
+    # latest raw packets per layer (to answer a link's NACK); a remote track, the
+    # layers last asked of its relay.
+    index: int = 0
+    links: dict[MeetingLink, set[int]] = field(default_factory=dict)
+    recent: list[list[bytes | None]] | None = None
+    wanted: frozenset[int] = frozenset()
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.owner.origin)
 
     @property
     def kind(self) -> str:
@@ -137,7 +169,7 @@ class Participant:
     name: str
     can_subscribe: bool
     signal: Signal
-    peer: ParticipantPeer
+    peer: Peer
     disconnect: Disconnect
     role: str = "participant"  # "host" (from the grant), "cohost" or "participant"
     # What it may publish now: from the grant, changed by hosts at run time.
@@ -152,10 +184,23 @@ class Participant:
     e2ee_binding: str | None = None
     # SHA-256 of the rejoin token it was given in `joined` (conclave/rejoin.py).
     rejoin_digest: str = ""
+    # The relay it is connected to when that is another relay of the meeting; ""
+    # for a participant connected here.
+    origin: str = ""
+    # When its E2EE binding arrived at its relay (µs, wall clock): the order of the
+    # key exchange's members, the same on every relay.
+    e2ee_at: int = 0
 
     @property
     def moderates(self) -> bool:
         return self.role in MODERATORS
+
+    @property
+    def connection(self) -> ParticipantPeer:
+        """The peer connection of a participant connected to this relay."""
+        if not isinstance(self.peer, ParticipantPeer):
+            raise TypeError("a participant of another relay has no connection here")
+        return self.peer
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -208,11 +253,22 @@ class Room:
         # when the last one leaves.
         self._speaker_task: asyncio.Task[None] | None = None
         self._layers_task: asyncio.Task[None] | None = None
-        self._e2ee_order: list[str] = []  # participants by when their binding arrived
+        self.local_count = 0  # participants connected to this relay
+        # Links to the meeting's other relays, by node id (relay/links.py), and the
+        # tracks that come over them, by (node id, index).
+        self.links: dict[str, MeetingLink] = {}
+        self._remote_tracks: dict[tuple[str, int], PublishedTrack] = {}
+        self._local_tracks: dict[int, PublishedTrack] = {}  # by index
+        self._next_index = 0
+        self._last_binding_at = 0
 
     @property
     def empty(self) -> bool:
-        return not self.participants and not self.waiting
+        """Nobody connected here, nobody waiting here, and no relay linked here."""
+        return not self.local_count and not self.waiting and not self.links
+
+    def local_participants(self) -> list[Participant]:
+        return [p for p in self.participants.values() if not p.origin]
 
     def room_state(self) -> dict[str, Any]:
         policy = self.policy
@@ -302,7 +358,9 @@ class Room:
             }
         )
         self.participants[participant_id] = participant
+        self.local_count += 1
         metrics.PARTICIPANTS.inc()
+        self._tell_links(self._member_message(participant))
         if self._speaker_task is None:
             self._speaker_task = spawn(self._speakers_forever(), "active-speakers")
             self._layers_task = spawn(self._layers_forever(), "simulcast-layers")
@@ -329,7 +387,7 @@ class Room:
             raise SignalingError("not_allowed", f"you may not publish {source} in this meeting")
         if source in participant.tracks:
             return
-        participant.peer.add_publish(source)
+        participant.connection.add_publish(source)
         await self._publish(participant, source)
 
     async def stop_publishing(self, participant: Participant, source: str, reason: str) -> None:
@@ -338,7 +396,7 @@ class Room:
         track = participant.tracks.pop(source, None)
         if track is None:
             return
-        participant.peer.remove_publish(source)
+        participant.connection.remove_publish(source)
         await self._unpublish(participant, track)
         if reason != "unpublished":
             await self._signal_quietly(
@@ -348,10 +406,22 @@ class Room:
     async def _unpublish(self, owner: Participant, track: PublishedTrack) -> None:
         self.tracks.pop(track.track_id, None)
         track.cancel_keyframe_requests()
+        if track.remote:
+            self._remote_tracks.pop((owner.origin, track.index), None)
+            if track.wanted:
+                _LINK_TRACKS_RECEIVED.dec()
+            track.wanted = frozenset()
+        else:
+            self._local_tracks.pop(track.index, None)
+            for wants in track.links.values():
+                if wants:
+                    _LINK_TRACKS_SENT.dec()
+            track.links.clear()
+            self._tell_links({"type": "untrack", "index": track.index})
         if track.kind == "audio":
             self.speakers.remove(owner.participant_id)
             owner.voice = None
-        for other in self.participants.values():
+        for other in self.local_participants():
             output = other.peer.remove_subscription(track.track_id)
             if output is not None:
                 track.forwarder.remove_subscriber(output)
@@ -375,8 +445,12 @@ class Room:
         )
         owner.tracks[source] = track
         self.tracks[track_id] = track
+        track.index = self._next_index
+        self._next_index = (self._next_index + 1) & 0xFFFF
+        self._local_tracks[track.index] = track
         if kind == "audio":
             owner.voice = self.speakers.add(owner.participant_id)
+        self._tell_links(self._track_message(track))
         await self._broadcast(
             {
                 "type": "track_published",
@@ -385,9 +459,15 @@ class Room:
             },
             exclude=owner.participant_id,
         )
-        for other in self.participants.values():
-            if other is not owner and other.can_subscribe:
-                other.peer.add_subscription(track_id, owner.participant_id, source)
+        self._subscribe_everyone(track)
+
+    def _subscribe_everyone(self, track: PublishedTrack) -> None:
+        for other in self.local_participants():
+            if other is not track.owner and other.can_subscribe:
+                assert isinstance(other.peer, ParticipantPeer)
+                other.peer.add_subscription(
+                    track.track_id, track.owner.participant_id, track.source
+                )
 
     async def leave(self, participant_id: str) -> None:
         """Remove a participant completely: tracks, subscriptions, peer connection
@@ -398,10 +478,13 @@ class Room:
         participant = self.participants.pop(participant_id, None)
         if participant is None:
             return
-        metrics.PARTICIPANTS.dec()
+        if not participant.origin:
+            self.local_count -= 1
+            metrics.PARTICIPANTS.dec()
+            self._tell_links({"type": "left", "participant_id": participant_id})
         self.speakers.remove(participant_id)
         participant.voice = None
-        if not self.participants and self._speaker_task is not None:
+        if not self.local_count and self._speaker_task is not None:
             self._speaker_task.cancel()
             self._speaker_task = None
             if self._layers_task is not None:
@@ -419,8 +502,9 @@ class Room:
         await participant.peer.close()
         await self._broadcast({"type": "participant_left", "participant_id": participant_id})
         if participant.e2ee_binding is not None:
-            self._e2ee_order.remove(participant_id)
             await self._broadcast(self._e2ee_members())
+        if not participant.origin and not self.local_count:
+            self.close_dialed_links()
 
     def roster(self) -> list[Participant]:
         return list(self.participants.values())
@@ -437,6 +521,8 @@ class Room:
             return
         track.muted = muted
         metrics.MUTE_CHANGES.inc()
+        if not participant.origin:
+            self._tell_links(self._track_message(track))
         if track.kind == "audio":
             self.speakers.set_muted(participant.participant_id, muted)
         await self._broadcast(
@@ -452,7 +538,7 @@ class Room:
     async def close(self, reason: str) -> int:
         """Tell everyone the meeting ended and disconnect them; returns how many."""
         everyone: list[Participant | Waiting] = [
-            *self.participants.values(),
+            *self.local_participants(),
             *self.waiting.values(),
         ]
         for participant in everyone:
@@ -519,6 +605,8 @@ class Room:
         """Disconnect a participant (or waiting joiner), told it was removed; the
         caller has recorded the removal already (relay/node.py)."""
         found = self.find(participant_id)
+        if isinstance(found, Participant) and found.origin:
+            return  # its relay follows the meeting record, where the removal is
         await found.disconnect("removed", CLOSE_REMOVED)
         await self.leave(participant_id)  # now, not when its socket notices
 
@@ -530,6 +618,8 @@ class Room:
         track = participant.tracks.get(source)
         if track is None:
             raise SignalingError("not_published", f"this participant does not publish {source}")
+        if self._act_remotely(participant, {"action": "mute", "source": source}):
+            return
         track.held = True
         await self._signal_quietly(participant, {"type": "muted_by_host", "source": source})
         await self.set_muted(participant, source, True)
@@ -539,6 +629,8 @@ class Room:
         participant = self.participants.get(participant_id)
         if participant is None:
             raise NotFound()
+        if self._act_remotely(participant, {"action": "rights", "sources": sorted(sources)}):
+            return
         participant.rights = set(sources)
         await self._signal_quietly(
             participant, {"type": "publish_rights", "sources": sorted(participant.rights)}
@@ -555,6 +647,8 @@ class Room:
             raise SignalingError("not_allowed", "a host's role cannot be changed")
         if participant.role == role:
             return
+        if self._act_remotely(participant, {"action": "role", "role": role}):
+            return
         participant.role = role
         publishes = bool(participant.rights)
         participant.rights = set(
@@ -563,6 +657,7 @@ class Room:
         await self._broadcast(
             {"type": "participant_updated", "participant": participant.describe()}
         )
+        self._tell_links(self._member_message(participant))
         await self._signal_quietly(
             participant, {"type": "publish_rights", "sources": sorted(participant.rights)}
         )
@@ -573,7 +668,7 @@ class Room:
     async def _apply_screen_share(self, everyone: bool) -> None:
         """The meeting's screen-sharing rule changed: publishing participants get
         the screen, or lose it (a screen given to one of them is taken back too)."""
-        for participant in list(self.participants.values()):
+        for participant in self.local_participants():
             if participant.role != "participant" or not participant.rights:
                 continue
             rights = (
@@ -598,11 +693,11 @@ class Room:
         if before.screen_share != policy.screen_share:
             await self._apply_screen_share(policy.screen_share == "everyone")
         if policy.suspended:
-            for participant in list(self.participants.values()):
+            for participant in self.local_participants():
                 await self._enforce_rights(participant, "suspended")
         if before.waiting_room and not policy.waiting_room and self.waiting:
             await self.admit(None)
-        present: list[Participant | Waiting] = [*self.participants.values(), *self.waiting.values()]
+        present: list[Participant | Waiting] = [*self.local_participants(), *self.waiting.values()]
         for member in present:
             if member.role != "host" and policy.is_removed(
                 member.participant_id, member.source_tag
@@ -619,19 +714,23 @@ class Room:
         bindings arrived, so the leader stays the leader while it is present: a
         participant that joined earlier but posted later must not take over a
         meeting that has keys it was never part of."""
+        if participant.e2ee_binding is None:
+            # Strictly increasing on this relay; across relays, wall clocks order it.
+            at = max(time.time_ns() // 1000, self._last_binding_at + 1)
+            self._last_binding_at = participant.e2ee_at = at
         participant.e2ee_binding = binding
-        if participant.participant_id not in self._e2ee_order:
-            self._e2ee_order.append(participant.participant_id)
+        self._tell_links(self._binding_message(participant))
         await self._broadcast(self._e2ee_members())
 
     def _e2ee_members(self) -> dict[str, Any]:
-        members = [self.participants.get(pid) for pid in self._e2ee_order]
+        members = sorted(
+            (p for p in self.participants.values() if p.e2ee_binding is not None),
+            key=lambda p: (p.e2ee_at, p.participant_id),
+        )
         return {
             "type": "e2ee_members",
             "members": [
-                {"participant_id": p.participant_id, "binding": p.e2ee_binding}
-                for p in members
-                if p is not None and p.e2ee_binding is not None
+                {"participant_id": p.participant_id, "binding": p.e2ee_binding} for p in members
             ],
         }
 
@@ -641,6 +740,18 @@ class Room:
         if recipient is None or recipient is sender:
             raise SignalingError("unknown_participant", "no such participant in this meeting")
         metrics.E2EE_KEY_MESSAGES.inc()
+        if recipient.origin:
+            link = self.links.get(recipient.origin)
+            if link is not None:
+                link.send(
+                    {
+                        "type": "e2ee_key",
+                        "from": sender.participant_id,
+                        "to": to,
+                        "message": message,
+                    }
+                )
+            return
         await self._signal_quietly(
             recipient, {"type": "e2ee_key", "from": sender.participant_id, "message": message}
         )
@@ -660,13 +771,18 @@ class Room:
         layer = 0
         if track.layers is not None:  # start on a layer being sent: no wait for a resume
             now = asyncio.get_running_loop().time()
-            views = track.layers.views(self._layer_sizes(track), now, live_only=True)
+            live_only = not track.remote or any(track.layers.live)
+            views = track.layers.views(self._layer_sizes(track), now, live_only=live_only)
             layer = choice.choose(views, 0, now)
         track.forwarder.add_subscriber(output, layer)
+        if track.remote:
+            if track.layers is not None:
+                track.layers.dynacast({layer}, asyncio.get_running_loop().time())
+            self._ask_link(track)
 
     async def on_media(
         self,
-        peer: ParticipantPeer,
+        peer: Peer,
         source: str,
         header: RtpHeader,
         data: bytes,
@@ -700,6 +816,19 @@ class Room:
             sent_bytes += len(packet)
         _FORWARDED.inc(len(outputs))
         _BYTES_FORWARDED.inc(sent_bytes)
+        if track.links and not participant.origin:
+            self._send_on_links(track, header.sequence, data, layer)
+
+    def _send_on_links(self, track: PublishedTrack, sequence: int, data: bytes, layer: int) -> None:
+        """The packet as the publisher sent it, once to each link that wants its layer."""
+        if track.kind == "video":
+            recent = track.recent
+            if recent is None:
+                recent = track.recent = [[None] * LINK_CACHE for _ in track.forwarder.layers]
+            recent[layer][sequence % LINK_CACHE] = data
+        for link, wants in track.links.items():
+            if layer in wants:
+                link.send_media(track.index, layer, data)
 
     # -- simulcast layers ----------------------------------------------------
 
@@ -761,9 +890,14 @@ class Room:
             forwarder.set_target(output, target)
         needed = {o.target for o in forwarder.subscribers}
         needed |= {o.layer for o in forwarder.subscribers if o.layer >= 0}
+        for wants in track.links.values():
+            needed |= wants
         active = layers.dynacast(needed, now)
-        if active is not None:
+        if track.remote:
+            self._ask_link(track)  # its relay, not its publisher, is asked for layers
+        elif active is not None:
             metrics.DYNACAST_CHANGES.inc()
+            assert isinstance(track.owner.peer, ParticipantPeer)
             rids = track.owner.peer.layer_rids(track.source)
             await self._signal_quietly(
                 track.owner,
@@ -803,7 +937,7 @@ class Room:
             "speakers": [{"participant_id": pid, "level": level} for pid, level in speakers],
         }
 
-    def on_codec(self, peer: ParticipantPeer, source: str, mime: str) -> None:
+    def on_codec(self, peer: Peer, source: str, mime: str) -> None:
         """The publisher switched codec (or sent its first packet): subscribers that
         negotiated it start again at its next key frame; the others cannot get it."""
         participant = self.participants.get(peer.participant_id)
@@ -860,6 +994,7 @@ class Room:
         count = len(peer.layer_rids(source)) if source in peer.simulcast else 0
         if count != (track.layers.count if track.layers is not None else 0):
             track.layers = TrackLayers(count) if count else None
+        self._tell_links(self._track_message(track))
 
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         """The REMB names every video SSRC of the participant (camera and screen):
@@ -884,14 +1019,20 @@ class Room:
         return total
 
     async def on_sender_report(
-        self, peer: ParticipantPeer, source: str, report: SenderReport, layer: int
+        self, peer: Peer, source: str, report: SenderReport, layer: int
     ) -> None:
         """Pass the publisher's clock mapping on to the subscribers receiving this
-        layer, translated (each simulcast SSRC has its own RTP clock base)."""
+        layer, translated (each simulcast SSRC has its own RTP clock base), and to
+        the links that carry the layer."""
         participant = self.participants.get(peer.participant_id)
         track = participant.tracks.get(source) if participant else None
         if track is None or layer >= len(track.forwarder.layers):
             return
+        if not track.remote:
+            pair = _clock_pair.pack(report.ntp, report.rtp_timestamp)
+            for link, wants in track.links.items():
+                if layer in wants:
+                    link.send_media(track.index, layer, pair, KIND_SENDER_REPORT)
         for output in list(track.forwarder.receivers(layer)):
             translated = track.forwarder.sender_report(output, report.ntp, report.rtp_timestamp)
             if translated is not None:
@@ -904,6 +1045,12 @@ class Room:
         if track is None:
             return
         peer = track.owner.peer
+        if isinstance(peer, RemotePeer):
+            link = self.links.get(peer.origin)
+            if link is not None:
+                metrics.KEYFRAME_REQUESTS.inc()
+                link.send({"type": "keyframe", "index": track.index, "layer": layer})
+            return
         rids = peer.layer_rids(track.source)
         ssrc = (
             peer.publish_ssrc.get(track.source, {}).get(rids[layer]) if layer < len(rids) else None
@@ -927,3 +1074,370 @@ class Room:
                     await participant.signal(message)
                 except Exception as exc:  # one broken socket must not stop the others
                     log.debug("signal to a participant failed: %s", exc)
+
+    # -- links to the meeting's other relays (docs/cascading.md) -------------------
+    # What happens to local participants goes to every link; what a link says about
+    # its relay's participants is applied here as if they were local, minus their
+    # connection. The mesh is full, so nothing received on a link is passed on.
+
+    def _tell_links(self, message: dict[str, Any]) -> None:
+        for link in self.links.values():
+            link.send(message)
+
+    @staticmethod
+    def _member_message(participant: Participant) -> dict[str, Any]:
+        return {
+            "type": "member",
+            "participant_id": participant.participant_id,
+            "name": participant.name,
+            "role": participant.role,
+        }
+
+    @staticmethod
+    def _binding_message(participant: Participant) -> dict[str, Any]:
+        return {
+            "type": "e2ee",
+            "participant_id": participant.participant_id,
+            "binding": participant.e2ee_binding,
+            "at": participant.e2ee_at,
+        }
+
+    @staticmethod
+    def _track_message(track: PublishedTrack) -> dict[str, Any]:
+        peer = track.owner.peer
+        kind = track.kind
+        codecs = (
+            {
+                str(pt): mime
+                for pt, mime in peer._publish_mime.items()
+                if mime.startswith(kind + "/")
+            }
+            if isinstance(peer, ParticipantPeer)
+            else {}
+        )
+        return {
+            "type": "track",
+            "participant_id": track.owner.participant_id,
+            "index": track.index,
+            "track_id": track.track_id,
+            "source": track.source,
+            "muted": track.muted,
+            "layers": track.layers.count if track.layers is not None else 0,
+            "extensions": {str(i): uri for i, uri in track.forwarder.source_extensions.items()},
+            "codecs": codecs,
+        }
+
+    def _act_remotely(self, participant: Participant, action: dict[str, Any]) -> bool:
+        """A host's action on a participant of another relay goes to that relay."""
+        if not participant.origin:
+            return False
+        link = self.links.get(participant.origin)
+        if link is None:
+            raise NotFound()
+        link.send({"type": "act", "participant_id": participant.participant_id, **action})
+        return True
+
+    def close_dialed_links(self) -> None:
+        """Nobody is here any more: the links this relay opened are not needed."""
+        for link in list(self.links.values()):
+            if link.dialer:
+                spawn(link.close(), "link-close")
+
+    def _ask_link(self, track: PublishedTrack) -> None:
+        """Tell a remote track's relay which of its layers this relay needs now: none
+        without subscribers here, the one stream of a single-stream track, else the
+        layers dynacast keeps (what subscribers here receive or are moving to)."""
+        if not track.forwarder.subscribers:
+            wanted: frozenset[int] = frozenset()
+        elif track.layers is None:
+            wanted = frozenset({0})
+        else:
+            wanted = frozenset(i for i in range(track.layers.count) if i not in track.layers.paused)
+        if wanted == track.wanted:
+            return
+        if not track.wanted:
+            _LINK_TRACKS_RECEIVED.inc()
+            _LINK_STARTS_RECEIVED.inc()
+        elif not wanted:
+            _LINK_TRACKS_RECEIVED.dec()
+        track.wanted = wanted
+        link = self.links.get(track.owner.origin)
+        if link is not None:
+            link.send({"type": "want", "index": track.index, "layers": sorted(wanted)})
+
+    async def attach_link(self, link: MeetingLink) -> None:
+        """A link to another relay of the meeting is up: it learns who is here."""
+        old = self.links.get(link.peer_node)
+        self.links[link.peer_node] = link
+        if old is not None:  # the same relay again: its participants stay, on the new link
+            old.events = None
+            spawn(old.close(say_bye=False), "link-replaced")
+            for track in self._remote_tracks.values():
+                if track.owner.origin == link.peer_node and track.wanted:
+                    link.send(
+                        {"type": "want", "index": track.index, "layers": sorted(track.wanted)}
+                    )
+        for participant in self.local_participants():
+            link.send(self._member_message(participant))
+            for track in participant.tracks.values():
+                link.send(self._track_message(track))
+            if participant.e2ee_binding is not None:
+                link.send(self._binding_message(participant))
+        link.send({"type": "synced"})
+        metrics.LINKS.inc()
+
+    async def detach_link(self, link: MeetingLink) -> None:
+        """A link ended: its relay's participants leave this relay's roster (they
+        come back through whichever relay they reconnect to)."""
+        if self.links.get(link.peer_node) is not link:
+            if link.events is None:  # replaced by a newer link to the same relay
+                metrics.LINKS.dec()
+            return
+        metrics.LINKS.dec()
+        del self.links[link.peer_node]
+        for track in self.tracks.values():
+            if link in track.links:
+                if track.links.pop(link):
+                    _LINK_TRACKS_SENT.dec()
+        for participant in list(self.participants.values()):
+            if participant.origin == link.peer_node:
+                await self.leave(participant.participant_id)
+
+    async def on_link_message(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        if self.links.get(link.peer_node) is not link:
+            return  # a replaced link's last words
+        handler = _LINK_HANDLERS.get(message["type"])
+        if handler is None:
+            log.debug("ignoring link message %s", message["type"])
+            return
+        await handler(self, link, message)
+
+    async def _on_member(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        pid, name, role = message["participant_id"], message["name"], message["role"]
+        if (
+            not isinstance(pid, str)
+            or not isinstance(name, str)
+            or role not in ("host", *MODERATORS, "participant")
+        ):
+            raise ValueError("malformed member")
+        known = self.participants.get(pid)
+        if known is None:
+            participant = Participant(
+                pid, name, False, _nobody, RemotePeer(pid, link.peer_node), _not_here,
+                role=role, origin=link.peer_node,
+            )  # fmt: skip
+            self.participants[pid] = participant
+            await self._broadcast(
+                {"type": "participant_joined", "participant": participant.describe()}
+            )
+            return
+        if known.origin != link.peer_node:
+            return  # an id already connected elsewhere: the first one stays
+        if (known.name, known.role) != (name, role):
+            known.name, known.role = name, role
+            await self._broadcast({"type": "participant_updated", "participant": known.describe()})
+
+    async def _on_left(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        participant = self.participants.get(message["participant_id"])
+        if participant is not None and participant.origin == link.peer_node:
+            await self.leave(participant.participant_id)
+
+    async def _on_track(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        owner = self.participants.get(message["participant_id"])
+        if owner is None or owner.origin != link.peer_node:
+            return
+        index, source = message["index"], message["source"]
+        if not isinstance(index, int) or source not in SOURCES:
+            raise ValueError("malformed track")
+        extensions = {int(i): str(uri) for i, uri in dict(message.get("extensions") or {}).items()}
+        codecs = {int(pt): str(mime) for pt, mime in dict(message.get("codecs") or {}).items()}
+        count = message.get("layers", 0)
+        count = count if isinstance(count, int) and 0 <= count <= 3 else 0
+        peer = owner.peer
+        assert isinstance(peer, RemotePeer)
+        peer.learn(codecs, extensions)
+        track = self._remote_tracks.get((link.peer_node, index))
+        if track is None:
+            track_id = message["track_id"]
+            if not isinstance(track_id, str) or track_id in self.tracks or source in owner.tracks:
+                raise ValueError("duplicate track")
+            kind = SOURCE_KINDS[source]
+            track = PublishedTrack(
+                track_id,
+                source,
+                owner,
+                TrackForwarder(kind, lambda layer: self._request_keyframe(track_id, layer)),
+                index=index,
+            )
+            owner.tracks[source] = track
+            self.tracks[track_id] = track
+            self._remote_tracks[(link.peer_node, index)] = track
+            if kind == "audio":
+                owner.voice = self.speakers.add(owner.participant_id)
+            track.muted = bool(message.get("muted"))
+            if track.muted and kind == "audio":
+                self.speakers.set_muted(owner.participant_id, True)
+            self._shape(track, extensions, count)
+            await self._broadcast(
+                {"type": "track_published", "participant_id": owner.participant_id,
+                 "track": track.describe()}
+            )  # fmt: skip
+            self._subscribe_everyone(track)
+            return
+        self._shape(track, extensions, count)
+        await self.set_muted(owner, source, bool(message.get("muted")))
+
+    @staticmethod
+    def _shape(track: PublishedTrack, extensions: dict[int, str], count: int) -> None:
+        """What a remote track's relay said about its header extensions and layers."""
+        if extensions:
+            track.forwarder.set_source_extensions(extensions)
+        if count != (track.layers.count if track.layers is not None else 0):
+            track.layers = TrackLayers(count) if count else None
+            if track.layers is not None:
+                # Only what a subscriber here needs crosses the link: all paused but
+                # the lowest until someone asks for more.
+                track.layers.paused = set(range(1, count))
+
+    async def _on_untrack(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        track = self._remote_tracks.get((link.peer_node, message["index"]))
+        if track is None:
+            return
+        track.owner.tracks.pop(track.source, None)
+        assert isinstance(track.owner.peer, RemotePeer)
+        track.owner.peer.forget(track.index)
+        await self._unpublish(track.owner, track)
+
+    async def _on_binding(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        participant = self.participants.get(message["participant_id"])
+        binding, at = message["binding"], message["at"]
+        if participant is None or participant.origin != link.peer_node:
+            return
+        if not isinstance(binding, str) or not isinstance(at, int):
+            raise ValueError("malformed binding")
+        participant.e2ee_binding, participant.e2ee_at = binding, at
+        await self._broadcast(self._e2ee_members())
+
+    async def _on_e2ee_key(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        sender = self.participants.get(message["from"])
+        recipient = self.participants.get(message["to"])
+        if sender is None or sender.origin != link.peer_node or recipient is None:
+            return
+        if recipient.origin or not isinstance(message["message"], str):
+            return
+        metrics.E2EE_KEY_MESSAGES.inc()
+        await self._signal_quietly(
+            recipient,
+            {"type": "e2ee_key", "from": sender.participant_id, "message": message["message"]},
+        )
+
+    async def _on_want(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        track = self._local_tracks.get(message["index"])
+        if track is None:
+            return
+        count = len(track.forwarder.layers)
+        wants = {i for i in message["layers"] if isinstance(i, int) and 0 <= i < count}
+        before = track.links.get(link, set())
+        track.links[link] = wants
+        if wants and not before:
+            _LINK_TRACKS_SENT.inc()
+            _LINK_STARTS_SENT.inc()
+        elif before and not wants:
+            _LINK_TRACKS_SENT.dec()
+        for layer in wants - before:
+            self._request_keyframe(track.track_id, layer)
+        if track.layers is not None and wants - before:
+            await self._choose_layers(track, asyncio.get_running_loop().time())
+
+    async def _on_keyframe(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        track = self._local_tracks.get(message["index"])
+        layer = message["layer"]
+        if (
+            track is not None
+            and isinstance(layer, int)
+            and 0 <= layer < len(track.forwarder.layers)
+        ):
+            self._request_keyframe(track.track_id, layer)
+
+    async def _on_nack(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        track = self._local_tracks.get(message["index"])
+        layer = message["layer"]
+        if track is None or track.recent is None or not isinstance(layer, int):
+            return
+        if not 0 <= layer < len(track.recent):
+            return
+        recent = track.recent[layer]
+        for sequence in message["sequences"][:64]:
+            if not isinstance(sequence, int):
+                continue
+            packet = recent[sequence % LINK_CACHE]
+            if packet is not None and int.from_bytes(packet[2:4], "big") == sequence:
+                link.send_media(track.index, layer, packet)
+                metrics.RETRANSMISSIONS.inc()
+
+    async def _on_act(self, link: MeetingLink, message: dict[str, Any]) -> None:
+        """A host on another relay acts on a participant of this one."""
+        target = self.participants.get(message["participant_id"])
+        if target is None or target.origin:
+            return
+        action = message["action"]
+        if action == "mute" and message["source"] in SOURCES:
+            await self.mute_participant(target.participant_id, message["source"])
+        elif action == "rights":
+            await self.set_rights(target.participant_id, set(message["sources"]) & set(SOURCES))
+        elif action == "role" and message["role"] in ("cohost", "participant"):
+            await self.set_role(target.participant_id, message["role"])
+
+    async def on_link_media(self, link: MeetingLink, index: int, layer: int, data: bytes) -> None:
+        track = self._remote_tracks.get((link.peer_node, index))
+        if track is None or layer >= len(track.forwarder.layers):
+            metrics.PACKETS_DROPPED.labels(reason="not_published").inc()
+            return
+        try:
+            header = RtpHeader.parse(data)
+        except ValueError:
+            metrics.PACKETS_DROPPED.labels(reason="malformed_rtp").inc()
+            return
+        peer = track.owner.peer
+        assert isinstance(peer, RemotePeer)
+        mime = peer.codecs.get(header.payload_type)
+        if mime is None or not mime.startswith(track.kind + "/"):
+            metrics.PACKETS_DROPPED.labels(reason="unknown_payload_type").inc()
+            return
+        if peer.publish_codec.get(track.source) != mime:
+            peer.publish_codec[track.source] = mime
+            self.on_codec(peer, track.source, mime)
+        now = asyncio.get_running_loop().time()
+        if track.kind == "video":
+            missing = peer.missing(index, layer)
+            if missing.update(header.sequence) or missing.missing:
+                lost = missing.due(now)
+                if lost:
+                    metrics.NACKS_SENT.inc()
+                    link.send({"type": "nack", "index": index, "layer": layer, "sequences": lost})
+        await self.on_media(peer, track.source, header, data, layer, now)
+
+    async def on_link_sender_report(
+        self, link: MeetingLink, index: int, layer: int, data: bytes
+    ) -> None:
+        track = self._remote_tracks.get((link.peer_node, index))
+        if track is None or len(data) != _clock_pair.size:
+            return
+        ntp, rtp_timestamp = _clock_pair.unpack(data)
+        report = SenderReport(0, ntp, rtp_timestamp, 0, 0)
+        await self.on_sender_report(track.owner.peer, track.source, report, layer)
+
+
+LinkHandler = Callable[[Room, MeetingLink, dict[str, Any]], Awaitable[None]]
+_LINK_HANDLERS: dict[str, LinkHandler] = {
+    "member": Room._on_member,
+    "left": Room._on_left,
+    "track": Room._on_track,
+    "untrack": Room._on_untrack,
+    "e2ee": Room._on_binding,
+    "e2ee_key": Room._on_e2ee_key,
+    "want": Room._on_want,
+    "keyframe": Room._on_keyframe,
+    "nack": Room._on_nack,
+    "act": Room._on_act,
+}

@@ -176,12 +176,12 @@ class SignalingSession:
             source = _source(message.get("source"))
             await self.room.stop_publishing(self.participant, source, "unpublished")
         elif kind == "answer":
-            self.participant.peer.apply_answer(_require(message, "sdp", str))
+            self.participant.connection.apply_answer(_require(message, "sdp", str))
         elif kind == "ice":
             candidate = message.get("candidate")
             if candidate is not None and not isinstance(candidate, dict):
                 raise SignalingError("malformed", "field 'candidate' must be an object or null")
-            await self.participant.peer.add_ice_candidate(candidate)
+            await self.participant.connection.add_ice_candidate(candidate)
         elif kind == "mute":
             await self._mute(message)
         elif kind == "video_size":
@@ -363,7 +363,7 @@ class SignalingSession:
     async def _watch_peer(self, participant: Participant) -> None:
         """A participant whose negotiation failed (for example no answer in time) is
         disconnected rather than left half-connected."""
-        await participant.peer.failed.wait()
+        await participant.connection.failed.wait()
         if self.participant is participant:
             await self.disconnect("negotiation_failed", 4008)
 

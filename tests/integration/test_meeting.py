@@ -183,7 +183,7 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
 # as docs/privacy.md lists them. Anything else found in a running cluster fails.
 ETCD_INVENTORY: dict[str, set[str] | None] = {
     r"/conclave/nodes/[\w-]+": {"node_id", "signal_url", "rpc_address", "capacity", "load",
-                                "lease", "draining", "participants", "region"},
+                                "lease", "draining", "participants", "region", "link_key"},
     r"/conclave/drain/[\w-]+": {"deadline_s", "requested_at_ms"},
     r"/conclave/rooms/[\w-]+": {"room_id", "name", "created_at_ms", "max_participants",
                                 "passcode", "host_key_sha256", "policy", "expires_at_ms",
@@ -192,6 +192,7 @@ ETCD_INVENTORY: dict[str, set[str] | None] = {
     r"/conclave/audit/[\w-]+/entries/\d{16}-[0-9a-f]{8}": {"at_ms", "action", "actor",
                                                           "target", "detail"},
     r"/conclave/placement/[\w-]+": {"node_id"},
+    r"/conclave/spans/[\w-]+/[\w-]+": {"node_id"},
     r"/conclave/rejoin/[\w-]+/[\w-]+": None,
     r"/conclave/keys/grant-signing/[\w-]+": None,
     r"/conclave/attempts/address-key": None,
@@ -278,8 +279,13 @@ def label_values() -> dict[str, set[str]]:
         for method in service.methods
     }
     return {
-        "reason": set(relay_metrics.DROP_REASONS) | set(relay_metrics.GRANT_REFUSALS),
-        "result": set(relay_metrics.JOIN_RESULTS) | set(control_metrics.JOIN_RESULTS),
+        "reason": set(relay_metrics.DROP_REASONS)
+        | set(relay_metrics.GRANT_REFUSALS)
+        | set(relay_metrics.LINK_DROP_REASONS),
+        "result": set(relay_metrics.JOIN_RESULTS)
+        | set(control_metrics.JOIN_RESULTS)
+        | set(relay_metrics.LINK_OPEN_RESULTS),
+        "direction": set(relay_metrics.LINK_DIRECTIONS),
         "decision": set(control_metrics.PLACEMENT_DECISIONS),
         "state": set(relay_metrics.NODE_STATES),
         "method": methods,

@@ -343,7 +343,7 @@ def relay_problems(objs: list[Manifest]) -> list[str]:
     env = env_values(c)
     if args[:2] != ["conclave", "relay"]:
         problems.append(f"{RELAY}: runs {args[:2]}, not conclave relay")
-    for name in ("--udp-ports", "--etcd", "--capacity", "--rpc-port"):
+    for name in ("--udp-ports", "--etcd", "--capacity", "--rpc-port", "--link-port"):
         if flag(args, name) is None:
             problems.append(f"{RELAY}: no {name}")
     if flag(args, "--http-host") != "0.0.0.0":

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import client.cli as cli
+import client.sdk as sdk
 from client.errors import AdmissionRefused, ConclaveError
 from client.sdk import RemoteStats
 from conclave import cli as conclave_cli
@@ -73,6 +74,8 @@ class FakeRooms:
         publish: bool,
         passcode: str = "",
         host_key: str = "",
+        region: str = "",
+        full_node_id: str = "",
     ) -> rooms_pb2.JoinRoomResponse:
         self.calls.append(("join_room", (room_id, display_name, publish)))
         self.calls.append(("passcode", passcode))
@@ -196,8 +199,10 @@ class FakeSession:
         rooms: Any = None,
         passcode: str = "",
         host_key: str = "",
+        region: str = "",
     ) -> None:
         self.join, self.display_name, self.publish = join, display_name, publish
+        self.region = region
         self.rooms, self.passcode, self.host_key = rooms, passcode, host_key
         self.reconnects = 0
         self.e2ee = e2ee
@@ -254,7 +259,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeSession.drop = False
     FakeSession.waits = False
     monkeypatch.setattr(cli, "RoomsClient", FakeRooms)
-    monkeypatch.setattr(cli, "Session", FakeSession)
+    monkeypatch.setattr(sdk, "Session", FakeSession)
 
 
 # ----------------------------------------------------------------- parsing

@@ -8,7 +8,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTOS = ["protos/rooms.proto", "protos/relay.proto", "protos/grant.proto"]
+PROTOS = ["protos/rooms.proto", "protos/relay.proto", "protos/grant.proto", "protos/link.proto"]
 
 
 def test_generated_stubs_are_up_to_date(tmp_path: Path) -> None:

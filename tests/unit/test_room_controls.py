@@ -139,7 +139,7 @@ async def test_publish_rights_are_enforced_and_can_change(room: Room) -> None:
     await room.start_publishing(member, "screen")
     published = host_inbox.of("track_published")[-1]
     assert published["track"]["source"] == "screen" and published["track"]["kind"] == "video"
-    assert "screen" in member.peer.publish
+    assert "screen" in member.connection.publish
     await room.set_rights("p_member", {"microphone"})
     assert inbox.of("unpublished")[-1] == {
         "type": "unpublished",
@@ -147,7 +147,7 @@ async def test_publish_rights_are_enforced_and_can_change(room: Room) -> None:
         "reason": "rights",
     }
     assert host_inbox.of("track_unpublished") and "screen" not in member.tracks
-    assert "screen" not in member.peer.publish
+    assert "screen" not in member.connection.publish
 
 
 async def test_cohosts_get_every_source_and_lose_it_when_demoted(room: Room) -> None:

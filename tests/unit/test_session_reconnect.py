@@ -157,6 +157,7 @@ async def test_reconnect_message_moves_the_session_with_its_rejoin_token(
                 "rejoin_participant_id": "a-1",
                 "rejoin_token": "token-of-a-1",
                 "unreachable_node_id": "",  # the relay spoke: nothing to check
+                "region": "",
             }
         ]
         assert session.node_id == "b" and session.participant_id == "b-1"
