@@ -499,6 +499,8 @@ class Room:
             if output is not None and track is not None:
                 track.forwarder.remove_subscriber(output)
                 track.subscribers.pop(output, None)
+                if track.remote:
+                    self._ask_link(track)  # perhaps nobody here needs it any more
         await participant.peer.close()
         await self._broadcast({"type": "participant_left", "participant_id": participant_id})
         if participant.e2ee_binding is not None:
@@ -951,6 +953,8 @@ class Room:
                 metrics.CODEC_MISMATCHES.inc()
                 forwarder.remove_subscriber(output)
                 track.subscribers.pop(output, None)
+        if track.remote:
+            self._ask_link(track)
 
     def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None:
         """A subscriber lost its picture: a key frame of the layer it is (or is about
@@ -1171,6 +1175,7 @@ class Room:
         self.links[link.peer_node] = link
         if old is not None:  # the same relay again: its participants stay, on the new link
             old.events = None
+            self._forget_link(old)
             spawn(old.close(say_bye=False), "link-replaced")
             for track in self._remote_tracks.values():
                 if track.owner.origin == link.peer_node and track.wanted:
@@ -1195,13 +1200,16 @@ class Room:
             return
         metrics.LINKS.dec()
         del self.links[link.peer_node]
-        for track in self.tracks.values():
-            if link in track.links:
-                if track.links.pop(link):
-                    _LINK_TRACKS_SENT.dec()
+        self._forget_link(link)
         for participant in list(self.participants.values()):
             if participant.origin == link.peer_node:
                 await self.leave(participant.participant_id)
+
+    def _forget_link(self, link: MeetingLink) -> None:
+        """Local tracks stop going to a link that ended or was replaced."""
+        for track in self._local_tracks.values():
+            if link in track.links and track.links.pop(link):
+                _LINK_TRACKS_SENT.dec()
 
     async def on_link_message(self, link: MeetingLink, message: dict[str, Any]) -> None:
         if self.links.get(link.peer_node) is not link:
@@ -1383,7 +1391,7 @@ class Room:
         action = message["action"]
         if action == "mute" and message["source"] in SOURCES:
             await self.mute_participant(target.participant_id, message["source"])
-        elif action == "rights":
+        elif action == "rights" and isinstance(message["sources"], list):
             await self.set_rights(target.participant_id, set(message["sources"]) & set(SOURCES))
         elif action == "role" and message["role"] in ("cohost", "participant"):
             await self.set_role(target.participant_id, message["role"])

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -34,6 +37,7 @@ from tests.integration.relay_harness import RelayProcess, video_frames
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 REGIONS = ("eu", "us", "ap")
+CONCLAVE = str(Path(sys.executable).parent / "conclave")
 SENT = 'conclave_link_track_starts_total{direction="sent"}'
 RECEIVED = 'conclave_link_track_starts_total{direction="received"}'
 
@@ -173,6 +177,54 @@ async def test_losing_the_publishers_relay_moves_only_its_participants(
     finally:
         await asyncio.gather(*(s.leave() for s in sessions.values()), return_exceptions=True)
         await relays["us"].start()  # for the tests after this one
+
+
+async def test_draining_one_relay_moves_only_its_participants(
+    relays: dict[str, RelayProcess], control_plane: str, etcd: EtcdServer
+) -> None:
+    """`conclave relay drain` on the publisher's relay of a two-relay meeting: the
+    publisher moves to the meeting's other relay, where its subscriber stays, and the
+    video pauses only for the move."""
+    sessions: dict[str, Session] = {}
+    doomed = relays["eu"]
+    try:
+        async with RoomsClient(control_plane) as rooms:
+            room = await rooms.create_room("drain across relays")
+            for name, region, publish in (("pub", "eu", ["video"]), ("sub", "ap", [])):
+                sessions[name] = await join(
+                    rooms, room.room_id, name, publish, passcode=room.passcode,
+                    region=region, join_timeout=30,
+                )  # fmt: skip
+            assert sessions["pub"].node_id == doomed.node_id
+            async with MediaWatch(sessions, publishers=["pub"]) as watch:
+                await watch.flowing(time.monotonic(), 10, timeout=60)
+                started = time.monotonic()
+                drain = await asyncio.create_subprocess_exec(
+                    CONCLAVE, "relay", "drain", doomed.node_id, "--etcd", etcd.endpoint,
+                    "--deadline", "30", "--wait", stdout=subprocess.PIPE,
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(drain.communicate(), 60)
+                assert drain.returncode == 0, out
+                async with asyncio.timeout(30):
+                    while sessions["pub"].node_id == doomed.node_id or sessions["pub"].reconnecting:
+                        await asyncio.sleep(0.05)
+                await watch.flowing(time.monotonic(), 10, timeout=30)
+                gaps = watch.longest_gaps(started, time.monotonic())
+            print(
+                "longest gaps while draining (s):", {v: round(g, 2) for (v, _), g in gaps.items()}
+            )
+            assert all(gap < 2.5 for gap in gaps.values()), gaps
+            nodes = await _meeting_nodes(relays["ap"], room.room_id)
+            assert doomed.node_id not in nodes
+            # The publisher went to a relay of the meeting (its home, which CreateRoom
+            # chose, or the subscriber's); the subscriber did not move.
+            assert sessions["pub"].node_id in nodes
+            assert sessions["sub"].node_id == relays["ap"].node_id
+            assert sessions["sub"].reconnects == 0
+    finally:
+        await asyncio.gather(*(s.leave() for s in sessions.values()), return_exceptions=True)
+        await doomed.stop()
+        await doomed.start()  # serving again, for the tests after this one
 
 
 async def test_a_process_that_is_not_a_relay_of_the_cell_cannot_open_a_link(
