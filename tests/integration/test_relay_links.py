@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -122,6 +125,20 @@ async def test_three_relays_each_track_crosses_each_link_once(
                 assert set(session.roster) >= {s.participant_id for s in sessions.values()} - {
                     session.participant_id
                 }, name
+            # Active speakers and mute state span the relays.
+            pub_id = sessions["pub"].participant_id
+            async with asyncio.timeout(15):
+                while any(
+                    s.active_speakers[:1] != ["pub"] for n, s in sessions.items() if n != "pub"
+                ):
+                    await asyncio.sleep(0.1)
+            await sessions["pub"].set_muted("audio", True)
+            async with asyncio.timeout(10):
+                while not all(
+                    s.is_muted(pub_id, "audio") for n, s in sessions.items() if n != "pub"
+                ):
+                    await asyncio.sleep(0.1)
+            await sessions["pub"].set_muted("audio", False)
             # Two tracks (audio, video) leave the publisher's relay once per link.
             eu = relays["eu"]
             sent = await settle(eu, SENT, before["eu"][0] + 4) - before["eu"][0]
@@ -177,6 +194,93 @@ async def test_losing_the_publishers_relay_moves_only_its_participants(
     finally:
         await asyncio.gather(*(s.leave() for s in sessions.values()), return_exceptions=True)
         await relays["us"].start()  # for the tests after this one
+
+
+class LoopbackCapture:
+    """Every IPv4 TCP and UDP packet on the loopback interface while open: an
+    AF_PACKET socket (root, as the test machines run), read in a thread."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[str, int, int, bytes]] = []  # (proto, sport, dport, payload)
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self._sock.bind(("lo", 0))
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LoopbackCapture:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self._sock.recv(65535)
+            except TimeoutError:
+                continue
+            ip = frame[14:]  # loopback frames carry an Ethernet header
+            if len(ip) < 20 or ip[0] >> 4 != 4:
+                continue
+            header, proto = (ip[0] & 0x0F) * 4, ip[9]
+            if proto == 17:
+                sport, dport = struct.unpack_from("!HH", ip, header)
+                self.packets.append(("udp", sport, dport, ip[header + 8 :]))
+            elif proto == 6:
+                sport, dport = struct.unpack_from("!HH", ip, header)
+                offset = (ip[header + 12] >> 4) * 4
+                self.packets.append(("tcp", sport, dport, ip[header + offset :]))
+
+
+async def test_links_show_nothing_in_clear_on_the_wire(
+    relays: dict[str, RelayProcess], control_plane: str
+) -> None:
+    """Captured on the wire between two relays of a meeting: link datagrams that
+    never show a media packet's header (its SSRC), and a control stream that never
+    shows a name or the meeting id, while the publisher's own SRTP leg, captured the
+    same way, does show its SSRC (so the capture sees media)."""
+    eu, ap = relays["eu"], relays["ap"]
+    link_ports = {int(r.extra_args[r.extra_args.index("--link-port") + 1]) for r in (eu, ap)}
+    rpc_ports = {eu.rpc_port, ap.rpc_port}
+    names = ("Wire-Pub-7f3a", "Wire-Sub-91c2")
+    sessions: dict[str, Session] = {}
+    try:
+        with LoopbackCapture() as capture:
+            async with RoomsClient(control_plane) as rooms:
+                room = await rooms.create_room("wire")
+                for name, region, publish in ((names[0], "eu", ["audio", "video"]),
+                                              (names[1], "ap", [])):  # fmt: skip
+                    sessions[name] = await join(
+                        rooms, room.room_id, name, publish, passcode=room.passcode,
+                        region=region, join_timeout=30,
+                    )  # fmt: skip
+                async with asyncio.timeout(30):
+                    while video_frames(sessions[names[1]], names[0]) < 20:
+                        await asyncio.sleep(0.2)
+                pc = sessions[names[0]]._pc
+                assert pc is not None
+                ssrcs = [sender._ssrc for sender in pc.getSenders() if sender.track is not None]
+    finally:
+        await asyncio.gather(*(s.leave() for s in sessions.values()), return_exceptions=True)
+    assert sessions[names[0]].node_id == eu.node_id and sessions[names[1]].node_id == ap.node_id
+    marks = [struct.pack("!I", ssrc) for ssrc in ssrcs]
+    secrets_in_clear = [n.encode() for n in names] + [room.room_id.encode()]
+    media = [p for proto, sp, dp, p in capture.packets if proto == "udp"]
+    # The control: the publisher's SRTP (headers in clear) carries its SSRCs.
+    assert any(len(p) > 12 and p[8:12] in marks for p in media)
+    over_links = [p for proto, sp, dp, p in capture.packets
+                  if proto == "udp" and (sp in link_ports or dp in link_ports)]  # fmt: skip
+    assert len(over_links) > 100, "media crossed the link"
+    assert not [p for p in over_links if any(m in p for m in marks + secrets_in_clear)]
+    control = b"".join(p for proto, sp, dp, p in capture.packets
+                       if proto == "tcp" and (sp in rpc_ports or dp in rpc_ports))  # fmt: skip
+    assert len(control) > 1000, "the link's control stream was captured"
+    for secret in [*secrets_in_clear, b"participant_id", b'"member"']:
+        assert secret not in control, secret
 
 
 async def test_draining_one_relay_moves_only_its_participants(
