@@ -139,6 +139,8 @@ class Gateway:
                 rejoin_participant_id=_text(body, "rejoin_participant_id"),
                 rejoin_token=_text(body, "rejoin_token"),
                 unreachable_node_id=_text(body, "unreachable_node_id"),
+                region=_text(body, "region"),
+                full_node_id=_text(body, "full_node_id"),
             ),
             _Context(request),
         )

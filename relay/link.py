@@ -298,6 +298,7 @@ class MeetingLink:
 
     async def close(self, say_bye: bool = True) -> None:
         """End the link on purpose: the peer is told, so it does not dial again."""
+        self._socket.unregister(self.receive_id)  # also for a link never started
         if self.closed.is_set():
             return
         if say_bye:

@@ -31,6 +31,7 @@ from conclave.tasks import spawn
 from protos import link_pb2_grpc
 from protos.link_pb2 import LinkFrame
 from relay import metrics
+from relay.errors import SignalingError
 from relay.link import LinkChannel, LinkClosed, MeetingLink, media_endpoint
 from relay.link_crypto import (
     LinkAuthError,
@@ -119,6 +120,9 @@ class LinkManager:
         self.media_host = media_host
         self.lease: Any = lambda: 0  # this relay's current lease id, set by main
         self._dialing: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Dials in their handshake now (not waiting to retry): what a simultaneous
+        # dial from the other side is weighed against.
+        self._handshaking: set[tuple[str, str]] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def stop(self) -> None:
@@ -182,6 +186,7 @@ class LinkManager:
                     return
                 if attempt and not room.local_count:
                     return  # nobody here needs it any more
+                self._handshaking.add((room_id, peer))
                 try:
                     outcome = await self._dial_once(room_id, peer)
                 except Exception as exc:
@@ -189,6 +194,8 @@ class LinkManager:
                     log.info("linking to a peer relay failed: %s", type(exc).__name__)
                     log.debug("link dial failure detail", exc_info=True)
                     outcome = "failed"
+                finally:
+                    self._handshaking.discard((room_id, peer))
                 if outcome in ("opened", "duplicate", "not_member"):
                     return
                 if not await spans.is_member(self.node.store, room_id, peer):
@@ -349,14 +356,21 @@ class LinkManager:
                 await link.send_now({"type": "refused", "reason": "not_member"})
                 await link.close(say_bye=False)
                 return
-            dialing = self._dialing.get((room_id, peer))
+            if (room_id, peer) in self._handshaking and self.node.node_id < peer:
+                # Both dialled at once: the lower node id's link stays (both apply this).
+                await link.send_now({"type": "refused", "reason": "duplicate"})
+                await link.close(say_bye=False)
+                return
+            dialing = self._dialing.pop((room_id, peer), None)
             if dialing is not None:
-                if self.node.node_id < peer:  # our own dial wins
-                    await link.send_now({"type": "refused", "reason": "duplicate"})
-                    await link.close(say_bye=False)
-                    return
-                dialing.cancel()
-            room = await self.node.open_linked_room(room_id)
+                dialing.cancel()  # theirs stands; ours was losing or waiting to retry
+            try:
+                room = await self.node.open_linked_room(room_id)
+            except SignalingError:  # the meeting's record is gone: it ended
+                metrics.LINK_OPENS.labels(result="not_member").inc()
+                await link.send_now({"type": "refused", "reason": "not_member"})
+                await link.close(say_bye=False)
+                return
             await link.send_now(
                 {
                     "type": "opened",
@@ -364,8 +378,8 @@ class LinkManager:
                 }
             )
             await self._attach(room, link)
-        except (LinkClosed, ValueError, TimeoutError) as exc:
-            log.info("an incoming link failed while opening: %s", exc)
+        except Exception as exc:  # malformed, timed out, or etcd did not answer
+            log.info("an incoming link failed while opening: %s", type(exc).__name__)
             await link.close(say_bye=False)
             return
         await link.closed.wait()

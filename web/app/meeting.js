@@ -61,6 +61,10 @@ export class Meeting {
       // The relay that vanished without a word, if it did: the control plane asks
       // it, and moves the meeting at once if it does not answer (docs/architecture.md).
       unreachable_node_id: this.unreachableNode || "",
+      // The relay that turned us away as full: another relay of the meeting takes
+      // us (docs/cascading.md). And where we are, when the page was given it.
+      full_node_id: this.fullNode || "",
+      region: new URLSearchParams(location.search).get("region") || "",
       // Ask for publish rights even without a camera or microphone: the screen
       // may still be shared (what is sent is decided at `join`, not here).
       publish: true,
@@ -104,6 +108,7 @@ export class Meeting {
     if (final) return this.finish(final);
     // No room_closed and no refusal: the relay itself is gone (or unreachable).
     if (!reason && !error && this.state === "meeting") this.unreachableNode = this.nodeId;
+    if (error === "node_full") this.fullNode = this.nodeId;
     if (this.state !== "reconnecting") {
       this.reconnectStarted = performance.now();
       this.attempt = 0;
@@ -319,6 +324,7 @@ Meeting.prototype.messageHandlers = {
   },
   joined(m) {
     this.unreachableNode = null;
+    this.fullNode = null;
     if (m.rejoin_token) this.rejoinProof = { participantId: m.participant_id, token: m.rejoin_token };
     this.self = { participantId: m.participant_id, role: m.role, rights: m.publish_rights || [] };
     this.room = m.room || {};
