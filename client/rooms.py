@@ -3,7 +3,9 @@ and end meetings. Every failure becomes one `ConclaveError` a person can act on.
 
 from __future__ import annotations
 
+import enum
 import os
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -11,10 +13,28 @@ from typing import Any
 import grpc
 
 from client.errors import ConclaveError
+from conclave.credentials import (
+    KEY_FILE_ENV,
+    METADATA_KEY,
+    TOKEN_LIFETIME_S,
+    ApiKey,
+    find_key,
+    mint_token,
+)
 from protos import rooms_pb2, rooms_pb2_grpc
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:50051"
 CONTROL_PLANE_ENV = "CONCLAVE_CONTROL_PLANE"
+# A minted token is sent until this long before its expiry, then replaced.
+TOKEN_RENEW_MARGIN_S = 60
+
+
+class _Default(enum.Enum):
+    FIND_KEY = enum.auto()
+
+
+#: `RoomsClient(api_key=FIND_KEY)` (the default): the key `find_key()` finds, if any.
+FIND_KEY = _Default.FIND_KEY
 
 
 def control_plane_target(explicit: str | None = None) -> str:
@@ -27,11 +47,26 @@ class RoomsClient:
 
     Create it inside the running event loop (grpc.aio binds the channel to it).
     Every failure is raised as `ConclaveError` with the gRPC status name as `code`.
+
+    Every call carries a short-lived token signed with `api_key`
+    (conclave/credentials.py). By default that is the key file `find_key()` finds
+    ($CONCLAVE_API_KEY_FILE or the user's config directory), so the CLI and the SDK
+    pick up a dev cluster's key by themselves; `api_key=None` sends no credentials
+    (joining a meeting one was invited to needs none).
     """
 
-    def __init__(self, target: str | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        timeout: float = 10.0,
+        api_key: ApiKey | _Default | None = FIND_KEY,
+    ) -> None:
         self.target = control_plane_target(target)
         self.timeout = timeout
+        self.api_key = _find_key() if api_key is FIND_KEY else api_key
+        self._token = ""
+        self._token_renew_at = 0.0
         self._channel = grpc.aio.insecure_channel(self.target)
         stub_class: Any = rooms_pb2_grpc.RoomServiceStub  # generated without annotations
         self._stub = stub_class(self._channel)
@@ -235,12 +270,33 @@ class RoomsClient:
 
     async def _call(self, name: str, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=self.timeout, metadata=self._metadata())
         except grpc.aio.AioRpcError as exc:
-            raise _rpc_error(name, self.target, self.timeout, exc) from None
+            raise _rpc_error(name, self.target, self.timeout, exc, self.api_key) from None
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The authorization metadata, minting a new token when the last one is
+        about to expire; None without a key."""
+        if self.api_key is None:
+            return None
+        now = time.time()
+        if now >= self._token_renew_at:
+            self._token = mint_token(self.api_key, now)
+            iat = int(now)  # what mint_token writes as iat
+            self._token_renew_at = iat + TOKEN_LIFETIME_S - TOKEN_RENEW_MARGIN_S
+        return ((METADATA_KEY, "Bearer " + self._token),)
 
 
-def _rpc_error(name: str, target: str, timeout: float, exc: Any) -> ConclaveError:
+def _find_key() -> ApiKey | None:
+    try:
+        return find_key()
+    except (ValueError, OSError) as exc:
+        raise ConclaveError(f"cannot read the API key: {exc}", "API_KEY") from None
+
+
+def _rpc_error(
+    name: str, target: str, timeout: float, exc: Any, api_key: ApiKey | None = None
+) -> ConclaveError:
     """Turn a gRPC failure into one line a person can act on."""
     code = exc.code()
     details = exc.details() or ""
@@ -249,6 +305,19 @@ def _rpc_error(name: str, target: str, timeout: float, exc: Any) -> ConclaveErro
         message = f"cannot reach the control plane at {target}: {details}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"the control plane at {target} did not answer {name} within {timeout:g} s"
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        message = _unauthenticated(target, details or code_name, api_key)
+    elif code == grpc.StatusCode.PERMISSION_DENIED:
+        message = f"{name} not permitted: {details or code_name}"
     else:
         message = f"{name} failed: {details or code_name} ({code_name})"
     return ConclaveError(message, code_name)
+
+
+def _unauthenticated(target: str, details: str, api_key: ApiKey | None) -> str:
+    if api_key is None:
+        return (
+            f"the control plane at {target} wants an API key: create one with "
+            f"`conclave keys create --org ORG` or set {KEY_FILE_ENV}"
+        )
+    return f"the control plane at {target} refused API key {api_key.key_id}: {details}"

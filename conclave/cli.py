@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
         "`loadtest media`: load a cluster with counting publishers and subscribers",
     ),
     "sim": ("control_plane.sim", False, "simulate a day of meetings through the placement code"),
+    "keys": ("conclave.keys_cli", False, "create, list and revoke API keys (talks to etcd)"),
 }
 
 # `conclave COMMAND SUBCOMMAND ...` run by a module of their own (without both words).

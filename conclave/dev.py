@@ -28,9 +28,11 @@ from pathlib import Path
 import uvloop
 
 from conclave.arguments import int_between, port
+from conclave.credentials import default_key_path, load_key_file, new_key, save_key_file
 from conclave.processes import EtcdServer, die_with_parent, free_port, port_free, stop_group
 
 HOST = "127.0.0.1"
+DEV_ORGANISATION = "dev"  # the development key's organisation, and the web page's
 GRACE_S = 5.0
 
 
@@ -84,6 +86,8 @@ class Cluster:
         except RuntimeError as exc:
             raise StartupError(f"etcd: {exc} (see {log_path})") from None
 
+        key_path = _dev_key()
+        _say(f"API key: {key_path} (conclave room create and the SDK find it there)")
         control_plane = await self._spawn(
             "control-plane",
             [
@@ -95,6 +99,10 @@ class Cluster:
                 f"{HOST}:{self.grpc_port}",
                 "--http-port",
                 str(self.http_port),
+                "--api-key-file",
+                str(key_path),
+                "--web-create-organisation",
+                DEV_ORGANISATION,
             ],
             "control-plane ready",
         )
@@ -284,6 +292,17 @@ async def _run(args: argparse.Namespace) -> int:
             shutil.rmtree(cluster.workdir, ignore_errors=True)
         else:
             _say(f"logs kept in {cluster.workdir}")
+
+
+def _dev_key() -> Path:
+    """The development API key where clients look by themselves (default_key_path),
+    made on first use; the control plane registers it in this cluster's etcd."""
+    path = default_key_path()
+    if not path.exists():
+        save_key_file(new_key(DEV_ORGANISATION), path)
+    else:
+        load_key_file(path)  # a malformed file is said now, not at the first request
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:

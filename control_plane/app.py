@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from aiohttp import web
 
+from conclave.credentials import KEY_FILE_ENV
 from conclave.loop_lag import watch_lag
 from conclave.store import EtcdStore
 from conclave.tasks import spawn
+from control_plane.access import ApiKeys
 from control_plane.attempts import AttemptLimiter, Policy
 from control_plane.expiry import ExpiryWatcher
 from control_plane.gateway import Gateway
@@ -49,8 +53,17 @@ class ControlPlane:
         trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         meeting_ttl: int = DEFAULT_MEETING_TTL_S,
         audit_retention: int = DEFAULT_AUDIT_RETENTION_S,
+        api_key_file: Path | None = None,
+        web_organisation: str = "",
     ) -> None:
+        """`api_key_file`: a key (conclave/credentials.py) to register at start if
+        etcd does not have it, the way a fresh cluster gets its first key; by
+        default the one $CONCLAVE_API_KEY_FILE names, if set. `web_organisation`:
+        the web page may create meetings without an API key, for this organisation."""
         self.store = EtcdStore(etcd)
+        if api_key_file is None and os.environ.get(KEY_FILE_ENV):
+            api_key_file = Path(os.environ[KEY_FILE_ENV])
+        self.api_keys = ApiKeys(self.store, api_key_file)
         self.attempts = AttemptLimiter(self.store, attempts)
         self.registry = NodeRegistry(self.store)
         self.metrics = ControlPlaneMetrics(self.attempts, self.registry)
@@ -72,6 +85,8 @@ class ControlPlane:
             self.signer,
             self.relays,
             self.attempts,
+            self.api_keys,
+            web_organisation=web_organisation,
             trusted_proxies=trusted_proxies,
             meeting_ttl=meeting_ttl,
             audit_retention=audit_retention,
@@ -100,6 +115,7 @@ class ControlPlane:
         try:
             await self.store.connect()
             await self.registry.start()
+            await self.api_keys.start()
             await self.signer.start()
             await self.attempts.start()
             await self.expiry.start()
@@ -138,6 +154,7 @@ class ControlPlane:
         await self._server.stop(grace)
         await self.expiry.stop()
         await self.signer.stop()
+        await self.api_keys.stop()
         await self.registry.stop()
         await self.relays.close()
         await self.store.close()

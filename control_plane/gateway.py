@@ -41,6 +41,7 @@ SECURITY_HEADERS = {
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_argument"),
     grpc.StatusCode.NOT_FOUND: (404, "not_found"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "unauthenticated"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "removed"),
     grpc.StatusCode.FAILED_PRECONDITION: (423, "locked"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "too_many_attempts"),
@@ -66,9 +67,19 @@ class _Context:
         address = self._request.remote or ""
         return f"ipv6:[{address}]:0" if ":" in address else f"ipv4:{address}:0"
 
+    # A request from the web page (or anything speaking its JSON API): CreateRoom
+    # may take it without an API key where the operator allows it
+    # (`--web-create-organisation`, control_plane/service.py).
+    from_web_page = True
+
     def invocation_metadata(self) -> list[tuple[str, str]]:
-        forwarded = self._request.headers.get("X-Forwarded-For")
-        return [("x-forwarded-for", forwarded)] if forwarded else []
+        headers = self._request.headers
+        metadata = []
+        if "X-Forwarded-For" in headers:
+            metadata.append(("x-forwarded-for", headers["X-Forwarded-For"]))
+        if "Authorization" in headers:
+            metadata.append(("authorization", headers["Authorization"]))
+        return metadata
 
     async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise _Aborted(code, details)

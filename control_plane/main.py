@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvloop
 
@@ -40,6 +41,8 @@ class Options:
     audit_retention: int = DEFAULT_AUDIT_RETENTION_S
     http_port: int | None = None
     log_format: str = "text"
+    api_key_file: Path | None = None
+    web_organisation: str = ""
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -121,6 +124,22 @@ def parse_args(argv: list[str] | None) -> Options:
         "this port, on the --listen host (default: not served)",
     )
     parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="register this API key (a `conclave keys create` file) at start if etcd "
+        "does not have it: a new cluster's first key (default: $CONCLAVE_API_KEY_FILE, "
+        "if set)",
+    )
+    parser.add_argument(
+        "--web-create-organisation",
+        default="",
+        metavar="ORG",
+        help="let the web page create meetings without an API key, as this organisation "
+        "(default: off; `conclave dev` turns it on)",
+    )
+    parser.add_argument(
         "--log-format", default="text", choices=FORMATS, help="text lines, or one JSON object each"
     )
     parser.add_argument(
@@ -159,6 +178,8 @@ def parse_args(argv: list[str] | None) -> Options:
         audit_retention=args.audit_retention,
         http_port=args.http_port,
         log_format=args.log_format,
+        api_key_file=args.api_key_file,
+        web_organisation=args.web_create_organisation,
     )
 
 
@@ -185,6 +206,8 @@ async def serve(options: Options) -> int:
         trusted_proxies=options.trusted_proxies,
         meeting_ttl=options.meeting_ttl,
         audit_retention=options.audit_retention,
+        api_key_file=options.api_key_file,
+        web_organisation=options.web_organisation,
     )
     try:
         port = await replica.start(options.host, options.port, options.http_port)

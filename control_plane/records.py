@@ -103,6 +103,9 @@ class RoomRecord:
     expires_at_ms: int = 0
     lease: int = 0
     audit_lease: int = 0
+    # The organisation of the API key that created it (control_plane/access.py);
+    # its keys may act on the meeting like its host. "": none (host key only).
+    organisation: str = ""
 
     @classmethod
     def from_json(cls, raw: bytes) -> RoomRecord:
@@ -119,6 +122,7 @@ class RoomRecord:
             expires_at_ms=_checked(data.get("expires_at_ms", 0), "expires_at_ms", int),
             lease=_checked(data.get("lease", 0), "lease", int),
             audit_lease=_checked(data.get("audit_lease", 0), "audit_lease", int),
+            organisation=_checked(data.get("org", ""), "org", str),
         )
 
     def to_json(self) -> bytes:
@@ -139,6 +143,8 @@ class RoomRecord:
             data["lease"] = self.lease
         if self.audit_lease:
             data["audit_lease"] = self.audit_lease
+        if self.organisation:
+            data["org"] = self.organisation
         return json.dumps(data).encode()
 
 

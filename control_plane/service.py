@@ -27,7 +27,8 @@ from etcd3aio.errors import EtcdError
 from conclave import audit, rejoin, spans
 from conclave.meeting import MeetingGone, MeetingPolicy, policy_actions, update_policy
 from conclave.store import EtcdStore, StoreError
-from control_plane import passcodes, validation
+from control_plane import access, passcodes, validation
+from control_plane.access import ApiKeys, Unauthenticated, WrongOrganisation
 from control_plane.attempts import AttemptLimiter
 from control_plane.errors import (
     ControlPlaneError,
@@ -86,6 +87,8 @@ _STATUS: dict[type[ControlPlaneError], grpc.StatusCode] = {
     PlacementUnsettled: grpc.StatusCode.UNAVAILABLE,
     RelayUnavailable: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    WrongOrganisation: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # Failures of the etcd client: the store is down or slow, not the request wrong.
@@ -97,11 +100,15 @@ Handler = Callable[["RoomService", Req, Any], Awaitable[Resp]]
 
 
 def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Map control-plane and store errors to gRPC statuses; keep details out of logs."""
+    """Check the caller's credentials as `access.POLICY` says for this method (a
+    method without an entry fails here, at import), then map control-plane and
+    store errors to gRPC statuses; keep details out of logs."""
+    policy = access.POLICY[handler.__name__]
 
     @functools.wraps(handler)
     async def wrapper(self: RoomService, request: Req, context: Any) -> Resp:
         try:
+            self._check_credentials(policy, request, context)
             return await handler(self, request, context)
         except ControlPlaneError as exc:
             if isinstance(exc, RelayRefused):
@@ -135,7 +142,9 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         signer: GrantSigner,
         relays: RelayClient,
         attempts: AttemptLimiter,
+        api_keys: ApiKeys,
         *,
+        web_organisation: str = "",
         trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         meeting_ttl: int = DEFAULT_MEETING_TTL_S,
         audit_retention: int = DEFAULT_AUDIT_RETENTION_S,
@@ -151,15 +160,36 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         self._failover = Failover(store, registry)  # checks rejoiners' unreachable-node hints
         self._router = JoinRouter(store, registry, placer)  # the node for each joiner
         self._attempts = attempts
+        self._api_keys = api_keys
+        # The organisation of meetings the web page creates without an API key
+        # (`--web-create-organisation`); empty: the web page needs one too.
+        self._web_organisation = web_organisation
         self._trusted_proxies = tuple(trusted_proxies)
         self._meeting_ttl = meeting_ttl
         self._audit_retention = audit_retention
         self._clock = clock
 
+    def _check_credentials(self, policy: str, request: Any, context: Any) -> None:
+        """Before anything else is read: a token that does not verify is refused
+        everywhere; a method that needs credentials gets some. Whether they fit the
+        meeting (its organisation, its host key) is decided where it is read."""
+        caller = self._api_keys.caller(context)  # raises Unauthenticated for a bad token
+        if caller is not None or policy == access.INVITED:
+            return
+        host_key: str = getattr(request, "host_key", "")
+        if policy == access.MEETING and host_key:
+            return
+        from_web_page: bool = getattr(context, "from_web_page", False)
+        if policy == access.API_KEY and self._web_organisation and from_web_page:
+            return
+        raise Unauthenticated("missing")
+
     @_rpc
     async def CreateRoom(
         self, request: rooms_pb2.CreateRoomRequest, context: Any
     ) -> rooms_pb2.Room:
+        caller = self._api_keys.caller(context)
+        organisation = caller.organisation if caller is not None else self._web_organisation
         name = validation.room_name(request.name)
         limit = validation.max_participants(request.max_participants)
         screen_share = validation.screen_share(request.screen_share)
@@ -173,7 +203,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         # node; with no relay up the meeting still exists and the first JoinRoom
         # places it.
         room, node = await self._create_record(
-            name, limit, protected, passcodes.host_key_digest(host_key), policy
+            name, limit, protected, passcodes.host_key_digest(host_key), policy, organisation
         )
         node_id = node.node_id if node is not None else ""
         log.debug("created room %s on node %r", room.room_id, node_id)
@@ -184,7 +214,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
 
     @_rpc
     async def GetRoom(self, request: rooms_pb2.GetRoomRequest, context: Any) -> rooms_pb2.Room:
-        room = await self._host_room(validation.room_id(request.room_id), request.host_key)
+        room = await self._host_room(validation.room_id(request.room_id), request.host_key, context)
         node = await self._current_node(room.room_id)
         return _room_message(room, node.node_id if node is not None else "")
 
@@ -297,7 +327,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     async def ListParticipants(
         self, request: rooms_pb2.ListParticipantsRequest, context: Any
     ) -> rooms_pb2.ListParticipantsResponse:
-        room = await self._host_room(validation.room_id(request.room_id), request.host_key)
+        room = await self._host_room(validation.room_id(request.room_id), request.host_key, context)
         node = await self._current_node(room.room_id)
         if node is None:
             return rooms_pb2.ListParticipantsResponse()
@@ -308,7 +338,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     async def EndRoom(
         self, request: rooms_pb2.EndRoomRequest, context: Any
     ) -> rooms_pb2.EndRoomResponse:
-        room = await self._host_room(validation.room_id(request.room_id), request.host_key)
+        room = await self._host_room(validation.room_id(request.room_id), request.host_key, context)
         room_id = room.room_id
         node = await self._current_node(room_id)
         await self._audit(room, "end")  # first: a meeting never ends unrecorded
@@ -343,7 +373,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
             if request.HasField("screen_share")
             else None
         )
-        room = await self._host_room(room_id, request.host_key)
+        room = await self._host_room(room_id, request.host_key, context)
         if request.HasField("waiting_room") and not request.waiting_room and room.passcode is None:
             raise PolicyConflict(
                 "this meeting has no passcode: its waiting room cannot be turned off"
@@ -377,7 +407,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         ids = validation.participant_ids(request.participant_ids)
         if not ids and not request.all:
             raise InvalidArgument("participant_ids or all is required")
-        room, node = await self._host_node(room_id, request.host_key)
+        room, node = await self._host_node(room_id, request.host_key, context)
         admitted = await self._relays.admit_participants(
             node,
             rooms_pb2.AdmitParticipantsRequest(
@@ -395,7 +425,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         ids = validation.participant_ids(request.participant_ids)
         if not ids:
             raise InvalidArgument("participant_ids is required")
-        room, node = await self._host_node(room_id, request.host_key)
+        room, node = await self._host_node(room_id, request.host_key, context)
         denied = await self._relays.deny_participants(
             node, rooms_pb2.DenyParticipantsRequest(room_id=room_id, participant_ids=ids)
         )
@@ -408,7 +438,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     ) -> rooms_pb2.ParticipantActionResponse:
         room_id = validation.room_id(request.room_id)
         pid = validation.participant_id(request.participant_id)
-        room, node = await self._host_node(room_id, request.host_key)
+        room, node = await self._host_node(room_id, request.host_key, context)
         # The relay writes the removal into the meeting's policy: it knows the
         # participant's source tag, which bars later joins from the same address.
         await self._relays.remove_participant(
@@ -424,7 +454,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         room_id = validation.room_id(request.room_id)
         pid = validation.participant_id(request.participant_id)
         source = validation.source(request.source)
-        room, node = await self._host_node(room_id, request.host_key)
+        room, node = await self._host_node(room_id, request.host_key, context)
         await self._relays.mute_participant(
             node,
             rooms_pb2.MuteParticipantRequest(room_id=room_id, participant_id=pid, source=source),
@@ -439,7 +469,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         room_id = validation.room_id(request.room_id)
         pid = validation.participant_id(request.participant_id)
         sources = validation.sources(request.sources)
-        room, node = await self._host_node(room_id, request.host_key)
+        room, node = await self._host_node(room_id, request.host_key, context)
         await self._relays.set_publish_rights(
             node,
             rooms_pb2.SetPublishRightsRequest(room_id=room_id, participant_id=pid, sources=sources),
@@ -454,7 +484,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         room_id = validation.room_id(request.room_id)
         pid = validation.participant_id(request.participant_id)
         role = validation.role(request.role)
-        room, node = await self._host_node(room_id, request.host_key)
+        room, node = await self._host_node(room_id, request.host_key, context)
         await self._relays.set_role(
             node, rooms_pb2.SetRoleRequest(room_id=room_id, participant_id=pid, role=role)
         )
@@ -466,13 +496,12 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         self, request: rooms_pb2.GetAuditLogRequest, context: Any
     ) -> rooms_pb2.AuditLog:
         room_id = validation.room_id(request.room_id)
-        raw = await self._store.get(room_key(room_id))
-        if raw is not None:
-            digest = RoomRecord.from_json(raw).host_key_sha256
-        else:  # ended or expired: the log outlives it, with the host key's digest
+        if await self._store.get(room_key(room_id)) is not None:
+            await self._host_room(room_id, request.host_key, context)
+        else:  # ended or expired: the log outlives it, with the host key's digest only
             digest = (await self._store.get(audit.host_key(room_id)) or b"").decode()
-        if not passcodes.is_host_key(request.host_key, digest):
-            raise NotHost()
+            if not passcodes.is_host_key(request.host_key, digest):
+                raise NotHost()
         entries = await audit.read(self._store, room_id)
         return rooms_pb2.AuditLog(
             entries=[
@@ -505,6 +534,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         passcode: passcodes.PasscodeHash | None,
         host_key_sha256: str,
         policy: MeetingPolicy,
+        organisation: str,
     ) -> tuple[RoomRecord, NodeInfo | None]:
         """Write a new meeting: its record on a lease that ends at its expiry, the
         start of its audit log (the host key's digest, for reading the log after
@@ -534,6 +564,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
                 expires_at_ms=now_ms + self._meeting_ttl * 1000,
                 lease=lease,
                 audit_lease=audit_lease,
+                organisation=organisation,
             )
             entry_key, entry, _ = audit.prepare(room.room_id, "create", HOST_API, detail=detail)
             items = [
@@ -573,19 +604,31 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
     async def _audit_each(self, room: RoomRecord, action: str, targets: Sequence[str]) -> None:
         await asyncio.gather(*(self._audit(room, action, target=t) for t in targets))
 
-    async def _host_node(self, room_id: RoomId, host_key: str) -> tuple[RoomRecord, NodeInfo]:
+    async def _host_node(
+        self, room_id: RoomId, host_key: str, context: Any
+    ) -> tuple[RoomRecord, NodeInfo]:
         """The meeting, for its host, and the relay hosting it; a meeting on no relay
         has no participants to act on."""
-        room = await self._host_room(room_id, host_key)
+        room = await self._host_room(room_id, host_key, context)
         node = await self._current_node(room_id)
         if node is None:
             raise NoSuchParticipant()
         return room, node
 
-    async def _host_room(self, room_id: RoomId, host_key: str) -> RoomRecord:
-        """The meeting, for its host only; the same refusal for a missing meeting."""
+    async def _host_room(self, room_id: RoomId, host_key: str, context: Any) -> RoomRecord:
+        """The meeting, for its host (the host key) or its organisation (an API token
+        of it, control_plane/access.py); the same refusal for a missing meeting."""
+        caller = self._api_keys.caller(context)
+        if caller is None and not host_key:
+            raise Unauthenticated("missing")
         raw = await self._store.get(room_key(room_id))
         room = RoomRecord.from_json(raw) if raw is not None else None
+        if caller is not None:
+            if room is not None and room.organisation and room.organisation == caller.organisation:
+                return room
+            if room is None or not room.organisation:
+                raise NotHost()
+            raise WrongOrganisation()
         if room is None or not passcodes.is_host_key(host_key, room.host_key_sha256):
             raise NotHost()
         return room

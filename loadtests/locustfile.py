@@ -33,6 +33,7 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, events, task
 
+from conclave.credentials import METADATA_KEY, find_key, mint_token
 from protos import rooms_pb2, rooms_pb2_grpc
 
 grpc_gevent.init_gevent()  # before any channel or call: gRPC's waits become gevent's
@@ -118,7 +119,9 @@ class MeetingUser(User):
         response: Any = None
         error: Exception | None = None
         try:
-            response = getattr(self._stub, method)(request, timeout=CALL_TIMEOUT_S)
+            response = getattr(self._stub, method)(
+                request, timeout=CALL_TIMEOUT_S, metadata=_credentials()
+            )
         except grpc.RpcError as exc:
             error = exc
         self.environment.events.request.fire(
@@ -130,3 +133,10 @@ class MeetingUser(User):
             context={},
         )
         return response
+
+
+def _credentials() -> tuple[tuple[str, str], ...]:
+    """An API token of the key `conclave dev` left where clients look
+    (conclave/credentials.py); none when there is no key file."""
+    key = find_key()
+    return ((METADATA_KEY, f"Bearer {mint_token(key)}"),) if key is not None else ()

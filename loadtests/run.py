@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from client.loadtest.measure import process_cpu
+from conclave.credentials import METADATA_KEY, find_key, mint_token
 from conclave.processes import free_port, port_free
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,10 +217,20 @@ def writes_per_operation(target: str, etcd_port: int, rooms: int, joins: int) ->
         idle_before = etcd_counts(etcd_port)
         time.sleep(3.0)
         idle = etcd_counts(etcd_port) - idle_before
-        stub.CreateRoom(rooms_pb2.CreateRoomRequest(name="warm-up"), timeout=10)
+        key = find_key()
+        assert key is not None, "conclave dev leaves its API key where clients look"
+        stub.CreateRoom(
+            rooms_pb2.CreateRoomRequest(name="warm-up"),
+            timeout=10,
+            metadata=((METADATA_KEY, f"Bearer {mint_token(key)}"),),
+        )
         before = etcd_counts(etcd_port)
         made = [
-            stub.CreateRoom(rooms_pb2.CreateRoomRequest(name="count"), timeout=10)
+            stub.CreateRoom(
+                rooms_pb2.CreateRoomRequest(name="count"),
+                timeout=10,
+                metadata=((METADATA_KEY, f"Bearer {mint_token(key)}"),),
+            )
             for _ in range(rooms)
         ]
         created = etcd_counts(etcd_port) - before

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import uvloop
 
+from conclave.credentials import new_key, save_key_file
 from conclave.processes import EtcdServer
 from conclave.store import EtcdStore
 
 os.environ.setdefault("CONCLAVE_ICE_ADDRESSES", "127.0.0.1")
+# One API key for the whole run, as `conclave dev` makes one: every control plane
+# the tests start registers it, every client signs with it (conclave/credentials.py).
+# Never the user's own ~/.config key.
+if "CONCLAVE_API_KEY_FILE" not in os.environ:
+    _key_dir = Path(tempfile.mkdtemp(prefix="conclave-test-key-"))
+    os.environ["CONCLAVE_API_KEY_FILE"] = str(_key_dir / "api-key.json")
+    save_key_file(new_key("tests"), _key_dir / "api-key.json")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:

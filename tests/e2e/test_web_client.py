@@ -44,6 +44,7 @@ async def cluster() -> AsyncIterator[WebCluster]:
     control_plane = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "control_plane", "--etcd", etcd.endpoint,
         "--listen", f"127.0.0.1:{grpc_port}", "--http-port", str(http_port),
+        "--web-create-organisation", "web",  # the page creates meetings, as in `conclave dev`
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert control_plane.stdout is not None

@@ -28,6 +28,7 @@ from control_plane.attempts import Policy
 from control_plane.ids import NodeId
 from control_plane.placement import SPILL_LOAD
 from protos import rooms_pb2, rooms_pb2_grpc
+from tests.api_key import api_metadata
 
 PASSCODE = "tea for two"
 CAPACITY = 10
@@ -97,7 +98,9 @@ class Cell:
         return node_id
 
     async def create_room(self) -> str:
-        room = await self.stub.CreateRoom(rooms_pb2.CreateRoomRequest(name="w", passcode=PASSCODE))
+        room = await self.stub.CreateRoom(
+            rooms_pb2.CreateRoomRequest(name="w", passcode=PASSCODE), metadata=api_metadata()
+        )
         return str(room.room_id)
 
     async def join(
@@ -200,7 +203,9 @@ async def test_a_meeting_whose_home_died_continues_on_its_other_node(
 
 async def test_end_room_deletes_the_meetings_spans(cell: Cell, store: EtcdStore) -> None:
     a = await cell.add_relay()
-    room = await cell.stub.CreateRoom(rooms_pb2.CreateRoomRequest(name="w", passcode=PASSCODE))
+    room = await cell.stub.CreateRoom(
+        rooms_pb2.CreateRoomRequest(name="w", passcode=PASSCODE), metadata=api_metadata()
+    )
     await cell.join(room.room_id)
     b = await cell.add_relay()
     assert (await cell.join(room.room_id, full_node_id=a)).node_id == b

@@ -28,6 +28,7 @@ from conclave.store import NODES_PREFIX, PLACEMENT_PREFIX, EtcdStore, Lease
 from control_plane.app import ControlPlane
 from control_plane.attempts import Policy
 from protos import rooms_pb2, rooms_pb2_grpc
+from tests.api_key import api_metadata
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +134,9 @@ async def relay(replica: Replica, store: EtcdStore) -> AsyncIterator[str]:
 
 async def create(stub: Any) -> rooms_pb2.Room:
     room: rooms_pb2.Room = await stub.CreateRoom(
-        rooms_pb2.CreateRoomRequest(name="standup", passcode=PASSCODE), timeout=10
+        rooms_pb2.CreateRoomRequest(name="standup", passcode=PASSCODE),
+        timeout=10,
+        metadata=api_metadata(),
     )
     return room
 

@@ -40,6 +40,7 @@ async def gateway(etcd_endpoint: str, relays: Relays) -> AsyncIterator[Gateway]:
         [etcd_endpoint],
         attempts=Policy(burst=3, per_minute=1),
         trusted_proxies=[ipaddress.ip_network("127.0.0.0/8")],
+        web_organisation="web",  # the page creates meetings, as `conclave dev` allows
     )
     port = free_port()
     await plane.start("127.0.0.1", 0, http_port=port)

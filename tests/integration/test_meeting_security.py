@@ -28,6 +28,7 @@ from client.sdk import Session
 from conclave.processes import free_port, wait_for_line
 from protos import rooms_pb2, rooms_pb2_grpc
 from protos.grant_pb2 import JoinGrant, SignedGrant
+from tests.api_key import api_metadata
 from tests.integration.relay_harness import wait_for_frames
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
@@ -66,7 +67,9 @@ class Meeting:
 
 
 async def new_meeting(cluster: Cluster, **settings: Any) -> Meeting:
-    room = await cluster.stub.CreateRoom(rooms_pb2.CreateRoomRequest(name="sec", **settings))
+    room = await cluster.stub.CreateRoom(
+        rooms_pb2.CreateRoomRequest(name="sec", **settings), metadata=api_metadata()
+    )
     return Meeting(room.room_id, room.host_key, room.passcode)
 
 
