@@ -879,8 +879,10 @@ class Session:
             self.closed_reason = refusal
         joining = self._joined is not None and not self._joined.done()
         if not joining and self._may_reconnect():
-            # No word from the relay before the drop: it is gone, say so.
-            self._start_reconnect(lost=self.closed_reason is None)
+            # No word from the relay before the drop: it is gone, say so. A close
+            # with a code of the relay's own (4000 and up: too slow, say) is a word.
+            spoke = self.closed_reason is not None or (close_code or 0) >= 4000
+            self._start_reconnect(lost=not spoke)
         elif not self._joined_once or not joining:
             self._disconnected.set()  # a failed first join, or the end of the session
         if joining and self._joined is not None:

@@ -103,6 +103,12 @@ class Cluster:
                 str(key_path),
                 "--web-create-organisation",
                 DEV_ORGANISATION,
+                # A laptop's cluster for trying things and load tests: no creation limit
+                # worth meeting (production keeps the defaults, docs/security.md).
+                "--create-burst",
+                "100000",
+                "--creates-per-minute",
+                "1000000",
             ],
             "control-plane ready",
         )

@@ -14,11 +14,16 @@ going out unprotected.
 Keys live in etcd (`/conclave/api-keys/{key_id}`, public keys only), followed by a
 watch: a revoked key is refused by every replica as soon as its watch event
 arrives, well within a second.
+
+`CreateLimiter` caps how fast one key creates meetings, per replica, in memory:
+it guards capacity, not a secret (docs/security.md, "API credentials").
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +77,17 @@ class WrongOrganisation(ControlPlaneError):
 
     def __init__(self) -> None:
         super().__init__("this API key's organisation does not own this meeting")
+
+
+class TooManyCreations(ControlPlaneError):
+    """This API key (or the web page) created meetings faster than its limit."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            f"too many meetings created with these credentials; "
+            f"try again in {max(1, round(retry_after))} s"
+        )
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -139,3 +155,58 @@ class ApiKeys:
         if caller is None:
             raise Unauthenticated("missing")
         return caller
+
+
+DEFAULT_CREATE_BURST = 20  # meetings one key may create at once
+DEFAULT_CREATES_PER_MINUTE = 60.0  # and sustained
+WEB_BUCKET = "web"  # meetings the web page creates without a key (key ids never match it)
+
+
+class CreateLimiter:
+    """A token bucket of meeting creations per API key id, on this replica only.
+
+    Buckets are kept in the order they were last used; one idle for as long as a
+    bucket takes to fill from empty is full, the same as no bucket, and is dropped.
+    So the map holds only the keys that created a meeting in the last
+    `burst / rate` seconds (20 s by default), and only verified key ids reach it.
+    """
+
+    def __init__(
+        self,
+        burst: int = DEFAULT_CREATE_BURST,
+        per_minute: float = DEFAULT_CREATES_PER_MINUTE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 1 or per_minute <= 0:
+            raise ValueError("a creation limit needs burst >= 1 and per_minute > 0")
+        self.burst = burst
+        self.per_minute = per_minute
+        self._rate = per_minute / 60.0  # tokens per second
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str) -> None:
+        """Spend one creation of `key`'s bucket; raises `TooManyCreations` (with
+        the wait until one is back) when it is empty."""
+        now = self._clock()
+        self._forget_full(now)
+        tokens, at = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self._rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            raise TooManyCreations((1 - tokens) / self._rate)
+        self._buckets[key] = (tokens - 1, now)  # re-inserted: last in use order
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._buckets
+
+    def _forget_full(self, now: float) -> None:
+        refill_s = self.burst / self._rate
+        while self._buckets:
+            key = next(iter(self._buckets))  # the longest idle
+            if now - self._buckets[key][1] < refill_s:
+                return
+            del self._buckets[key]

@@ -20,7 +20,12 @@ from conclave.credentials import KEY_FILE_ENV
 from conclave.loop_lag import watch_lag
 from conclave.store import EtcdStore
 from conclave.tasks import spawn
-from control_plane.access import ApiKeys
+from control_plane.access import (
+    DEFAULT_CREATE_BURST,
+    DEFAULT_CREATES_PER_MINUTE,
+    ApiKeys,
+    CreateLimiter,
+)
 from control_plane.attempts import AttemptLimiter, Policy
 from control_plane.expiry import ExpiryWatcher
 from control_plane.gateway import Gateway
@@ -30,7 +35,7 @@ from control_plane.placer import Placer
 from control_plane.registry import NodeRegistry
 from control_plane.relay_client import RelayClient
 from control_plane.service import DEFAULT_AUDIT_RETENTION_S, DEFAULT_MEETING_TTL_S, RoomService
-from control_plane.signing import GrantSigner
+from control_plane.signing import RETIRE_AFTER_S, ROTATION_S, GrantSigner
 from protos import rooms_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,14 @@ SHUTDOWN_GRACE_S = 3.0
 # /readyz reads this (absent) key to see that etcd answers.
 READY_PROBE_KEY = "/conclave/ping"
 READY_ETCD_TIMEOUT_S = 1.0
+# The largest request gRPC reads; a bigger one is refused with RESOURCE_EXHAUSTED
+# before any handler runs. The largest legitimate ones, measured with protobuf's
+# ByteSize(): AdmitParticipants naming the 1000 participants of a full meeting by
+# the 18-character ids the control plane issues, 20 076 bytes (64-character ids,
+# which validation tolerates but nothing issues, would make 66 116); a JoinRoom
+# with every field at its limit in 4-byte characters and a 2 KiB rejoin token,
+# 3 337 bytes; SetPublishRights, 210 bytes. The API token is metadata, capped apart.
+MAX_REQUEST_BYTES = 64 * 1024
 
 
 class ControlPlane:
@@ -55,20 +68,31 @@ class ControlPlane:
         audit_retention: int = DEFAULT_AUDIT_RETENTION_S,
         api_key_file: Path | None = None,
         web_organisation: str = "",
+        create_burst: int = DEFAULT_CREATE_BURST,
+        creates_per_minute: float = DEFAULT_CREATES_PER_MINUTE,
+        signing_rotation_s: float = ROTATION_S,
+        signing_retire_after_s: float = RETIRE_AFTER_S,
     ) -> None:
         """`api_key_file`: a key (conclave/credentials.py) to register at start if
         etcd does not have it, the way a fresh cluster gets its first key; by
         default the one $CONCLAVE_API_KEY_FILE names, if set. `web_organisation`:
-        the web page may create meetings without an API key, for this organisation."""
+        the web page may create meetings without an API key, for this organisation.
+        `create_burst`, `creates_per_minute`: how many meetings one API key (or the
+        web page) may create here at once and sustained (access.CreateLimiter).
+        `signing_rotation_s`: how often the grant-signing key is replaced (0:
+        never); `signing_retire_after_s`: how long a replaced one stays published."""
         self.store = EtcdStore(etcd)
         if api_key_file is None and os.environ.get(KEY_FILE_ENV):
             api_key_file = Path(os.environ[KEY_FILE_ENV])
         self.api_keys = ApiKeys(self.store, api_key_file)
         self.attempts = AttemptLimiter(self.store, attempts)
+        self.creates = CreateLimiter(create_burst, creates_per_minute)
         self.registry = NodeRegistry(self.store)
         self.metrics = ControlPlaneMetrics(self.attempts, self.registry)
         self.store.observe = self.metrics.server.observe_etcd
-        self.signer = GrantSigner(self.store)
+        self.signer = GrantSigner(
+            self.store, rotation_s=signing_rotation_s, retire_after_s=signing_retire_after_s
+        )
         self.relays = RelayClient()
         self.registry.on_node_removed(self.relays.forget)
         self.placer = Placer(
@@ -91,6 +115,7 @@ class ControlPlane:
             meeting_ttl=meeting_ttl,
             audit_retention=audit_retention,
             metrics=self.metrics,
+            creates=self.creates,
         )
         self._runner: web.AppRunner | None = None  # the HTTP server (--http-port)
         self._lag_watch: asyncio.Task[None] | None = None
@@ -98,7 +123,10 @@ class ControlPlane:
         # same port would silently share it instead of failing.
         self._server = grpc.aio.server(
             interceptors=[self.metrics.server.interceptor()],
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ],
         )
         rooms_pb2_grpc.add_RoomServiceServicer_to_server(self.service, self._server)  # type: ignore[no-untyped-call]
         self._started = False

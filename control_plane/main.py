@@ -13,12 +13,14 @@ from pathlib import Path
 
 import uvloop
 
-from conclave.arguments import int_between
+from conclave.arguments import int_between, non_negative_float
 from conclave.logs import FORMATS, configure
 from conclave.store import StoreError
+from control_plane.access import DEFAULT_CREATE_BURST, DEFAULT_CREATES_PER_MINUTE
 from control_plane.app import ControlPlane
 from control_plane.attempts import Policy
 from control_plane.service import DEFAULT_AUDIT_RETENTION_S, DEFAULT_MEETING_TTL_S
+from control_plane.signing import ROTATION_S
 
 log = logging.getLogger("control_plane")
 
@@ -43,6 +45,9 @@ class Options:
     log_format: str = "text"
     api_key_file: Path | None = None
     web_organisation: str = ""
+    create_burst: int = DEFAULT_CREATE_BURST
+    creates_per_minute: float = DEFAULT_CREATES_PER_MINUTE
+    signing_rotation_s: float = ROTATION_S
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -140,6 +145,30 @@ def parse_args(argv: list[str] | None) -> Options:
         "(default: off; `conclave dev` turns it on)",
     )
     parser.add_argument(
+        "--create-burst",
+        type=int_between(1),
+        default=DEFAULT_CREATE_BURST,
+        metavar="N",
+        help="meetings one API key (or the web page) may create at once, on each "
+        f"replica (default {DEFAULT_CREATE_BURST})",
+    )
+    parser.add_argument(
+        "--signing-key-rotation",
+        type=non_negative_float,
+        default=ROTATION_S,
+        metavar="SECONDS",
+        help="replace this replica's grant-signing key this often; the old one stays "
+        f"published until its grants expired (default {ROTATION_S:g}; 0: never)",
+    )
+    parser.add_argument(
+        "--creates-per-minute",
+        type=non_negative_float,
+        default=DEFAULT_CREATES_PER_MINUTE,
+        metavar="N",
+        help="meetings one API key (or the web page) may create per minute, sustained, "
+        f"on each replica (default {DEFAULT_CREATES_PER_MINUTE:g})",
+    )
+    parser.add_argument(
         "--log-format", default="text", choices=FORMATS, help="text lines, or one JSON object each"
     )
     parser.add_argument(
@@ -161,6 +190,8 @@ def parse_args(argv: list[str] | None) -> Options:
         proxies = [ipaddress.ip_network(cidr, strict=False) for cidr in args.trusted_proxy]
     except ValueError as exc:
         parser.error(f"--trusted-proxy: {exc}")
+    if args.creates_per_minute <= 0:
+        parser.error("--creates-per-minute must be above 0")
     policy = Policy(
         burst=args.attempt_burst,
         per_minute=args.attempts_per_minute,
@@ -180,6 +211,9 @@ def parse_args(argv: list[str] | None) -> Options:
         log_format=args.log_format,
         api_key_file=args.api_key_file,
         web_organisation=args.web_create_organisation,
+        create_burst=args.create_burst,
+        creates_per_minute=args.creates_per_minute,
+        signing_rotation_s=args.signing_key_rotation,
     )
 
 
@@ -208,6 +242,9 @@ async def serve(options: Options) -> int:
         audit_retention=options.audit_retention,
         api_key_file=options.api_key_file,
         web_organisation=options.web_organisation,
+        signing_rotation_s=options.signing_rotation_s,
+        create_burst=options.create_burst,
+        creates_per_minute=options.creates_per_minute,
     )
     try:
         port = await replica.start(options.host, options.port, options.http_port)

@@ -66,6 +66,12 @@ class ControlPlaneMetrics:
             ["action"],
             registry=self.registry,
         )
+        self.creates_limited = Counter(
+            "conclave_control_creates_limited_total",
+            "CreateRoom calls refused because their API key (or the web page) was "
+            "over its creation limit on this replica (--create-burst, --creates-per-minute)",
+            registry=self.registry,
+        )
         self.event_loop_lag = Histogram(
             "conclave_control_event_loop_lag_seconds",
             "How much later than asked the replica's event loop ran a timer",

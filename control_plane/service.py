@@ -28,7 +28,14 @@ from conclave import audit, rejoin, spans
 from conclave.meeting import MeetingGone, MeetingPolicy, policy_actions, update_policy
 from conclave.store import EtcdStore, StoreError
 from control_plane import access, passcodes, validation
-from control_plane.access import ApiKeys, Unauthenticated, WrongOrganisation
+from control_plane.access import (
+    WEB_BUCKET,
+    ApiKeys,
+    CreateLimiter,
+    TooManyCreations,
+    Unauthenticated,
+    WrongOrganisation,
+)
 from control_plane.attempts import AttemptLimiter
 from control_plane.errors import (
     ControlPlaneError,
@@ -79,6 +86,7 @@ _STATUS: dict[type[ControlPlaneError], grpc.StatusCode] = {
     NoSuchMeeting: grpc.StatusCode.NOT_FOUND,
     NotHost: grpc.StatusCode.NOT_FOUND,
     TooManyAttempts: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooManyCreations: grpc.StatusCode.RESOURCE_EXHAUSTED,
     MeetingLocked: grpc.StatusCode.FAILED_PRECONDITION,
     PolicyConflict: grpc.StatusCode.FAILED_PRECONDITION,
     RemovedFromMeeting: grpc.StatusCode.PERMISSION_DENIED,
@@ -149,6 +157,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         meeting_ttl: int = DEFAULT_MEETING_TTL_S,
         audit_retention: int = DEFAULT_AUDIT_RETENTION_S,
         metrics: ControlPlaneMetrics | None = None,
+        creates: CreateLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._metrics = metrics or ControlPlaneMetrics(attempts, registry)
@@ -164,6 +173,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         # The organisation of meetings the web page creates without an API key
         # (`--web-create-organisation`); empty: the web page needs one too.
         self._web_organisation = web_organisation
+        self._creates = creates if creates is not None else CreateLimiter()  # per key id
         self._trusted_proxies = tuple(trusted_proxies)
         self._meeting_ttl = meeting_ttl
         self._audit_retention = audit_retention
@@ -194,6 +204,12 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         limit = validation.max_participants(request.max_participants)
         screen_share = validation.screen_share(request.screen_share)
         passcode = validation.passcode(request.passcode)
+        # After validation (a typo costs nothing), before the passcode's scrypt.
+        try:
+            self._creates.take(caller.key_id if caller is not None else WEB_BUCKET)
+        except TooManyCreations:
+            self._metrics.creates_limited.inc()
+            raise
         if not passcode and not request.waiting_room:
             passcode = passcodes.generate()  # a waiting room is the only other gate
         protected = await passcodes.protect(passcode) if passcode else None

@@ -249,7 +249,10 @@ async def serve(args: argparse.Namespace) -> None:
     await web.TCPSite(runner, args.http_host, args.http_port).start()
 
     rpc_server = grpc.aio.server(
-        interceptors=[metrics.SERVER.interceptor()], options=SERVER_OPTIONS
+        interceptors=[metrics.SERVER.interceptor()],
+        # RelayService requests are small; a link's control frames are at most
+        # 256 KiB (relay/link.py). Anything above 1 MiB is refused by gRPC itself.
+        options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", 1024 * 1024)],
     )
     relay_pb2_grpc.add_RelayServiceServicer_to_server(  # type: ignore[no-untyped-call]
         RelayServicer(node), rpc_server

@@ -24,6 +24,10 @@ KEYFRAME_REQUESTS = Counter("conclave_keyframe_requests_total", "PLIs the relay 
 SIGNALING_ERRORS = Counter(
     "conclave_signaling_errors_total", "Client messages refused, by error code", ["code"]
 )
+SIGNALING_SLOW_CLIENTS = Counter(
+    "conclave_signaling_slow_clients_total",
+    "Signalling sessions closed (4010 too_slow) because the client did not read its messages",
+)
 PARTICIPANTS = Gauge("conclave_participants", "Participants connected to this relay")
 ROOMS = Gauge("conclave_rooms", "Meetings with at least one participant on this relay")
 ACTIVE_SPEAKER_UPDATES = Counter(

@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from conclave.meeting import SCREEN_SHARE, SOURCES, MeetingPolicy
 from conclave.tasks import spawn
@@ -31,6 +33,23 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024
 CLOSE_GRANT_REFUSED = 4001
 CLOSE_NOT_ALLOWED = 4003
+CLOSE_TOO_SLOW = 4010
+# Outgoing messages wait in a queue per session, written by one task: aiohttp's
+# send waits for the socket to drain, and the room's broadcasts go through every
+# participant in turn, so a client that stops reading must hold up only itself.
+# One that falls this far behind (a few minutes of a busy meeting's roster and
+# speaker messages), or whose socket takes this long to take one message, is
+# closed `too_slow`: it is better off joining again than being fed a backlog.
+MAX_QUEUED_MESSAGES = 512
+MAX_QUEUED_BYTES = 1024 * 1024  # of JSON text
+SEND_TIMEOUT_S = 5.0
+# How long a slow client gets to read up to our close frame before its
+# connection is dropped: it has shown it does not read.
+SLOW_CLOSE_TIMEOUT_S = 2.0
+# The kernel's send buffer of a signalling socket (Linux doubles it). Its default
+# grows to megabytes on a fast link, which would hide a stalled client from the
+# queue's bounds for that much longer; signalling needs little throughput.
+SEND_BUFFER_BYTES = 128 * 1024
 VIDEO_CODECS = ("vp8", "h264")  # what `join` may ask to send video in (relay/peer.py)
 MAX_VIDEO_DIMENSION = 16384  # VP8 frames are at most 16383 pixels wide or high
 # E2EE material is opaque to the relay (base64 text); these only bound its size. A
@@ -87,29 +106,133 @@ def _participant_ids(message: dict[str, Any]) -> list[str]:
 class SignalingSession:
     """The signalling side of one participant, from `join` to disconnect."""
 
-    def __init__(self, node: RelayNode, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self,
+        node: RelayNode,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.node = node
         self.ws = ws
+        self._transport = transport  # to drop a client that does not read
         self.room: Room | None = None
         self.participant: Participant | None = None
         self.waiting: Waiting | None = None  # in the waiting room, until admitted
         self._left_on_purpose = False  # sent `leave`: its rejoin token ends too
-        self._send_lock = asyncio.Lock()
+        self._outbox: deque[str] = deque()  # JSON text, for `_write_queued`
+        self._outbox_bytes = 0
+        self._queued = asyncio.Event()
+        self._closing = False  # nothing more is queued; the socket closes after the queue
+        self._close_code: int | None = None  # the close to send after the queue, if any
+        self._close_reason = ""
+        self._writer: asyncio.Task[None] | None = None
+        self._dropping: asyncio.Task[None] | None = None  # closing it as too slow
         self._peer_watch: asyncio.Task[None] | None = None
         self._join_started_ms: int | None = None  # the grant's issue, Unix ms
 
     async def send(self, message: dict[str, Any]) -> None:
-        async with self._send_lock:
-            if not self.ws.closed:
-                await self.ws.send_str(json.dumps(message))
+        """Queue a message for the writer task; never waits on the socket.
+
+        On a closing or closed session this does nothing, and raises nothing: the
+        session's own `run()` leaves the room when its socket ends, so no caller
+        needs to learn it here, and an exception would stop room-wide work half
+        done (a broadcast, `Room.join` between `joined` and the roster)."""
+        if self._closing or self.ws.closed:
+            return
+        text = json.dumps(message)
+        self._outbox.append(text)
+        self._outbox_bytes += len(text)
+        if len(self._outbox) > MAX_QUEUED_MESSAGES or self._outbox_bytes > MAX_QUEUED_BYTES:
+            self._too_slow()
+        self._queued.set()
 
     async def disconnect(self, reason: str, code: int) -> None:
-        """Called by the room (meeting ended, node draining) to end this session."""
-        with contextlib.suppress(Exception):
-            await self.send({"type": "room_closed", "reason": reason})
-        await self.ws.close(code=code, message=reason.encode()[:120])
+        """Called by the room (meeting ended, node draining) to end this session:
+        `room_closed` goes after what is queued, then the close. Neither is waited
+        for here, so a stalled client holds up nobody (`Room.close` goes through
+        everyone in turn)."""
+        await self.send({"type": "room_closed", "reason": reason})
+        self._close_after_queue(code, reason)
+
+    def _close_after_queue(self, code: int, reason: str) -> None:
+        """Close the socket once the writer has sent what is queued; nothing more is."""
+        if not self._closing:
+            self._closing = True
+            self._close_code, self._close_reason = code, reason
+            self._queued.set()
+
+    async def _write_queued(self) -> None:
+        """The one task that writes to the socket: queued messages in order, then
+        the close asked for, if any."""
+        try:
+            while self._outbox or not self._closing:
+                if not self._outbox:
+                    self._queued.clear()
+                    await self._queued.wait()
+                    continue
+                text = self._outbox.popleft()
+                self._outbox_bytes -= len(text)
+                if self.ws.closed:
+                    return  # the client went: `run()` ends the session
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await self.ws.send_str(text)
+        except TimeoutError:
+            self._too_slow()
+            return
+        except Exception as exc:  # its transport is closing: `run()` notices too
+            log.debug("signalling write failed: %s", type(exc).__name__)
+            self._closing = True
+            return
+        if self._close_code is not None:
+            await self._close(self._close_code, self._close_reason, SEND_TIMEOUT_S)
+
+    def _too_slow(self) -> None:
+        """Give up on a client that does not read what it is sent."""
+        if self._dropping is not None:
+            return
+        self._closing = True
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        metrics.SIGNALING_SLOW_CLIENTS.inc()
+        log.info("closing a signalling session whose client does not read (too_slow)")
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()  # stuck in a write, or about to be
+        self._dropping = spawn(self._drop_slow(), "signaling-too-slow")
+
+    async def _drop_slow(self) -> None:
+        try:
+            await self._leave()  # the room learns now, not when the socket gives up
+        finally:
+            # Behind what its socket holds already: a client that reads on sees why.
+            farewell = json.dumps({"type": "room_closed", "reason": "too_slow"})
+            await self._close(CLOSE_TOO_SLOW, "too_slow", SLOW_CLOSE_TIMEOUT_S, farewell)
+
+    async def _close(
+        self, code: int, reason: str, timeout: float, farewell: str | None = None
+    ) -> None:
+        """The closing handshake, bounded; a client that does not take part in
+        time is cut off (a transport with unsent data would never close)."""
+        try:
+            async with asyncio.timeout(timeout):
+                if farewell is not None:
+                    await self.ws.send_str(farewell)
+                await self.ws.close(code=code, message=reason.encode()[:120])
+        except Exception as exc:
+            log.debug("signalling close failed: %s", type(exc).__name__)
+            if self._transport is not None:
+                self._transport.abort()
+
+    async def _finish_writing(self) -> None:
+        """Wait for the writer (and a slow client's close): each step is bounded."""
+        self._closing = True
+        self._queued.set()
+        if self._writer is not None:
+            await asyncio.wait([self._writer])
+        if self._dropping is not None:  # perhaps started by the writer just now
+            await asyncio.wait([self._dropping])
 
     async def run(self) -> None:
+        self._writer = spawn(self._write_queued(), "signaling-writer")
         try:
             async for msg in self.ws:
                 if msg.type != WSMsgType.TEXT:
@@ -123,10 +246,13 @@ class SignalingSession:
                     log.warning("signalling message failed: %s", type(exc).__name__)
                     log.debug("signalling failure detail", exc_info=True)
                     await self._refuse(SignalingError("internal", "the relay could not do that"))
-                if self.ws.closed:
+                if self.ws.closed or self._closing:
                     break
         finally:
-            await self._leave()
+            try:
+                await self._leave()
+            finally:
+                await self._finish_writing()
 
     @staticmethod
     def _parse(text: str) -> dict[str, Any]:
@@ -142,9 +268,7 @@ class SignalingSession:
         metrics.SIGNALING_ERRORS.labels(code=error.code).inc()
         await self.send({"type": "error", "code": error.code, "message": error.message})
         if error.close_code is not None or (error.code == "malformed" and self.room is None):
-            await self.ws.close(
-                code=error.close_code or CLOSE_GRANT_REFUSED, message=error.code.encode()
-            )
+            self._close_after_queue(error.close_code or CLOSE_GRANT_REFUSED, error.code)
 
     async def handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -159,7 +283,7 @@ class SignalingSession:
             return
         if self.participant is None:
             if self.waiting is not None and kind == "leave":
-                await self.ws.close()
+                self._close_after_queue(WSCloseCode.OK, "")
                 return
             if kind in _PARTICIPANT_MESSAGES or kind in _MODERATOR_MESSAGES:
                 if self.waiting is not None:
@@ -197,7 +321,7 @@ class SignalingSession:
             await self.room.send_e2ee_key(self.participant, to, key_message)
         elif kind == "leave":
             self._left_on_purpose = True
-            await self.ws.close()
+            self._close_after_queue(WSCloseCode.OK, "")
         else:
             raise SignalingError("malformed", f"unknown message type {kind!r}")
 
@@ -385,10 +509,18 @@ def routes(node: RelayNode) -> list[web.RouteDef]:
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30)
         await ws.prepare(request)
-        await SignalingSession(node, ws).run()
+        _limit_send_buffer(request.transport)
+        await SignalingSession(node, ws, request.transport).run()
         return ws
 
     return [web.get("/ws", websocket)]
+
+
+def _limit_send_buffer(transport: asyncio.Transport | None) -> None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
 def _policy_change(message: dict[str, Any]) -> Callable[[MeetingPolicy], MeetingPolicy]:
