@@ -88,6 +88,7 @@ class Cluster:
 
         key_path = _dev_key()
         _say(f"API key: {key_path} (conclave room create and the SDK find it there)")
+        _say(f"etcd: {self.etcd_url} (for `conclave keys --etcd` and `conclave relay drain`)")
         control_plane = await self._spawn(
             "control-plane",
             [

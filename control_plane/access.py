@@ -30,7 +30,6 @@ from typing import Any
 
 from conclave.credentials import (
     API_KEYS_PREFIX,
-    KEY_FILE_ENV,
     METADATA_KEY,
     CredentialError,
     KeyRecord,
@@ -114,7 +113,7 @@ class ApiKeys:
                 API_KEYS_PREFIX + key.key_id, key_record(key)
             )
             if created:
-                log.info("registered the API key of %s", KEY_FILE_ENV)
+                log.info("registered the API key given with --api-key-file")
         await self._keys.start()
 
     async def stop(self) -> None:
