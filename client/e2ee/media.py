@@ -31,7 +31,10 @@ from client.e2ee.context import DecryptStatus, UnprotectResult
 VP8_KEY_CLEAR = 10  # frame tag (3), start code (3), width (2), height (2)
 VP8_DELTA_CLEAR = 3  # frame tag
 KEYFRAME_INTERVAL_S = 0.5  # between PLIs while waiting for a key frame
-PENDING_GRACE_S = 1.0  # how long a frame's unknown KID may wait for its key message
+# How long a frame's unknown KID may wait for its key message before it counts as a
+# failure: a joiner's first key comes after the leader's rekey window (1 s,
+# client/e2ee/group.py), and on a busy machine some time after that.
+PENDING_GRACE_S = 3.0
 
 
 class FrameCipher(Protocol):

@@ -17,6 +17,7 @@ from aiortc.jitterbuffer import JitterFrame
 from client.e2ee import h264
 from client.e2ee.context import DecryptStatus, SFrameContext, UnprotectResult
 from client.e2ee.media import (
+    PENDING_GRACE_S,
     VP8_DELTA_CLEAR,
     VP8_KEY_CLEAR,
     _OpeningJitterBuffer,
@@ -172,7 +173,8 @@ def test_frames_for_keys_still_on_their_way_are_not_failures() -> None:
     assert buffer.add(PACKET) == (False, None)
     assert failures == []  # both KIDs unknown, within the grace period
     receiver.receiver.add_recv_key(7, KEY)  # KID 7's key message arrives
-    buffer._pending = type(buffer._pending)((at - 2.0, kid) for at, kid in buffer._pending)
+    grace = PENDING_GRACE_S + 0.5  # as if the grace period had passed
+    buffer._pending = type(buffer._pending)((at - grace, kid) for at, kid in buffer._pending)
     assert buffer.add(PACKET)[1] is not None  # a later frame of KID 7 decrypts
     assert failures == [1]  # only KID 9's frame, whose key never came, failed
 

@@ -14,8 +14,9 @@ import * as h264 from "./h264.js";
 const SUITE = 4; // AES_128_GCM_SHA256_128, as web/e2ee/group.js
 // A frame under a KID not known yet waits this long for its key message before it
 // counts as a decrypt failure (a join races the first frames; a sender without
-// keys, or without encryption, never gets there).
-const PENDING_GRACE_MS = 1000;
+// keys, or without encryption, never gets there): a joiner's first key comes after
+// the leader's rekey window (1 s) and the key message's way through the relay.
+const PENDING_GRACE_MS = 3000;
 const pendingFrames = []; // {at, kid, mid}, oldest first
 const context = new SFrameContext(SUITE);
 let sendKid = null;
