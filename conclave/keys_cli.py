@@ -33,6 +33,7 @@ from conclave.credentials import (
     save_key_file,
 )
 from conclave.store import EtcdStore, StoreError
+from conclave.tls import add_etcd_tls_arguments, etcd_tls_from
 
 PROG = "conclave keys"
 
@@ -62,7 +63,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             default=os.environ.get("CONCLAVE_ETCD", "http://127.0.0.1:2379"),
             help="etcd endpoint(s), comma-separated (default: $CONCLAVE_ETCD or local)",
         )
-    return parser.parse_args(argv)
+        add_etcd_tls_arguments(command)
+    args = parser.parse_args(argv)
+    args.etcd_tls = etcd_tls_from(args, parser)
+    return args
 
 
 def main(argv: list[str]) -> int:
@@ -83,7 +87,7 @@ def main(argv: list[str]) -> int:
 
 
 async def _with_store(args: argparse.Namespace, command: Command) -> int:
-    store = EtcdStore(args.etcd.split(","))
+    store = EtcdStore(args.etcd.split(","), tls=args.etcd_tls)
     await store.connect()
     try:
         return await command(store, args)

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from conclave.tls import TlsFiles
 
 
 def _load_prctl() -> Callable[[int, int], int] | None:
@@ -101,7 +104,11 @@ class EtcdServer:
     """One throw-away etcd member on loopback, data in a temporary directory.
 
     Alone by default; `EtcdCluster` starts several with `name` and
-    `initial_cluster` set so that they form one cluster.
+    `initial_cluster` set so that they form one cluster. With `tls` (the server's
+    certificate and key, and the CA whose client certificates it accepts) it serves
+    clients over TLS only and refuses any without such a certificate
+    (`--client-cert-auth`); `client` is then what `wait_ready`, `status` and
+    `healthy` present. Peers talk plain HTTP on loopback.
     """
 
     client_port: int = field(default_factory=free_port)
@@ -110,10 +117,37 @@ class EtcdServer:
     data_dir: str = ""
     name: str = "conclave-dev"
     initial_cluster: str = ""  # "name=peer-url,...": empty for a one-member cluster
+    tls: TlsFiles | None = None
+    client: TlsFiles | None = None
 
     @property
     def endpoint(self) -> str:
+        """`127.0.0.1:PORT` in clear, `https://127.0.0.1:PORT` with TLS."""
+        if self.tls is not None:
+            return f"https://127.0.0.1:{self.client_port}"
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
+    def _tls_arguments(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+            "--client-cert-auth", "--trusted-ca-file", str(self.tls.ca),
+        ]  # fmt: skip
+
+    def _open(self, request: urllib.request.Request | str, timeout: float) -> Any:
+        """urlopen on the client port, presenting `client` when serving TLS."""
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=self.tls.ca)
+            if self.client is not None:
+                context.load_cert_chain(self.client.cert, self.client.key)
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     @property
     def peer_url(self) -> str:
@@ -124,7 +158,7 @@ class EtcdServer:
         if binary is None:
             raise RuntimeError("etcd is not on PATH (Debian: apt-get install etcd-server)")
         self.data_dir = tempfile.mkdtemp(prefix="conclave-etcd-")
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = self.client_url
         peer = self.peer_url
         out = open(log_path, "wb") if log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
@@ -147,6 +181,7 @@ class EtcdServer:
                 "--unsafe-no-fsync",
                 "--log-level",
                 "error",
+                *self._tls_arguments(),
             ],
             stdout=out,
             stderr=out,
@@ -159,20 +194,29 @@ class EtcdServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.process.returncode}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.client_port), timeout=0.5),
-            ):
+            if self._answers():
                 return
             time.sleep(0.1)
         raise RuntimeError("etcd did not start listening in time")
 
+    def _answers(self) -> bool:
+        """It listens; with TLS and a `client`, it also completes a handshake and
+        reports itself healthy."""
+        if self.tls is not None and self.client is not None:
+            return self.healthy(timeout=0.5)
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.client_port), timeout=0.5),
+        ):
+            return True
+        return False
+
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
         """The member's `/v3/maintenance/status` (JSON gateway: ids are strings)."""
         request = urllib.request.Request(
-            f"http://{self.endpoint}/v3/maintenance/status", data=b"{}", method="POST"
+            f"{self.client_url}/v3/maintenance/status", data=b"{}", method="POST"
         )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with self._open(request, timeout) as response:
             status: dict[str, Any] = json.loads(response.read())
         return status
 
@@ -180,7 +224,7 @@ class EtcdServer:
         """True when the member answers `/health`: it has a leader, no alarm, and a
         quorum read went through."""
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=timeout) as r:
+            with self._open(f"{self.client_url}/health", timeout) as r:
                 return bool(json.loads(r.read()).get("health") == "true")
         except (OSError, ValueError):
             return False

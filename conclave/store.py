@@ -22,6 +22,8 @@ from etcd3aio._protobuf import Compare
 from etcd3aio.errors import EtcdConnectionError, EtcdTransientError
 from etcd3aio.kv import KVService
 
+from conclave.tls import TlsFiles
+
 log = logging.getLogger(__name__)
 
 # One cell's key space (docs/architecture.md).
@@ -29,6 +31,10 @@ NODES_PREFIX = "/conclave/nodes/"
 ROOMS_PREFIX = "/conclave/rooms/"
 PLACEMENT_PREFIX = "/conclave/placement/"
 GRANT_KEYS_PREFIX = "/conclave/keys/grant-signing/"
+
+
+#: the name checked in etcd's certificate when the client round-robins over members
+TLS_SERVER_NAME = "localhost"  # in the dev server certificate (conclave/tls.py)
 
 
 class StoreError(Exception):
@@ -167,10 +173,33 @@ class _Timed:
 
 
 class EtcdStore:
-    """Keys, leases and prefix watches on one etcd cluster."""
+    """Keys, leases and prefix watches on one etcd cluster.
 
-    def __init__(self, endpoints: list[str], observe: RequestObserver | None = None) -> None:
-        self._client = Etcd3Client([_strip_scheme(e) for e in endpoints])
+    With `tls`, the channel is TLS: etcd's certificate is checked against `tls.ca`
+    and `tls.cert` is presented as the client certificate (etcd's
+    `--client-cert-auth`). Over several endpoints gRPC checks the server name
+    "localhost" (round-robin `ipv4:` targets have no host name of their own), so
+    such a cluster's certificates must carry it; over one endpoint, its address.
+    """
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        observe: RequestObserver | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        addresses = [_strip_scheme(e) for e in endpoints]
+        if tls is None:
+            self._client = Etcd3Client(addresses)
+        else:
+            ca, chain, key = tls.read()
+            self._client = Etcd3Client(
+                addresses,
+                tls_server_name=TLS_SERVER_NAME if len(addresses) > 1 else None,
+                ca_cert=ca,
+                cert_chain=chain,
+                cert_key=key,
+            )
         #: told about every request (conclave.server_metrics); settable after creation
         self.observe: RequestObserver = observe or _ignore
 

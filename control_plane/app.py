@@ -20,6 +20,7 @@ from conclave.credentials import KEY_FILE_ENV
 from conclave.loop_lag import watch_lag
 from conclave.store import EtcdStore
 from conclave.tasks import spawn
+from conclave.tls import TlsFiles
 from control_plane.access import (
     DEFAULT_CREATE_BURST,
     DEFAULT_CREATES_PER_MINUTE,
@@ -72,6 +73,7 @@ class ControlPlane:
         creates_per_minute: float = DEFAULT_CREATES_PER_MINUTE,
         signing_rotation_s: float = ROTATION_S,
         signing_retire_after_s: float = RETIRE_AFTER_S,
+        etcd_tls: TlsFiles | None = None,
     ) -> None:
         """`api_key_file`: a key (conclave/credentials.py) to register at start if
         etcd does not have it, the way a fresh cluster gets its first key; by
@@ -80,8 +82,9 @@ class ControlPlane:
         `create_burst`, `creates_per_minute`: how many meetings one API key (or the
         web page) may create here at once and sustained (access.CreateLimiter).
         `signing_rotation_s`: how often the grant-signing key is replaced (0:
-        never); `signing_retire_after_s`: how long a replaced one stays published."""
-        self.store = EtcdStore(etcd)
+        never); `signing_retire_after_s`: how long a replaced one stays published.
+        `etcd_tls`: talk to etcd over TLS with this client certificate."""
+        self.store = EtcdStore(etcd, tls=etcd_tls)
         if api_key_file is None and os.environ.get(KEY_FILE_ENV):
             api_key_file = Path(os.environ[KEY_FILE_ENV])
         self.api_keys = ApiKeys(self.store, api_key_file)

@@ -16,6 +16,7 @@ import uvloop
 from conclave.arguments import int_between, non_negative_float
 from conclave.logs import FORMATS, configure
 from conclave.store import StoreError
+from conclave.tls import TlsFiles, add_etcd_tls_arguments, etcd_tls_from
 from control_plane.access import DEFAULT_CREATE_BURST, DEFAULT_CREATES_PER_MINUTE
 from control_plane.app import ControlPlane
 from control_plane.attempts import Policy
@@ -48,6 +49,7 @@ class Options:
     create_burst: int = DEFAULT_CREATE_BURST
     creates_per_minute: float = DEFAULT_CREATES_PER_MINUTE
     signing_rotation_s: float = ROTATION_S
+    etcd_tls: TlsFiles | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -62,6 +64,7 @@ def parse_args(argv: list[str] | None) -> Options:
         help="etcd endpoint; repeat or separate with commas "
         f"(default: $CONCLAVE_ETCD or {DEFAULT_ETCD})",
     )
+    add_etcd_tls_arguments(parser)
     parser.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
@@ -183,6 +186,7 @@ def parse_args(argv: list[str] | None) -> Options:
     endpoints = [e.strip() for item in raw for e in item.split(",") if e.strip()]
     if not endpoints:
         parser.error("--etcd needs at least one endpoint")
+    etcd_tls = etcd_tls_from(args, parser)
     host, sep, port = args.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         parser.error(f"--listen must be HOST:PORT, got {args.listen!r}")
@@ -214,6 +218,7 @@ def parse_args(argv: list[str] | None) -> Options:
         create_burst=args.create_burst,
         creates_per_minute=args.creates_per_minute,
         signing_rotation_s=args.signing_key_rotation,
+        etcd_tls=etcd_tls,
     )
 
 
@@ -245,6 +250,7 @@ async def serve(options: Options) -> int:
         signing_rotation_s=options.signing_rotation_s,
         create_burst=options.create_burst,
         creates_per_minute=options.creates_per_minute,
+        etcd_tls=options.etcd_tls,
     )
     try:
         port = await replica.start(options.host, options.port, options.http_port)

@@ -21,6 +21,7 @@ import uvloop
 
 from conclave.arguments import non_negative_float
 from conclave.store import NODES_PREFIX, EtcdStore, StoreError
+from conclave.tls import add_etcd_tls_arguments, etcd_tls_from
 from relay.drain import DEFAULT_DEADLINE_S, DrainRequest, drain_key, now_ms
 
 PROG = "conclave relay drain"
@@ -37,6 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=os.environ.get("CONCLAVE_ETCD", "http://127.0.0.1:2379"),
         help="etcd endpoint(s), comma-separated (default: $CONCLAVE_ETCD or local)",
     )
+    add_etcd_tls_arguments(parser)
     parser.add_argument(
         "--deadline",
         type=non_negative_float,
@@ -51,7 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="return only once the node has no participants left or is gone, "
         "or the deadline passed",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.etcd_tls = etcd_tls_from(args, parser)
+    return args
 
 
 def main(argv: list[str]) -> int:
@@ -71,7 +75,7 @@ def main(argv: list[str]) -> int:
 
 
 async def drain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
-    store = EtcdStore(args.etcd.split(","))
+    store = EtcdStore(args.etcd.split(","), tls=args.etcd_tls)
     await store.connect()
     try:
         return await _drain(store, args.node_id, args.deadline, args.wait)

@@ -29,6 +29,7 @@ from conclave.logs import FORMATS, configure
 from conclave.loop_lag import watch_lag
 from conclave.store import EtcdStore
 from conclave.tasks import spawn
+from conclave.tls import add_etcd_tls_arguments, etcd_tls_from
 from protos import link_pb2_grpc, relay_pb2_grpc
 from relay import metrics, signaling
 from relay.admission import GrantChecker
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("CONCLAVE_ETCD", "http://127.0.0.1:2379"),
         help="etcd endpoint(s), comma-separated",
     )
+    add_etcd_tls_arguments(parser)
     parser.add_argument("--node-id", required=True, help="unique name of this node")
     parser.add_argument("--http-host", default="127.0.0.1", help="signalling/metrics bind address")
     parser.add_argument("--http-port", type=int, default=7880)
@@ -134,7 +136,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-format", default="text", choices=FORMATS, help="text lines, or one JSON object each"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.etcd_tls = etcd_tls_from(args, parser)
+    return args
 
 
 def _port_range(value: str) -> PortRange:
@@ -222,7 +226,7 @@ async def serve(args: argparse.Namespace) -> None:
     set_simulcast_offer(args.simulcast)
     configure_ice(args)
     host = args.advertise_host or args.http_host
-    store = EtcdStore(args.etcd.split(","), observe=metrics.SERVER.observe_etcd)
+    store = EtcdStore(args.etcd.split(","), observe=metrics.SERVER.observe_etcd, tls=args.etcd_tls)
     await store.connect()
     grants = GrantChecker(store, args.node_id)
     await grants.start()

@@ -112,12 +112,13 @@ class ControlPlaneProcess:
 
     etcd: str
     listen: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    extra_args: list[str] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "control_plane", "--etcd", self.etcd, "--listen", self.listen,
-            stdout=subprocess.PIPE,
+            *self.extra_args, stdout=subprocess.PIPE,
         )  # fmt: skip
         assert self.process.stdout is not None
         await wait_for_line(self.process.stdout, "control-plane ready", timeout=30)

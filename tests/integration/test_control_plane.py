@@ -1356,7 +1356,10 @@ async def test_passcode_guessing_is_locked_out_across_sources_and_replicas(
         assert set(results) <= {"NOT_FOUND", "RESOURCE_EXHAUSTED"}, results
         assert len(latencies) >= 100
         p99 = latencies[int(0.99 * len(latencies))]
-        assert p99 < 0.1, (p99, timeline[:3], len(latencies), f"{rate:.0f} attempts/s")
+        # Each of these joins runs one scrypt (~45 ms here): a few times that, not the
+        # seconds an unthrottled attack would cost them. The bound leaves room for a
+        # busy CI machine (it was 0.1 s and failed once at 0.1006 s).
+        assert p99 < 0.25, (p99, timeline[:3], len(latencies), f"{rate:.0f} attempts/s")
 
         # The lockout lifts; the participant with the passcode gets in.
         async with asyncio.timeout(10):

@@ -1,0 +1,218 @@
+"""TLS plumbing: certificate files, a throw-away PKI for dev and tests, and the
+`--etcd-ca/--etcd-cert/--etcd-key` options every etcd client takes (issue 11).
+
+etcd runs with `--client-cert-auth`: a client proves itself with a certificate
+its CA signed, and sees the server's certificate checked against the same CA.
+Production certificates come from the operator (or cert-manager); `dev_pki` is
+only for `conclave dev` and the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_ENV = "CONCLAVE_ETCD_CA"
+CERT_ENV = "CONCLAVE_ETCD_CERT"
+KEY_ENV = "CONCLAVE_ETCD_KEY"
+
+#: the dev server certificate's hosts; "localhost" is also the TLS server name a
+#: client checks when it round-robins over several endpoints (conclave/store.py)
+DEV_SERVER_HOSTS = ("127.0.0.1", "localhost")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the CA that signs the peer's certificate, our chain and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(CA certificate, certificate chain, private key), as PEM bytes."""
+        return self.ca.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _builder(
+    subject: str, issuer: x509.Name, public: ec.EllipticCurvePublicKey, days: int
+) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))  # clock skew
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    """Signatures (ECDSA handshakes); a CA also signs certificates and CRLs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def make_ca(common_name: str, days: int = 30) -> tuple[bytes, bytes]:
+    """A self-signed ECDSA P-256 CA: (certificate PEM, key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (
+        _builder(common_name, _name(common_name), key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _subject_alternative_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def issue(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    common_name: str,
+    *,
+    hosts: Sequence[str] = (),
+    server: bool,
+    client: bool,
+    days: int = 30,
+) -> tuple[bytes, bytes]:
+    """A leaf certificate signed by the CA: (certificate PEM, key PEM). `hosts`
+    become IP or DNS subject alternative names; `server`/`client` the extended
+    key usages serverAuth/clientAuth."""
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey), "make_ca makes ECDSA CAs"
+    key = ec.generate_private_key(ec.SECP256R1())
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [ExtendedKeyUsageOID.CLIENT_AUTH] * client
+    builder = (
+        _builder(common_name, ca_cert.subject, key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+    )
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if hosts:
+        names = _subject_alternative_names(hosts)
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    certificate = builder.sign(ca_key, hashes.SHA256())
+    return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create `path` readable by its owner only (never briefly wider)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+    os.chmod(path, 0o600)
+
+
+def dev_pki(directory: Path) -> dict[str, TlsFiles]:
+    """A throw-away CA in `directory` (0700, files 0600) and, signed by it,
+    `etcd-server` (for 127.0.0.1 and localhost) and `etcd-client` (what control
+    planes, relays and CLIs present to etcd). Files already there are reused."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
+    if not (ca.exists() and ca_key.exists()):
+        for path, data in zip((ca, ca_key), make_ca("conclave dev CA"), strict=True):
+            _write_private(path, data)
+    leaves: tuple[tuple[str, Sequence[str], bool, bool], ...] = (
+        ("etcd-server", DEV_SERVER_HOSTS, True, False),
+        ("etcd-client", ("etcd-client",), False, True),  # strict verifiers want a SAN
+    )
+    files: dict[str, TlsFiles] = {}
+    for name, hosts, server, client in leaves:
+        cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+        if not (cert.exists() and key.exists()):
+            issued = issue(
+                ca.read_bytes(), ca_key.read_bytes(), f"conclave {name}",
+                hosts=hosts, server=server, client=client,
+            )  # fmt: skip
+            for path, data in zip((cert, key), issued, strict=True):
+                _write_private(path, data)
+        files[name] = TlsFiles(ca, cert, key)
+    return files
+
+
+# --- the etcd client options -------------------------------------------------
+
+
+def add_etcd_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--etcd-ca`, `--etcd-cert`, `--etcd-key`, defaults from the environment."""
+    group = parser.add_argument_group("etcd TLS (all three or none)")
+    for flag, env, what in (
+        ("--etcd-ca", CA_ENV, "CA certificate that signed etcd's server certificate"),
+        ("--etcd-cert", CERT_ENV, "client certificate (chain) to present to etcd"),
+        ("--etcd-key", KEY_ENV, "private key of --etcd-cert"),
+    ):
+        group.add_argument(
+            flag,
+            type=Path,
+            default=Path(os.environ[env]) if os.environ.get(env) else None,
+            metavar="PATH",
+            help=f"{what} (default: ${env})",
+        )
+
+
+def etcd_tls_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TlsFiles | None:
+    """The TlsFiles the options name, None without any; `parser.error` (exit 2)
+    when only some are given or a file cannot be read."""
+    given = {"--etcd-ca": args.etcd_ca, "--etcd-cert": args.etcd_cert, "--etcd-key": args.etcd_key}
+    if not any(given.values()):
+        return None
+    missing = [flag for flag, path in given.items() if path is None]
+    if missing:
+        parser.error(
+            f"etcd TLS needs --etcd-ca, --etcd-cert and --etcd-key together; missing "
+            f"{', '.join(missing)} (or ${CA_ENV}, ${CERT_ENV}, ${KEY_ENV})"
+        )
+    unreadable = [flag for flag, path in given.items() if not os.access(path, os.R_OK)]
+    if unreadable:
+        parser.error(f"cannot read the file of {', '.join(unreadable)}")
+    return TlsFiles(args.etcd_ca, args.etcd_cert, args.etcd_key)

@@ -1,0 +1,113 @@
+"""The TLS plumbing: certificates as asked for, a dev PKI made once and kept private."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import PolicyBuilder, Store
+
+from conclave.tls import TlsFiles, add_etcd_tls_arguments, dev_pki, etcd_tls_from, issue, make_ca
+
+
+def _load(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def test_issued_server_certificate_verifies_for_its_hosts() -> None:
+    ca_pem, ca_key = make_ca("test CA")
+    cert_pem, _ = issue(
+        ca_pem, ca_key, "server", hosts=["127.0.0.1", "localhost"], server=True, client=False
+    )
+    verifier = PolicyBuilder().store(Store([_load(ca_pem)])).build_server_verifier
+    for name in (x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")):
+        chain = verifier(name).verify(_load(cert_pem), [])
+        assert chain[-1] == _load(ca_pem)
+    with pytest.raises(x509.verification.VerificationError):
+        verifier(x509.DNSName("example.org")).verify(_load(cert_pem), [])
+    usages = _load(cert_pem).extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+def test_issued_client_certificate_verifies_as_client_only() -> None:
+    ca_pem, ca_key = make_ca("test CA")
+    cert_pem, _ = issue(ca_pem, ca_key, "c", hosts=["c"], server=False, client=True)
+    store = Store([_load(ca_pem)])
+    PolicyBuilder().store(store).build_client_verifier().verify(_load(cert_pem), [])
+    with pytest.raises(x509.verification.VerificationError):  # no serverAuth
+        PolicyBuilder().store(store).build_server_verifier(x509.DNSName("client")).verify(
+            _load(cert_pem), []
+        )
+
+
+def test_certificate_of_another_ca_does_not_verify() -> None:
+    ca_pem, _ = make_ca("ours")
+    other_pem, other_key = make_ca("theirs")
+    cert_pem, _ = issue(other_pem, other_key, "c", hosts=["c"], server=False, client=True)
+    verifier = PolicyBuilder().store(Store([_load(ca_pem)])).build_client_verifier()
+    with pytest.raises(x509.verification.VerificationError):
+        verifier.verify(_load(cert_pem), [])
+
+
+def test_ca_is_a_ca() -> None:
+    ca = _load(make_ca("test CA")[0])
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+
+
+def test_dev_pki_is_private_and_made_once(tmp_path: Path) -> None:
+    directory = tmp_path / "pki"
+    first = dev_pki(directory)
+    assert set(first) == {"etcd-server", "etcd-client"}
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = sorted(directory.iterdir())
+    assert len(files) == 6
+    assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
+    contents = {path: path.read_bytes() for path in files}
+    assert dev_pki(directory) == first
+    assert {path: path.read_bytes() for path in files} == contents
+    ca, cert, key = first["etcd-client"].read()
+    assert (ca, cert) == (contents[directory / "ca.pem"], contents[directory / "etcd-client.pem"])
+    assert b"PRIVATE KEY" in key
+
+
+def test_dev_pki_issues_a_missing_leaf_from_the_existing_ca(tmp_path: Path) -> None:
+    files = dev_pki(tmp_path)
+    ca = files["etcd-server"].ca.read_bytes()
+    files["etcd-client"].cert.unlink()
+    again = dev_pki(tmp_path)
+    assert again["etcd-client"].ca.read_bytes() == ca
+    verifier = PolicyBuilder().store(Store([_load(ca)])).build_client_verifier()
+    verifier.verify(_load(again["etcd-client"].cert.read_bytes()), [])
+
+
+def _parse(argv: list[str]) -> TlsFiles | None:
+    parser = argparse.ArgumentParser()
+    add_etcd_tls_arguments(parser)
+    return etcd_tls_from(parser.parse_args(argv), parser)
+
+
+def test_etcd_tls_options_all_or_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("CONCLAVE_ETCD_CA", "CONCLAVE_ETCD_CERT", "CONCLAVE_ETCD_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    files = dev_pki(tmp_path)["etcd-client"]
+    assert _parse([]) is None
+    flags = ["--etcd-ca", str(files.ca), "--etcd-cert", str(files.cert), "--etcd-key"]
+    assert _parse([*flags, str(files.key)]) == files
+    with pytest.raises(SystemExit):
+        _parse(flags[:4])
+    assert "missing --etcd-key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse([*flags, str(tmp_path / "absent")])
+    assert "cannot read" in capsys.readouterr().err
+    monkeypatch.setenv("CONCLAVE_ETCD_CA", str(files.ca))
+    monkeypatch.setenv("CONCLAVE_ETCD_CERT", str(files.cert))
+    monkeypatch.setenv("CONCLAVE_ETCD_KEY", str(files.key))
+    assert _parse([]) == files
