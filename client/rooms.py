@@ -7,6 +7,7 @@ import enum
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -21,6 +22,7 @@ from conclave.credentials import (
     find_key,
     mint_token,
 )
+from conclave.tls import CA_FILE_ENV, channel_credentials
 from protos import rooms_pb2, rooms_pb2_grpc
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:50051"
@@ -33,8 +35,14 @@ class _Default(enum.Enum):
     FIND_KEY = enum.auto()
 
 
+class _DefaultCa(enum.Enum):
+    FIND_CA = enum.auto()
+
+
 #: `RoomsClient(api_key=FIND_KEY)` (the default): the key `find_key()` finds, if any.
 FIND_KEY = _Default.FIND_KEY
+#: `RoomsClient(ca=FIND_CA)` (the default): the CA file $CONCLAVE_CA_FILE names, if set.
+FIND_CA = _DefaultCa.FIND_CA
 
 
 def control_plane_target(explicit: str | None = None) -> str:
@@ -53,6 +61,10 @@ class RoomsClient:
     ($CONCLAVE_API_KEY_FILE or the user's config directory), so the CLI and the SDK
     pick up a dev cluster's key by themselves; `api_key=None` sends no credentials
     (joining a meeting one was invited to needs none).
+
+    With a `ca` (by default the file $CONCLAVE_CA_FILE names, if set) the channel
+    is TLS and the control plane's certificate must be signed by that CA;
+    `ca=None` talks in clear, as to a control plane started without --tls-cert.
     """
 
     def __init__(
@@ -61,13 +73,22 @@ class RoomsClient:
         *,
         timeout: float = 10.0,
         api_key: ApiKey | _Default | None = FIND_KEY,
+        ca: Path | _DefaultCa | None = FIND_CA,
     ) -> None:
         self.target = control_plane_target(target)
         self.timeout = timeout
         self.api_key = _find_key() if api_key is FIND_KEY else api_key
+        self.ca = _find_ca() if ca is FIND_CA else ca
         self._token = ""
         self._token_renew_at = 0.0
-        self._channel = grpc.aio.insecure_channel(self.target)
+        if self.ca is None:
+            self._channel = grpc.aio.insecure_channel(self.target)
+        else:
+            try:
+                credentials = channel_credentials(self.ca)
+            except OSError as exc:
+                raise ConclaveError(f"cannot read the CA file: {exc}", "CA_FILE") from None
+            self._channel = grpc.aio.secure_channel(self.target, credentials)
         stub_class: Any = rooms_pb2_grpc.RoomServiceStub  # generated without annotations
         self._stub = stub_class(self._channel)
 
@@ -272,7 +293,9 @@ class RoomsClient:
         try:
             return await method(request, timeout=self.timeout, metadata=self._metadata())
         except grpc.aio.AioRpcError as exc:
-            raise _rpc_error(name, self.target, self.timeout, exc, self.api_key) from None
+            raise _rpc_error(
+                name, self.target, self.timeout, exc, self.api_key, tls=self.ca is not None
+            ) from None
 
     def _metadata(self) -> tuple[tuple[str, str], ...] | None:
         """The authorization metadata, minting a new token when the last one is
@@ -294,15 +317,26 @@ def _find_key() -> ApiKey | None:
         raise ConclaveError(f"cannot read the API key: {exc}", "API_KEY") from None
 
 
+def _find_ca() -> Path | None:
+    value = os.environ.get(CA_FILE_ENV, "").strip()
+    return Path(value) if value else None
+
+
 def _rpc_error(
-    name: str, target: str, timeout: float, exc: Any, api_key: ApiKey | None = None
+    name: str,
+    target: str,
+    timeout: float,
+    exc: Any,
+    api_key: ApiKey | None = None,
+    *,
+    tls: bool = False,
 ) -> ConclaveError:
     """Turn a gRPC failure into one line a person can act on."""
     code = exc.code()
     details = exc.details() or ""
     code_name = str(getattr(code, "name", code))
     if code == grpc.StatusCode.UNAVAILABLE:
-        message = f"cannot reach the control plane at {target}: {details}"
+        message = f"cannot reach the control plane at {target}: {details}{_tls_hint(details, tls)}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"the control plane at {target} did not answer {name} within {timeout:g} s"
     elif code == grpc.StatusCode.UNAUTHENTICATED:
@@ -312,6 +346,20 @@ def _rpc_error(
     else:
         message = f"{name} failed: {details or code_name} ({code_name})"
     return ConclaveError(message, code_name)
+
+
+def _tls_hint(details: str, tls: bool) -> str:
+    """A hint when a connection failed the way a TLS mismatch fails: gRPC reports
+    a failed handshake (ours) or a closed socket (a TLS server hearing clear text)."""
+    lowered = details.lower()
+    if tls and ("handshake" in lowered or "ssl" in lowered):
+        return (
+            " (TLS handshake failed: does it serve TLS, with a certificate for this "
+            f"address signed by our CA file (ca=, ${CA_FILE_ENV})?)"
+        )
+    if not tls and ("socket closed" in lowered or "connection reset" in lowered):
+        return f" (if it serves TLS, set ${CA_FILE_ENV} to the CA that signed its certificate)"
+    return ""
 
 
 def _unauthenticated(target: str, details: str, api_key: ApiKey | None) -> str:

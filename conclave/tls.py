@@ -1,5 +1,6 @@
-"""TLS plumbing: certificate files, a throw-away PKI for dev and tests, and the
-`--etcd-ca/--etcd-cert/--etcd-key` options every etcd client takes (issue 11).
+"""TLS plumbing: certificate files, a throw-away PKI for dev and tests, the
+`--etcd-ca/--etcd-cert/--etcd-key` options every etcd client takes, and the
+credentials of the control plane's own TLS (gRPC and HTTPS) (issue 11).
 
 etcd runs with `--client-cert-auth`: a client proves itself with a certificate
 its CA signed, and sees the server's certificate checked against the same CA.
@@ -13,10 +14,12 @@ import argparse
 import datetime
 import ipaddress
 import os
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +28,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_ENV = "CONCLAVE_ETCD_CA"
 CERT_ENV = "CONCLAVE_ETCD_CERT"
 KEY_ENV = "CONCLAVE_ETCD_KEY"
+#: the CA a client (RoomsClient, the CLI) checks the control plane's certificate with
+CA_FILE_ENV = "CONCLAVE_CA_FILE"
 
 #: the dev server certificate's hosts; "localhost" is also the TLS server name a
 #: client checks when it round-robins over several endpoints (conclave/store.py)
@@ -154,8 +159,10 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def dev_pki(directory: Path) -> dict[str, TlsFiles]:
     """A throw-away CA in `directory` (0700, files 0600) and, signed by it,
-    `etcd-server` (for 127.0.0.1 and localhost) and `etcd-client` (what control
-    planes, relays and CLIs present to etcd). Files already there are reused."""
+    `etcd-server` (for 127.0.0.1 and localhost), `etcd-client` (what control
+    planes, relays and CLIs present to etcd) and `control-plane` (the control
+    plane's gRPC and HTTPS server, for 127.0.0.1 and localhost). Files already
+    there are reused."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
@@ -165,6 +172,7 @@ def dev_pki(directory: Path) -> dict[str, TlsFiles]:
     leaves: tuple[tuple[str, Sequence[str], bool, bool], ...] = (
         ("etcd-server", DEV_SERVER_HOSTS, True, False),
         ("etcd-client", ("etcd-client",), False, True),  # strict verifiers want a SAN
+        ("control-plane", DEV_SERVER_HOSTS, True, False),
     )
     files: dict[str, TlsFiles] = {}
     for name, hosts, server, client in leaves:
@@ -178,6 +186,28 @@ def dev_pki(directory: Path) -> dict[str, TlsFiles]:
                 _write_private(path, data)
         files[name] = TlsFiles(ca, cert, key)
     return files
+
+
+# --- the control plane's server side, and its clients ------------------------
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """gRPC server credentials presenting `files.cert` (chain) and `files.key`;
+    clients are not asked for a certificate (they prove themselves with tokens)."""
+    return grpc.ssl_server_credentials([(files.key.read_bytes(), files.cert.read_bytes())])
+
+
+def channel_credentials(ca: Path) -> grpc.ChannelCredentials:
+    """gRPC channel credentials that check the server's certificate against `ca`."""
+    return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+
+
+def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    """An HTTPS server context (aiohttp) presenting `files.cert` and `files.key`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(files.cert, files.key)
+    return context
 
 
 # --- the etcd client options -------------------------------------------------

@@ -20,7 +20,7 @@ from conclave.credentials import KEY_FILE_ENV
 from conclave.loop_lag import watch_lag
 from conclave.store import EtcdStore
 from conclave.tasks import spawn
-from conclave.tls import TlsFiles
+from conclave.tls import TlsFiles, server_credentials, server_ssl_context
 from control_plane.access import (
     DEFAULT_CREATE_BURST,
     DEFAULT_CREATES_PER_MINUTE,
@@ -74,6 +74,7 @@ class ControlPlane:
         signing_rotation_s: float = ROTATION_S,
         signing_retire_after_s: float = RETIRE_AFTER_S,
         etcd_tls: TlsFiles | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         """`api_key_file`: a key (conclave/credentials.py) to register at start if
         etcd does not have it, the way a fresh cluster gets its first key; by
@@ -83,7 +84,10 @@ class ControlPlane:
         web page) may create here at once and sustained (access.CreateLimiter).
         `signing_rotation_s`: how often the grant-signing key is replaced (0:
         never); `signing_retire_after_s`: how long a replaced one stays published.
-        `etcd_tls`: talk to etcd over TLS with this client certificate."""
+        `etcd_tls`: talk to etcd over TLS with this client certificate. `tls`:
+        serve gRPC and HTTP over TLS with this certificate and key (its `ca` is
+        not used: clients are not asked for certificates)."""
+        self.tls = tls
         self.store = EtcdStore(etcd, tls=etcd_tls)
         if api_key_file is None and os.environ.get(KEY_FILE_ENV):
             api_key_file = Path(os.environ[KEY_FILE_ENV])
@@ -137,7 +141,7 @@ class ControlPlane:
     async def start(self, host: str, port: int, http_port: int | None = None) -> int:
         """Connect to etcd, publish the signing key, serve; returns the bound port.
         With `http_port`, the web client and its JSON API (control_plane/gateway.py)
-        and /metrics are served on `host` at that port.
+        and /metrics are served on `host` at that port (HTTPS with `tls`).
 
         Raises `conclave.store.StoreError` if etcd is unreachable and `RuntimeError`
         if the address cannot be bound; whatever started is stopped again.
@@ -153,7 +157,12 @@ class ControlPlane:
             self._lag_watch = spawn(
                 watch_lag(self.metrics.event_loop_lag.observe), "event-loop-lag"
             )
-            bound = int(self._server.add_insecure_port(f"{host}:{port}"))
+            address = f"{host}:{port}"
+            if self.tls is None:
+                bound = int(self._server.add_insecure_port(address))
+            else:
+                credentials = server_credentials(self.tls)
+                bound = int(self._server.add_secure_port(address, credentials))
             await self._server.start()
             if http_port is not None:
                 app = Gateway(self.service).application()
@@ -210,4 +219,5 @@ class ControlPlane:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         self._runner = runner
-        await web.TCPSite(runner, host, port).start()
+        context = None if self.tls is None else server_ssl_context(self.tls)
+        await web.TCPSite(runner, host, port, ssl_context=context).start()

@@ -50,6 +50,7 @@ class Options:
     creates_per_minute: float = DEFAULT_CREATES_PER_MINUTE
     signing_rotation_s: float = ROTATION_S
     etcd_tls: TlsFiles | None = None
+    tls: TlsFiles | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -72,6 +73,16 @@ def parse_args(argv: list[str] | None) -> Options:
         help=f"gRPC address for RoomService; port 0 picks a free one (default: {DEFAULT_LISTEN})",
     )
     defaults = Policy()
+    group = parser.add_argument_group("TLS of gRPC and --http-port (both or neither)")
+    group.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PATH",
+        help="serve gRPC and HTTP over TLS with this certificate (chain, PEM)",
+    )
+    group.add_argument(
+        "--tls-key", type=Path, metavar="PATH", help="private key of --tls-cert (PEM)"
+    )
     parser.add_argument(
         "--attempt-burst",
         type=int_between(1),
@@ -187,6 +198,7 @@ def parse_args(argv: list[str] | None) -> Options:
     if not endpoints:
         parser.error("--etcd needs at least one endpoint")
     etcd_tls = etcd_tls_from(args, parser)
+    tls = _tls_from(args, parser)
     host, sep, port = args.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         parser.error(f"--listen must be HOST:PORT, got {args.listen!r}")
@@ -219,7 +231,26 @@ def parse_args(argv: list[str] | None) -> Options:
         creates_per_minute=args.creates_per_minute,
         signing_rotation_s=args.signing_key_rotation,
         etcd_tls=etcd_tls,
+        tls=tls,
     )
+
+
+def _tls_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TlsFiles | None:
+    """The server certificate --tls-cert and --tls-key name; None without both."""
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        parser.error("TLS needs --tls-cert and --tls-key together")
+    unreadable = [
+        flag
+        for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key))
+        if not os.access(path, os.R_OK)
+    ]
+    if unreadable:
+        parser.error(f"cannot read the file of {', '.join(unreadable)}")
+    # The certificate stands in for the CA, which a server without client
+    # certificates never reads.
+    return TlsFiles(args.tls_cert, args.tls_cert, args.tls_key)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +282,7 @@ async def serve(options: Options) -> int:
         create_burst=options.create_burst,
         creates_per_minute=options.creates_per_minute,
         etcd_tls=options.etcd_tls,
+        tls=options.tls,
     )
     try:
         port = await replica.start(options.host, options.port, options.http_port)
@@ -268,7 +300,8 @@ async def serve(options: Options) -> int:
         log.debug("start-up failure", exc_info=True)
         return 1
     try:
-        http = f" http=http://{options.host}:{options.http_port}" if options.http_port else ""
+        scheme = "https" if options.tls else "http"
+        http = f" http={scheme}://{options.host}:{options.http_port}" if options.http_port else ""
         print(f"control-plane ready listen={options.host}:{port}{http}", flush=True)
         await stop.wait()
         log.info("stopping")

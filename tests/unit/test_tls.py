@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from conclave.tls import TlsFiles, add_etcd_tls_arguments, dev_pki, etcd_tls_from, issue, make_ca
+from control_plane.main import parse_args
 
 
 def _load(pem: bytes) -> x509.Certificate:
@@ -63,10 +64,10 @@ def test_ca_is_a_ca() -> None:
 def test_dev_pki_is_private_and_made_once(tmp_path: Path) -> None:
     directory = tmp_path / "pki"
     first = dev_pki(directory)
-    assert set(first) == {"etcd-server", "etcd-client"}
+    assert set(first) == {"etcd-server", "etcd-client", "control-plane"}
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     files = sorted(directory.iterdir())
-    assert len(files) == 6
+    assert len(files) == 8
     assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
     contents = {path: path.read_bytes() for path in files}
     assert dev_pki(directory) == first
@@ -111,3 +112,18 @@ def test_etcd_tls_options_all_or_none(
     monkeypatch.setenv("CONCLAVE_ETCD_CERT", str(files.cert))
     monkeypatch.setenv("CONCLAVE_ETCD_KEY", str(files.key))
     assert _parse([]) == files
+
+
+def test_control_plane_tls_options_both_or_neither(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = dev_pki(tmp_path)["control-plane"]
+    assert parse_args([]).tls is None
+    tls = parse_args(["--tls-cert", str(files.cert), "--tls-key", str(files.key)]).tls
+    assert tls is not None and (tls.cert, tls.key) == (files.cert, files.key)
+    with pytest.raises(SystemExit):
+        parse_args(["--tls-cert", str(files.cert)])
+    assert "--tls-cert and --tls-key together" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--tls-cert", str(files.cert), "--tls-key", str(tmp_path / "absent")])
+    assert "cannot read the file of --tls-key" in capsys.readouterr().err
