@@ -30,6 +30,10 @@ CERT_ENV = "CONCLAVE_ETCD_CERT"
 KEY_ENV = "CONCLAVE_ETCD_KEY"
 #: the CA a client (RoomsClient, the CLI) checks the control plane's certificate with
 CA_FILE_ENV = "CONCLAVE_CA_FILE"
+#: the mutual TLS of the relays' gRPC port (control plane -> relay, relay -> relay)
+RPC_CA_ENV = "CONCLAVE_RPC_CA"
+RPC_CERT_ENV = "CONCLAVE_RPC_CERT"
+RPC_KEY_ENV = "CONCLAVE_RPC_KEY"
 
 #: the dev server certificate's hosts; "localhost" is also the TLS server name a
 #: client checks when it round-robins over several endpoints (conclave/store.py)
@@ -161,8 +165,9 @@ def dev_pki(directory: Path) -> dict[str, TlsFiles]:
     """A throw-away CA in `directory` (0700, files 0600) and, signed by it,
     `etcd-server` (for 127.0.0.1 and localhost), `etcd-client` (what control
     planes, relays and CLIs present to etcd) and `control-plane` (the control
-    plane's gRPC and HTTPS server, for 127.0.0.1 and localhost). Files already
-    there are reused."""
+    plane's gRPC and HTTPS server, for 127.0.0.1 and localhost) and `cell` (server
+    and client: what relays and control planes present to each other on the
+    relays' gRPC port, for 127.0.0.1 and localhost). Files already there are reused."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
@@ -173,6 +178,7 @@ def dev_pki(directory: Path) -> dict[str, TlsFiles]:
         ("etcd-server", DEV_SERVER_HOSTS, True, False),
         ("etcd-client", ("etcd-client",), False, True),  # strict verifiers want a SAN
         ("control-plane", DEV_SERVER_HOSTS, True, False),
+        ("cell", DEV_SERVER_HOSTS, True, True),
     )
     files: dict[str, TlsFiles] = {}
     for name, hosts, server, client in leaves:
@@ -200,6 +206,24 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
 def channel_credentials(ca: Path) -> grpc.ChannelCredentials:
     """gRPC channel credentials that check the server's certificate against `ca`."""
     return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+
+
+def mutual_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """gRPC server credentials presenting `files.cert` and `files.key` that refuse
+    any client without a certificate `files.ca` signed (a relay's gRPC port)."""
+    ca, chain, key = files.read()
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def mutual_channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """gRPC channel credentials that check the server's certificate against
+    `files.ca` and present `files.cert` and `files.key` as the client's."""
+    ca, chain, key = files.read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=chain
+    )
 
 
 def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:
@@ -234,15 +258,57 @@ def etcd_tls_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     """The TlsFiles the options name, None without any; `parser.error` (exit 2)
     when only some are given or a file cannot be read."""
     given = {"--etcd-ca": args.etcd_ca, "--etcd-cert": args.etcd_cert, "--etcd-key": args.etcd_key}
+    return _files_from(given, "etcd TLS", (CA_ENV, CERT_ENV, KEY_ENV), parser)
+
+
+def _files_from(
+    given: dict[str, Path | None],
+    what: str,
+    envs: tuple[str, str, str],
+    parser: argparse.ArgumentParser,
+) -> TlsFiles | None:
+    """TlsFiles of three (CA, certificate, key) options, None without any."""
     if not any(given.values()):
         return None
     missing = [flag for flag, path in given.items() if path is None]
     if missing:
+        *first, last = given
+        flags = f"{', '.join(first)} and {last}"
+        variables = ", ".join(f"${env}" for env in envs)
         parser.error(
-            f"etcd TLS needs --etcd-ca, --etcd-cert and --etcd-key together; missing "
-            f"{', '.join(missing)} (or ${CA_ENV}, ${CERT_ENV}, ${KEY_ENV})"
+            f"{what} needs {flags} together; missing {', '.join(missing)} (or {variables})"
         )
-    unreadable = [flag for flag, path in given.items() if not os.access(path, os.R_OK)]
+    paths = {flag: path for flag, path in given.items() if path is not None}
+    unreadable = [flag for flag, path in paths.items() if not os.access(path, os.R_OK)]
     if unreadable:
         parser.error(f"cannot read the file of {', '.join(unreadable)}")
-    return TlsFiles(args.etcd_ca, args.etcd_cert, args.etcd_key)
+    ca, cert, key = paths.values()
+    return TlsFiles(ca, cert, key)
+
+
+# --- the mutual TLS of the relays' gRPC port ---------------------------------
+
+
+def add_rpc_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--rpc-ca`, `--rpc-cert`, `--rpc-key`, defaults from the environment: the
+    mutual TLS between relays and control planes (RelayService, RelayLink)."""
+    group = parser.add_argument_group("relay gRPC mutual TLS (all three or none)")
+    for flag, env, what in (
+        ("--rpc-ca", RPC_CA_ENV, "CA certificate that signs every relay's and control plane's"),
+        ("--rpc-cert", RPC_CERT_ENV, "certificate (chain) presented as server and as client"),
+        ("--rpc-key", RPC_KEY_ENV, "private key of --rpc-cert"),
+    ):
+        group.add_argument(
+            flag,
+            type=Path,
+            default=Path(os.environ[env]) if os.environ.get(env) else None,
+            metavar="PATH",
+            help=f"{what} (default: ${env})",
+        )
+
+
+def rpc_tls_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TlsFiles | None:
+    """The TlsFiles `--rpc-ca/--rpc-cert/--rpc-key` name, None without any;
+    `parser.error` (exit 2) when only some are given or a file cannot be read."""
+    given = {"--rpc-ca": args.rpc_ca, "--rpc-cert": args.rpc_cert, "--rpc-key": args.rpc_key}
+    return _files_from(given, "relay gRPC TLS", (RPC_CA_ENV, RPC_CERT_ENV, RPC_KEY_ENV), parser)

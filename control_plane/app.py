@@ -75,6 +75,7 @@ class ControlPlane:
         signing_retire_after_s: float = RETIRE_AFTER_S,
         etcd_tls: TlsFiles | None = None,
         tls: TlsFiles | None = None,
+        relay_tls: TlsFiles | None = None,
     ) -> None:
         """`api_key_file`: a key (conclave/credentials.py) to register at start if
         etcd does not have it, the way a fresh cluster gets its first key; by
@@ -86,7 +87,8 @@ class ControlPlane:
         never); `signing_retire_after_s`: how long a replaced one stays published.
         `etcd_tls`: talk to etcd over TLS with this client certificate. `tls`:
         serve gRPC and HTTP over TLS with this certificate and key (its `ca` is
-        not used: clients are not asked for certificates)."""
+        not used: clients are not asked for certificates). `relay_tls`: call the
+        relays' gRPC port over mutual TLS with this certificate (docs/operations.md)."""
         self.tls = tls
         self.store = EtcdStore(etcd, tls=etcd_tls)
         if api_key_file is None and os.environ.get(KEY_FILE_ENV):
@@ -100,7 +102,7 @@ class ControlPlane:
         self.signer = GrantSigner(
             self.store, rotation_s=signing_rotation_s, retire_after_s=signing_retire_after_s
         )
-        self.relays = RelayClient()
+        self.relays = RelayClient(tls=relay_tls)
         self.registry.on_node_removed(self.relays.forget)
         self.placer = Placer(
             self.store,
@@ -123,6 +125,7 @@ class ControlPlane:
             audit_retention=audit_retention,
             metrics=self.metrics,
             creates=self.creates,
+            relay_tls=relay_tls,
         )
         self._runner: web.AppRunner | None = None  # the HTTP server (--http-port)
         self._lag_watch: asyncio.Task[None] | None = None

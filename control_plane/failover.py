@@ -18,6 +18,7 @@ lease runs out.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -25,9 +26,11 @@ import grpc
 
 from conclave import placements, spans
 from conclave.store import EtcdStore
+from conclave.tls import TlsFiles
 from control_plane.ids import NodeId, RoomId
 from control_plane.records import NodeInfo
 from control_plane.registry import NodeRegistry
+from control_plane.relay_client import relay_channel
 from protos import relay_pb2_grpc, rooms_pb2
 
 log = logging.getLogger(__name__)
@@ -41,10 +44,13 @@ _SILENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 Probe = Callable[[NodeInfo, RoomId, float], Awaitable[bool]]
 
 
-async def relay_answers(node: NodeInfo, room_id: RoomId, timeout: float) -> bool:
+async def relay_answers(
+    node: NodeInfo, room_id: RoomId, timeout: float, tls: TlsFiles | None = None
+) -> bool:
     """Whether the relay answers a roster call within `timeout` (its own channel:
-    a dead relay's cached channel may be in reconnect back-off)."""
-    channel = grpc.aio.insecure_channel(node.rpc_address)
+    a dead relay's cached channel may be in reconnect back-off); over mutual TLS
+    with `tls`."""
+    channel = relay_channel(node.rpc_address, tls)
     try:
         stub = relay_pb2_grpc.RelayServiceStub(channel)  # type: ignore[no-untyped-call]
         await stub.ListParticipants(
@@ -64,12 +70,15 @@ class Failover:
         self,
         store: EtcdStore,
         registry: NodeRegistry,
-        probe: Probe = relay_answers,
+        probe: Probe | None = None,
         timeout: float = PROBE_TIMEOUT_S,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """`probe`: how a relay is asked (default: `relay_answers`, over mutual TLS
+        with `tls`)."""
         self._store = store
         self._registry = registry
-        self._probe = probe
+        self._probe: Probe = probe or functools.partial(relay_answers, tls=tls)
         self._timeout = timeout
 
     async def excluded(self, room_id: RoomId, reported: NodeId) -> frozenset[NodeId]:

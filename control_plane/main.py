@@ -16,7 +16,13 @@ import uvloop
 from conclave.arguments import int_between, non_negative_float
 from conclave.logs import FORMATS, configure
 from conclave.store import StoreError
-from conclave.tls import TlsFiles, add_etcd_tls_arguments, etcd_tls_from
+from conclave.tls import (
+    TlsFiles,
+    add_etcd_tls_arguments,
+    add_rpc_tls_arguments,
+    etcd_tls_from,
+    rpc_tls_from,
+)
 from control_plane.access import DEFAULT_CREATE_BURST, DEFAULT_CREATES_PER_MINUTE
 from control_plane.app import ControlPlane
 from control_plane.attempts import Policy
@@ -51,6 +57,7 @@ class Options:
     signing_rotation_s: float = ROTATION_S
     etcd_tls: TlsFiles | None = None
     tls: TlsFiles | None = None
+    relay_tls: TlsFiles | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -66,6 +73,7 @@ def parse_args(argv: list[str] | None) -> Options:
         f"(default: $CONCLAVE_ETCD or {DEFAULT_ETCD})",
     )
     add_etcd_tls_arguments(parser)
+    add_rpc_tls_arguments(parser)
     parser.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
@@ -199,6 +207,7 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error("--etcd needs at least one endpoint")
     etcd_tls = etcd_tls_from(args, parser)
     tls = _tls_from(args, parser)
+    relay_tls = rpc_tls_from(args, parser)
     host, sep, port = args.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         parser.error(f"--listen must be HOST:PORT, got {args.listen!r}")
@@ -232,6 +241,7 @@ def parse_args(argv: list[str] | None) -> Options:
         signing_rotation_s=args.signing_key_rotation,
         etcd_tls=etcd_tls,
         tls=tls,
+        relay_tls=relay_tls,
     )
 
 
@@ -283,6 +293,7 @@ async def serve(options: Options) -> int:
         creates_per_minute=options.creates_per_minute,
         etcd_tls=options.etcd_tls,
         tls=options.tls,
+        relay_tls=options.relay_tls,
     )
     try:
         port = await replica.start(options.host, options.port, options.http_port)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from conclave.tls import TlsFiles, mutual_channel_credentials
 from control_plane.errors import NoSuchParticipant, RelayRefused, RelayUnavailable
 from control_plane.ids import NodeId, RoomId
 from control_plane.records import NodeInfo
@@ -36,11 +37,20 @@ _PASSED_ON = (
 )
 
 
+def relay_channel(address: str, tls: TlsFiles | None) -> grpc.aio.Channel:
+    """A channel to a relay's gRPC port: mutual TLS with `tls`, else in clear."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, mutual_channel_credentials(tls))
+
+
 class RelayClient:
     """RelayService calls by node, with a cached channel per node."""
 
-    def __init__(self, timeout: float = RELAY_TIMEOUT_S) -> None:
+    def __init__(self, timeout: float = RELAY_TIMEOUT_S, tls: TlsFiles | None = None) -> None:
+        """`tls`: call relays over mutual TLS with this client certificate."""
         self._timeout = timeout
+        self._tls = tls
         # node id -> (address dialled, channel, stub)
         self._channels: dict[NodeId, tuple[str, grpc.aio.Channel, Stub]] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -147,7 +157,7 @@ class RelayClient:
             return entry[2]
         if entry is not None:  # the node re-registered at another address
             self._close_later(entry[1])
-        channel = grpc.aio.insecure_channel(node.rpc_address)
+        channel = relay_channel(node.rpc_address, self._tls)
         stub = relay_pb2_grpc.RelayServiceStub(channel)  # type: ignore[no-untyped-call]
         self._channels[node.node_id] = (node.rpc_address, channel, stub)
         return stub

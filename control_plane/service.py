@@ -27,6 +27,7 @@ from etcd3aio.errors import EtcdError
 from conclave import audit, rejoin, spans
 from conclave.meeting import MeetingGone, MeetingPolicy, policy_actions, update_policy
 from conclave.store import EtcdStore, StoreError
+from conclave.tls import TlsFiles
 from control_plane import access, passcodes, validation
 from control_plane.access import (
     WEB_BUCKET,
@@ -159,6 +160,7 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         metrics: ControlPlaneMetrics | None = None,
         creates: CreateLimiter | None = None,
         clock: Callable[[], float] = time.time,
+        relay_tls: TlsFiles | None = None,
     ) -> None:
         self._metrics = metrics or ControlPlaneMetrics(attempts, registry)
         self._store = store
@@ -166,7 +168,8 @@ class RoomService(rooms_pb2_grpc.RoomServiceServicer):
         self._placer = placer
         self._signer = signer
         self._relays = relays
-        self._failover = Failover(store, registry)  # checks rejoiners' unreachable-node hints
+        # checks rejoiners' unreachable-node hints
+        self._failover = Failover(store, registry, tls=relay_tls)
         self._router = JoinRouter(store, registry, placer)  # the node for each joiner
         self._attempts = attempts
         self._api_keys = api_keys

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from conclave import spans
 from conclave.store import NODES_PREFIX
 from conclave.tasks import spawn
+from conclave.tls import TlsFiles, mutual_channel_credentials
 from protos import link_pb2_grpc
 from protos.link_pb2 import LinkFrame
 from relay import metrics
@@ -112,9 +113,17 @@ class LinkManager:
     """This relay's links: dialling, accepting, and dialling again after a break."""
 
     def __init__(
-        self, node: RelayNode, identity: NodeIdentity, socket: LinkSocket, media_host: str
+        self,
+        node: RelayNode,
+        identity: NodeIdentity,
+        socket: LinkSocket,
+        media_host: str,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """`tls`: dial peers' RelayLink over mutual TLS with this certificate
+        (None: in clear); the links' hello authenticates them either way."""
         self.node = node
+        self.tls = tls
         self.identity = identity
         self.socket = socket
         self.media_host = media_host
@@ -213,7 +222,14 @@ class LinkManager:
             return "not_member"  # not registered (any more)
         channel = self._channels.get(record.rpc_address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(record.rpc_address, options=CHANNEL_OPTIONS)
+            if self.tls is None:
+                channel = grpc.aio.insecure_channel(record.rpc_address, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(
+                    record.rpc_address,
+                    mutual_channel_credentials(self.tls),
+                    options=CHANNEL_OPTIONS,
+                )
             self._channels[record.rpc_address] = channel
         call = link_pb2_grpc.RelayLinkStub(channel).Link()  # type: ignore[no-untyped-call]
         stream = CallChannel(call)

@@ -29,7 +29,13 @@ from conclave.logs import FORMATS, configure
 from conclave.loop_lag import watch_lag
 from conclave.store import EtcdStore
 from conclave.tasks import spawn
-from conclave.tls import add_etcd_tls_arguments, etcd_tls_from
+from conclave.tls import (
+    add_etcd_tls_arguments,
+    add_rpc_tls_arguments,
+    etcd_tls_from,
+    mutual_server_credentials,
+    rpc_tls_from,
+)
 from protos import link_pb2_grpc, relay_pb2_grpc
 from relay import metrics, signaling
 from relay.admission import GrantChecker
@@ -56,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="etcd endpoint(s), comma-separated",
     )
     add_etcd_tls_arguments(parser)
+    add_rpc_tls_arguments(parser)
     parser.add_argument("--node-id", required=True, help="unique name of this node")
     parser.add_argument("--http-host", default="127.0.0.1", help="signalling/metrics bind address")
     parser.add_argument("--http-port", type=int, default=7880)
@@ -138,6 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.etcd_tls = etcd_tls_from(args, parser)
+    args.rpc_tls = rpc_tls_from(args, parser)
     return args
 
 
@@ -236,7 +244,7 @@ async def serve(args: argparse.Namespace) -> None:
     link_socket = LinkSocket()
     await link_socket.open(args.http_host, args.link_port)
     media_host = await _address_of(host)
-    links = LinkManager(node, NodeIdentity(), link_socket, media_host)
+    links = LinkManager(node, NodeIdentity(), link_socket, media_host, tls=args.rpc_tls)
     node.links_ready = links.ready
 
     app = web.Application()
@@ -264,7 +272,12 @@ async def serve(args: argparse.Namespace) -> None:
     link_pb2_grpc.add_RelayLinkServicer_to_server(  # type: ignore[no-untyped-call]
         LinkServicer(links), rpc_server
     )
-    rpc_server.add_insecure_port(f"{args.http_host}:{args.rpc_port}")
+    if args.rpc_tls is None:
+        rpc_server.add_insecure_port(f"{args.http_host}:{args.rpc_port}")
+    else:  # only the cell's certificates get in: control planes and relays
+        rpc_server.add_secure_port(
+            f"{args.http_host}:{args.rpc_port}", mutual_server_credentials(args.rpc_tls)
+        )
     await rpc_server.start()
 
     registration = NodeRegistration(

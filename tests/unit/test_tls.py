@@ -12,7 +12,16 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from conclave.tls import TlsFiles, add_etcd_tls_arguments, dev_pki, etcd_tls_from, issue, make_ca
+from conclave.tls import (
+    TlsFiles,
+    add_etcd_tls_arguments,
+    add_rpc_tls_arguments,
+    dev_pki,
+    etcd_tls_from,
+    issue,
+    make_ca,
+    rpc_tls_from,
+)
 from control_plane.main import parse_args
 
 
@@ -64,10 +73,10 @@ def test_ca_is_a_ca() -> None:
 def test_dev_pki_is_private_and_made_once(tmp_path: Path) -> None:
     directory = tmp_path / "pki"
     first = dev_pki(directory)
-    assert set(first) == {"etcd-server", "etcd-client", "control-plane"}
+    assert set(first) == {"etcd-server", "etcd-client", "control-plane", "cell"}
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     files = sorted(directory.iterdir())
-    assert len(files) == 8
+    assert len(files) == 10
     assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
     contents = {path: path.read_bytes() for path in files}
     assert dev_pki(directory) == first
@@ -127,3 +136,44 @@ def test_control_plane_tls_options_both_or_neither(
     with pytest.raises(SystemExit):
         parse_args(["--tls-cert", str(files.cert), "--tls-key", str(tmp_path / "absent")])
     assert "cannot read the file of --tls-key" in capsys.readouterr().err
+
+
+def test_dev_pki_cell_certificate_is_server_and_client(tmp_path: Path) -> None:
+    cell = dev_pki(tmp_path)["cell"]
+    store = Store([_load(cell.ca.read_bytes())])
+    leaf = _load(cell.cert.read_bytes())
+    builder = PolicyBuilder().store(store)
+    builder.build_server_verifier(x509.IPAddress(ipaddress.ip_address("127.0.0.1"))).verify(
+        leaf, []
+    )
+    builder.build_server_verifier(x509.DNSName("localhost")).verify(leaf, [])
+    builder.build_client_verifier().verify(leaf, [])
+
+
+def _parse_rpc(argv: list[str]) -> TlsFiles | None:
+    parser = argparse.ArgumentParser()
+    add_rpc_tls_arguments(parser)
+    return rpc_tls_from(parser.parse_args(argv), parser)
+
+
+def test_rpc_tls_options_all_or_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("CONCLAVE_RPC_CA", "CONCLAVE_RPC_CERT", "CONCLAVE_RPC_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    files = dev_pki(tmp_path)["cell"]
+    assert _parse_rpc([]) is None
+    assert parse_args([]).relay_tls is None
+    flags = ["--rpc-ca", str(files.ca), "--rpc-cert", str(files.cert), "--rpc-key"]
+    assert _parse_rpc([*flags, str(files.key)]) == files
+    assert parse_args([*flags, str(files.key)]).relay_tls == files
+    with pytest.raises(SystemExit):
+        _parse_rpc(flags[:4])
+    assert "missing --rpc-key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse_rpc([*flags, str(tmp_path / "absent")])
+    assert "cannot read the file of --rpc-key" in capsys.readouterr().err
+    monkeypatch.setenv("CONCLAVE_RPC_CA", str(files.ca))
+    monkeypatch.setenv("CONCLAVE_RPC_CERT", str(files.cert))
+    monkeypatch.setenv("CONCLAVE_RPC_KEY", str(files.key))
+    assert _parse_rpc([]) == files
