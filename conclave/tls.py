@@ -239,12 +239,23 @@ def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:
 
 def add_etcd_tls_arguments(parser: argparse.ArgumentParser) -> None:
     """`--etcd-ca`, `--etcd-cert`, `--etcd-key`, defaults from the environment."""
-    group = parser.add_argument_group("etcd TLS (all three or none)")
-    for flag, env, what in (
-        ("--etcd-ca", CA_ENV, "CA certificate that signed etcd's server certificate"),
-        ("--etcd-cert", CERT_ENV, "client certificate (chain) to present to etcd"),
-        ("--etcd-key", KEY_ENV, "private key of --etcd-cert"),
-    ):
+    _add_file_arguments(
+        parser,
+        "etcd TLS (all three or none)",
+        (
+            ("--etcd-ca", CA_ENV, "CA certificate that signed etcd's server certificate"),
+            ("--etcd-cert", CERT_ENV, "client certificate (chain) to present to etcd"),
+            ("--etcd-key", KEY_ENV, "private key of --etcd-cert"),
+        ),
+    )
+
+
+def _add_file_arguments(
+    parser: argparse.ArgumentParser, title: str, options: tuple[tuple[str, str, str], ...]
+) -> None:
+    """Path options (flag, environment variable, what it is), defaulting to the variable."""
+    group = parser.add_argument_group(title)
+    for flag, env, what in options:
         group.add_argument(
             flag,
             type=Path,
@@ -292,19 +303,15 @@ def _files_from(
 def add_rpc_tls_arguments(parser: argparse.ArgumentParser) -> None:
     """`--rpc-ca`, `--rpc-cert`, `--rpc-key`, defaults from the environment: the
     mutual TLS between relays and control planes (RelayService, RelayLink)."""
-    group = parser.add_argument_group("relay gRPC mutual TLS (all three or none)")
-    for flag, env, what in (
-        ("--rpc-ca", RPC_CA_ENV, "CA certificate that signs every relay's and control plane's"),
-        ("--rpc-cert", RPC_CERT_ENV, "certificate (chain) presented as server and as client"),
-        ("--rpc-key", RPC_KEY_ENV, "private key of --rpc-cert"),
-    ):
-        group.add_argument(
-            flag,
-            type=Path,
-            default=Path(os.environ[env]) if os.environ.get(env) else None,
-            metavar="PATH",
-            help=f"{what} (default: ${env})",
-        )
+    _add_file_arguments(
+        parser,
+        "relay gRPC mutual TLS (all three or none)",
+        (
+            ("--rpc-ca", RPC_CA_ENV, "CA certificate that signs every relay's and control plane's"),
+            ("--rpc-cert", RPC_CERT_ENV, "certificate (chain) presented as server and as client"),
+            ("--rpc-key", RPC_KEY_ENV, "private key of --rpc-cert"),
+        ),
+    )
 
 
 def rpc_tls_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TlsFiles | None:
