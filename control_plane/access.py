@@ -149,12 +149,6 @@ class ApiKeys:
             raise Unauthenticated(exc.code) from None
         return Caller(record.key_id, record.organisation)
 
-    def require(self, context: Any) -> Caller:
-        caller = self.caller(context)
-        if caller is None:
-            raise Unauthenticated("missing")
-        return caller
-
 
 DEFAULT_CREATE_BURST = 20  # meetings one key may create at once
 DEFAULT_CREATES_PER_MINUTE = 60.0  # and sustained

@@ -86,13 +86,7 @@ class JoinRouter:
         ):
             return Choice(home)  # what route() says too, without listing every node
         spanned = self._registry.span_nodes(room_id)
-        members = [
-            node
-            for node_id in sorted(spanned)
-            if node_id != home.node_id
-            and node_id not in avoid
-            and (node := self._registry.node(node_id)) is not None
-        ]
+        members = self._members(room_id, home, avoid)
         others = [
             n
             for n in self._registry.live_nodes()
@@ -103,7 +97,7 @@ class JoinRouter:
                 home if home.node_id not in avoid else None,
                 members,
                 others,
-                self._registry.grants(),
+                grants,
                 region,
                 self._placer.strategy,
                 self._registry.rooms_placed(),
@@ -166,16 +160,22 @@ class JoinRouter:
         fallback = self._decide_without_adding(room_id, home, excluded)
         return self._grant(fallback, wrote=wrote)
 
-    def _decide_without_adding(
+    def _members(
         self, room_id: RoomId, home: NodeInfo, avoid: Collection[NodeId]
-    ) -> NodeInfo:
-        members = [
+    ) -> list[NodeInfo]:
+        """The meeting's live span nodes other than its home, less `avoid`."""
+        return [
             node
             for node_id in sorted(self._registry.span_nodes(room_id))
             if node_id != home.node_id
             and node_id not in avoid
             and (node := self._registry.node(node_id)) is not None
         ]
+
+    def _decide_without_adding(
+        self, room_id: RoomId, home: NodeInfo, avoid: Collection[NodeId]
+    ) -> NodeInfo:
+        members = self._members(room_id, home, avoid)
         try:
             choice = route(
                 home if home.node_id not in avoid else None,

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +128,7 @@ class LinkManager:
         self.identity = identity
         self.socket = socket
         self.media_host = media_host
-        self.lease: Any = lambda: 0  # this relay's current lease id, set by main
+        self.lease: Callable[[], int] = lambda: 0  # this relay's current lease id, set by main
         self._dialing: dict[tuple[str, str], asyncio.Task[None]] = {}
         # Dials in their handshake now (not waiting to retry): what a simultaneous
         # dial from the other side is weighed against.

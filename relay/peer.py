@@ -362,6 +362,10 @@ class ParticipantPeer:
             # Layers and their ids may differ from the previous answer: relearn.
             self._forget("camera")
 
+    def publish_codecs(self, kind: str) -> dict[int, str]:
+        """Payload type -> lower-case MIME type this participant may send `kind` in."""
+        return {pt: mime for pt, mime in self._publish_mime.items() if mime.startswith(kind + "/")}
+
     def layer_rids(self, source: str) -> list[str]:
         """The rids of the `source` track's layers by index, lowest quality first
         (`[""]` for a single stream)."""

@@ -1109,16 +1109,7 @@ class Room:
     @staticmethod
     def _track_message(track: PublishedTrack) -> dict[str, Any]:
         peer = track.owner.peer
-        kind = track.kind
-        codecs = (
-            {
-                str(pt): mime
-                for pt, mime in peer._publish_mime.items()
-                if mime.startswith(kind + "/")
-            }
-            if isinstance(peer, ParticipantPeer)
-            else {}
-        )
+        codecs = peer.publish_codecs(track.kind) if isinstance(peer, ParticipantPeer) else {}
         return {
             "type": "track",
             "participant_id": track.owner.participant_id,
@@ -1128,8 +1119,12 @@ class Room:
             "muted": track.muted,
             "layers": track.layers.count if track.layers is not None else 0,
             "extensions": {str(i): uri for i, uri in track.forwarder.source_extensions.items()},
-            "codecs": codecs,
+            "codecs": {str(pt): mime for pt, mime in codecs.items()},
         }
+
+    @staticmethod
+    def _want_message(track: PublishedTrack) -> dict[str, Any]:
+        return {"type": "want", "index": track.index, "layers": sorted(track.wanted)}
 
     def _act_remotely(self, participant: Participant, action: dict[str, Any]) -> bool:
         """A host's action on a participant of another relay goes to that relay."""
@@ -1167,7 +1162,7 @@ class Room:
         track.wanted = wanted
         link = self.links.get(track.owner.origin)
         if link is not None:
-            link.send({"type": "want", "index": track.index, "layers": sorted(wanted)})
+            link.send(self._want_message(track))
 
     async def attach_link(self, link: MeetingLink) -> None:
         """A link to another relay of the meeting is up: it learns who is here."""
@@ -1179,9 +1174,7 @@ class Room:
             spawn(old.close(say_bye=False), "link-replaced")
             for track in self._remote_tracks.values():
                 if track.owner.origin == link.peer_node and track.wanted:
-                    link.send(
-                        {"type": "want", "index": track.index, "layers": sorted(track.wanted)}
-                    )
+                    link.send(self._want_message(track))
         for participant in self.local_participants():
             link.send(self._member_message(participant))
             for track in participant.tracks.values():
