@@ -22,7 +22,7 @@ from conclave.credentials import (
     find_key,
     mint_token,
 )
-from conclave.tls import CA_FILE_ENV, channel_credentials
+from conclave.tls import CA_FILE_ENV, channel_credentials, find_ca_file
 from protos import rooms_pb2, rooms_pb2_grpc
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:50051"
@@ -35,14 +35,14 @@ class _Default(enum.Enum):
     FIND_KEY = enum.auto()
 
 
-class _DefaultCa(enum.Enum):
+class CaDefault(enum.Enum):
     FIND_CA = enum.auto()
 
 
 #: `RoomsClient(api_key=FIND_KEY)` (the default): the key `find_key()` finds, if any.
 FIND_KEY = _Default.FIND_KEY
-#: `RoomsClient(ca=FIND_CA)` (the default): the CA file $CONCLAVE_CA_FILE names, if set.
-FIND_CA = _DefaultCa.FIND_CA
+#: `RoomsClient(ca=FIND_CA)` (the default): the CA `conclave.tls.find_ca_file()` finds.
+FIND_CA = CaDefault.FIND_CA
 
 
 def control_plane_target(explicit: str | None = None) -> str:
@@ -62,9 +62,10 @@ class RoomsClient:
     pick up a dev cluster's key by themselves; `api_key=None` sends no credentials
     (joining a meeting one was invited to needs none).
 
-    With a `ca` (by default the file $CONCLAVE_CA_FILE names, if set) the channel
-    is TLS and the control plane's certificate must be signed by that CA;
-    `ca=None` talks in clear, as to a control plane started without --tls-cert.
+    With a `ca` (by default $CONCLAVE_CA_FILE's, else the CA of `conclave dev` if
+    it made one: `conclave.tls.find_ca_file()`) the channel is TLS and the control
+    plane's certificate must be signed by that CA; `ca=None` talks in clear, as to
+    a control plane started without --tls-cert.
     """
 
     def __init__(
@@ -73,12 +74,12 @@ class RoomsClient:
         *,
         timeout: float = 10.0,
         api_key: ApiKey | _Default | None = FIND_KEY,
-        ca: Path | _DefaultCa | None = FIND_CA,
+        ca: Path | CaDefault | None = FIND_CA,
     ) -> None:
         self.target = control_plane_target(target)
         self.timeout = timeout
         self.api_key = _find_key() if api_key is FIND_KEY else api_key
-        self.ca = _find_ca() if ca is FIND_CA else ca
+        self.ca = find_ca_file() if ca is FIND_CA else ca
         self._token = ""
         self._token_renew_at = 0.0
         if self.ca is None:
@@ -315,11 +316,6 @@ def _find_key() -> ApiKey | None:
         return find_key()
     except (ValueError, OSError) as exc:
         raise ConclaveError(f"cannot read the API key: {exc}", "API_KEY") from None
-
-
-def _find_ca() -> Path | None:
-    value = os.environ.get(CA_FILE_ENV, "").strip()
-    return Path(value) if value else None
 
 
 def _rpc_error(

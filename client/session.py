@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypedDict
 
@@ -40,7 +41,8 @@ from client.e2ee.identity import IdentityKey
 from client.e2ee.media import decrypt_receiver, encrypt_sender
 from client.errors import AdmissionRefused, ConclaveError
 from client.media import PatternVideoTrack, SineAudioTrack
-from client.rooms import RoomsClient
+from client.rooms import FIND_CA, CaDefault, RoomsClient
+from conclave.tls import client_ssl_context, find_ca_file
 from protos import rooms_pb2
 
 log = logging.getLogger("conclave.client")
@@ -191,12 +193,16 @@ class Session:
         host_key: str = "",
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_S,
         region: str = "",
+        ca: Path | CaDefault | None = FIND_CA,
     ) -> None:
         unknown = [kind for kind in publish if kind not in KINDS]
         if unknown:
             raise ValueError(f"cannot publish {unknown}: kinds are {list(KINDS)}")
         self.grant = join.grant
         self.signal_url = join.signal_url
+        #: besides the system's CAs, the CA a wss:// relay's certificate may be
+        #: signed by (by default `rooms`'s, else what `find_ca_file()` finds)
+        self.ca = (rooms.ca if rooms is not None else find_ca_file()) if ca is FIND_CA else ca
         self.participant_id = join.participant_id
         self.room_id = join.room_id
         self.node_id = join.node_id
@@ -319,7 +325,9 @@ class Session:
         """
         if self._http is not None:
             raise RuntimeError("a Session can only be started once")
-        self._http = aiohttp.ClientSession()
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=client_ssl_context(self.ca))
+        )
         try:
             await self._connect(self.join_timeout, self.wait_timeout)
         except BaseException:
@@ -841,12 +849,23 @@ class Session:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Handle relay messages strictly in order (an offer is answered before the
-        next message is looked at, as the relay waits for each answer)."""
+        next message is looked at, as the relay waits for each answer).
+
+        The relay's close code is taken from its close frame: over TLS the end of
+        the session can arrive with that frame, our echo of the close then fails,
+        and aiohttp reports 1006 as `ws.close_code`."""
+        close_code: int | None = None
         try:
-            async for frame in ws:
+            while True:
+                frame = await ws.receive()
+                if frame.type == aiohttp.WSMsgType.CLOSE:
+                    close_code = frame.data
+                    break
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     if frame.type == aiohttp.WSMsgType.ERROR:
                         log.warning("signalling connection error: %s", ws.exception())
+                        break
+                    if frame.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                         break
                     continue
                 try:
@@ -865,7 +884,7 @@ class Session:
                     log.debug("signalling: %s", exc)
                     break
         finally:
-            self._connection_lost(ws, ws.close_code)
+            self._connection_lost(ws, ws.close_code if close_code is None else close_code)
 
     def _connection_lost(self, ws: aiohttp.ClientWebSocketResponse, close_code: int | None) -> None:
         """The relay's end of `ws` closed. Ignored for a connection already replaced

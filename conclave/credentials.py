@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from conclave.paths import config_dir
+
 API_KEYS_PREFIX = "/conclave/api-keys/"
 KEY_FILE_ENV = "CONCLAVE_API_KEY_FILE"
 TOKEN_PREFIX = "cv1"
@@ -179,11 +181,7 @@ def default_key_path() -> Path:
     explicit = os.environ.get(KEY_FILE_ENV, "").strip()
     if explicit:
         return Path(explicit).expanduser()
-    config = os.environ.get("XDG_CONFIG_HOME", "").strip()
-    # XDG Base Directory spec: a relative path in the variable is to be ignored.
-    if not config or not os.path.isabs(config):
-        config = str(Path.home() / ".config")
-    return Path(config) / "conclave" / "api-key.json"
+    return config_dir() / "api-key.json"
 
 
 def find_key() -> ApiKey | None:

@@ -2,6 +2,12 @@
 
 Starts one etcd, one control plane and N relays as child processes, prints one
 `ready ...` line on stdout when every one of them is serving, and then only waits.
+
+Every hop is TLS, as in production (docs/security.md): etcd serves clients only
+with a certificate (`--client-cert-auth`), the control plane's gRPC API and web
+page are TLS, relays and the control plane talk mutual TLS, and relays signal over
+WSS. The certificates come from a development CA in `conclave.tls.dev_pki_dir()`,
+made on first use and kept, where the CLI and the SDK find it by themselves.
 Ctrl-C or SIGTERM stops them all (SIGTERM, SIGKILL after a grace period); if any
 child dies on its own, the rest are stopped too and the exit code is 1, because a
 half-running cluster is more confusing than none.
@@ -9,7 +15,9 @@ half-running cluster is more confusing than none.
 Output: the control plane's and relays' stdout and stderr go to this process's
 stderr, each line prefixed with `[name]`; etcd logs (errors only) to `etcd.log` in
 a temporary directory whose path is printed at start-up and which is removed on a
-clean exit. Stdout carries only the `ready` line.
+clean exit. Stdout carries only the `ready` line: `ready control-plane=HOST:PORT
+http=URL etcd=URL etcd-metrics=URL` (etcd's /metrics listener is in clear and
+serves nothing but metrics and health).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import uvloop
 from conclave.arguments import int_between, port
 from conclave.credentials import default_key_path, load_key_file, new_key, save_key_file
 from conclave.processes import EtcdServer, die_with_parent, free_port, port_free, stop_group
+from conclave.tls import TlsFiles, dev_pki, dev_pki_dir, spki_sha256
 
 HOST = "127.0.0.1"
 DEV_ORGANISATION = "dev"  # the development key's organisation, and the web page's
@@ -61,22 +70,29 @@ class Cluster:
     relay_capacity: int | None = None  # each relay's participant limit (None: its default)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="conclave-dev-")))
     etcd: EtcdServer | None = None
+    pki: dict[str, TlsFiles] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
     _etcd_started: asyncio.Future[None] | None = None
 
     @property
     def etcd_url(self) -> str:
         assert self.etcd is not None
-        return f"http://{HOST}:{self.etcd.client_port}"
+        return self.etcd.client_url
 
     async def start(self) -> None:
         """etcd, then the control plane, then the relays (they need both)."""
         busy = [p for p in self._fixed_ports() if not port_free(p, HOST)]
         if busy:
             raise StartupError(f"port(s) already in use on {HOST}: {', '.join(map(str, busy))}")
+        self.pki = await asyncio.to_thread(dev_pki, dev_pki_dir())
         log_path = self.workdir / "etcd.log"
         _say(f"logs: etcd -> {log_path}; servers -> stderr, prefixed")
-        self.etcd = EtcdServer(client_port=self.etcd_port or free_port())
+        self.etcd = EtcdServer(
+            client_port=self.etcd_port or free_port(),
+            tls=self.pki["etcd-server"],
+            client=self.pki["etcd-client"],
+            metrics_port=free_port(),
+        )
         try:
             # Shielded and remembered: if we are interrupted mid-start, stop() waits
             # for Popen to return, so the etcd it made is stopped, not orphaned.
@@ -87,8 +103,7 @@ class Cluster:
             raise StartupError(f"etcd: {exc} (see {log_path})") from None
 
         key_path = _dev_key()
-        _say(f"API key: {key_path} (conclave room create and the SDK find it there)")
-        _say(f"etcd: {self.etcd_url} (for `conclave keys --etcd` and `conclave relay drain`)")
+        self._tell_where_things_are(key_path)
         control_plane = await self._spawn(
             "control-plane",
             [
@@ -96,6 +111,12 @@ class Cluster:
                 "control_plane",
                 "--etcd",
                 self.etcd_url,
+                *self._etcd_tls(),
+                *_files("--rpc", self.pki["cell"]),
+                "--tls-cert",
+                str(self.pki["control-plane"].cert),
+                "--tls-key",
+                str(self.pki["control-plane"].key),
                 "--listen",
                 f"{HOST}:{self.grpc_port}",
                 "--http-port",
@@ -122,6 +143,12 @@ class Cluster:
                     "relay",
                     "--etcd",
                     self.etcd_url,
+                    *self._etcd_tls(),
+                    *_files("--rpc", self.pki["cell"]),
+                    "--tls-cert",
+                    str(self.pki["relay"].cert),
+                    "--tls-key",
+                    str(self.pki["relay"].key),
                     "--node-id",
                     f"relay-{i}",
                     "--http-port",
@@ -137,6 +164,27 @@ class Cluster:
             for i in range(self.relays)
         ]
         await self._wait_ready(relays)
+
+    def _etcd_tls(self) -> list[str]:
+        return _files("--etcd", self.pki["etcd-client"])
+
+    def _tell_where_things_are(self, key_path: Path) -> None:
+        """What a person needs to reach this cluster from elsewhere, on stderr."""
+        assert self.etcd is not None
+        client = self.pki["etcd-client"]
+        web = ",".join(spki_sha256(self.pki[name].cert) for name in ("control-plane", "relay"))
+        _say(f"API key: {key_path} (conclave room create and the SDK find it there)")
+        _say(f"dev CA: {client.ca} (the CLI and the SDK find it there)")
+        _say(
+            "browsers do not know the dev CA: import it (Firefox: Settings > Certificates), "
+            f"or start Chromium with --ignore-certificate-errors-spki-list={web} "
+            "--user-data-dir=DIR"
+        )
+        _say(
+            f"etcd (for `conclave keys` and `conclave relay drain`): export "
+            f"CONCLAVE_ETCD={self.etcd_url} CONCLAVE_ETCD_CA={client.ca} "
+            f"CONCLAVE_ETCD_CERT={client.cert} CONCLAVE_ETCD_KEY={client.key}"
+        )
 
     async def wait_for_exit(self) -> str:
         """Until some child exits; returns a sentence saying which and how."""
@@ -240,6 +288,14 @@ async def _terminate(child: Child, sig: signal.Signals = signal.SIGTERM) -> None
         child.ready.cancel()
 
 
+def _files(prefix: str, files: TlsFiles) -> list[str]:
+    """`{prefix}-ca CA {prefix}-cert CERT {prefix}-key KEY`, as the servers take them."""
+    return [
+        f"{prefix}-ca", str(files.ca), f"{prefix}-cert", str(files.cert),
+        f"{prefix}-key", str(files.key),
+    ]  # fmt: skip
+
+
 def _say(message: str) -> None:
     print(f"conclave dev: {message}", file=sys.stderr, flush=True)
 
@@ -269,8 +325,10 @@ async def _run(args: argparse.Namespace) -> int:
             code = 0
             return code
         start_task.result()  # StartupError -> reported below
+        assert cluster.etcd is not None
         print(
-            f"ready control-plane={HOST}:{args.grpc_port} http=http://{HOST}:{args.http_port}",
+            f"ready control-plane={HOST}:{args.grpc_port} http=https://{HOST}:{args.http_port} "
+            f"etcd={cluster.etcd_url} etcd-metrics={cluster.etcd.metrics_url}",
             flush=True,
         )
         exit_task = asyncio.create_task(cluster.wait_for_exit())
@@ -315,7 +373,8 @@ def _dev_key() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="conclave dev",
-        description="Run etcd, a control plane and N relays on 127.0.0.1 until Ctrl-C.",
+        description="Run etcd, a control plane and N relays on 127.0.0.1 until Ctrl-C, "
+        "every hop over TLS with a development CA.",
     )
     parser.add_argument(
         "--relays",

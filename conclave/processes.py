@@ -108,7 +108,13 @@ class EtcdServer:
     certificate and key, and the CA whose client certificates it accepts) it serves
     clients over TLS only and refuses any without such a certificate
     (`--client-cert-auth`); `client` is then what `wait_ready`, `status` and
-    `healthy` present. Peers talk plain HTTP on loopback.
+    `healthy` present. Peers talk plain HTTP on loopback unless `peer_tls` (the
+    member's peer certificate and key, server and client usage, and the CA whose
+    peer certificates it accepts) is given: the peer URL is then https and the
+    member refuses peers without a certificate of that CA
+    (`--peer-client-cert-auth`). With `metrics_port` it also serves `/metrics`
+    (and `/health`) in clear on that port (`--listen-metrics-urls`), so that
+    Prometheus can scrape a TLS member without a client certificate.
     """
 
     client_port: int = field(default_factory=free_port)
@@ -119,6 +125,8 @@ class EtcdServer:
     initial_cluster: str = ""  # "name=peer-url,...": empty for a one-member cluster
     tls: TlsFiles | None = None
     client: TlsFiles | None = None
+    peer_tls: TlsFiles | None = None
+    metrics_port: int | None = None
 
     @property
     def endpoint(self) -> str:
@@ -132,13 +140,29 @@ class EtcdServer:
         scheme = "https" if self.tls is not None else "http"
         return f"{scheme}://127.0.0.1:{self.client_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """`http://127.0.0.1:PORT/metrics` of the clear-text metrics listener."""
+        if self.metrics_port is None:
+            raise ValueError("this etcd has no metrics_port")
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def _tls_arguments(self) -> list[str]:
-        if self.tls is None:
-            return []
-        return [
-            "--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
-            "--client-cert-auth", "--trusted-ca-file", str(self.tls.ca),
-        ]  # fmt: skip
+        arguments: list[str] = []
+        if self.tls is not None:
+            arguments += [
+                "--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+                "--client-cert-auth", "--trusted-ca-file", str(self.tls.ca),
+            ]  # fmt: skip
+        if self.peer_tls is not None:
+            arguments += [
+                "--peer-cert-file", str(self.peer_tls.cert),
+                "--peer-key-file", str(self.peer_tls.key),
+                "--peer-client-cert-auth", "--peer-trusted-ca-file", str(self.peer_tls.ca),
+            ]  # fmt: skip
+        if self.metrics_port is not None:
+            arguments += ["--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}"]
+        return arguments
 
     def _open(self, request: urllib.request.Request | str, timeout: float) -> Any:
         """urlopen on the client port, presenting `client` when serving TLS."""
@@ -151,7 +175,8 @@ class EtcdServer:
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        scheme = "https" if self.peer_tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.peer_port}"
 
     def start(self, log_path: Path | None = None) -> None:
         binary = shutil.which("etcd")
@@ -248,14 +273,26 @@ class EtcdServer:
 @dataclass
 class EtcdCluster:
     """Several throw-away etcd members on loopback forming one cluster, so that
-    tests can kill a member (or the leader) and watch clients fail over."""
+    tests can kill a member (or the leader) and watch clients fail over.
+
+    `tls`, `client` and `peer_tls` are given to every member it makes (see
+    `EtcdServer`): `EtcdCluster(3, tls=..., client=..., peer_tls=...)` runs all of
+    them with client and peer TLS. Given `members` are taken as they are."""
 
     size: int = 3
     members: list[EtcdServer] = field(default_factory=list)
+    tls: TlsFiles | None = None
+    client: TlsFiles | None = None
+    peer_tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
-            self.members = [EtcdServer(name=f"conclave-{i}") for i in range(self.size)]
+            self.members = [
+                EtcdServer(
+                    name=f"conclave-{i}", tls=self.tls, client=self.client, peer_tls=self.peer_tls
+                )
+                for i in range(self.size)
+            ]
         self.size = len(self.members)
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:

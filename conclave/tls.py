@@ -11,7 +11,9 @@ only for `conclave dev` and the tests.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -24,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from conclave.paths import config_dir
 
 CA_ENV = "CONCLAVE_ETCD_CA"
 CERT_ENV = "CONCLAVE_ETCD_CERT"
@@ -153,6 +157,16 @@ def issue(
     return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def spki_sha256(certificate: Path) -> str:
+    """Base64 SHA-256 of the certificate's public key (SubjectPublicKeyInfo), as
+    Chromium's --ignore-certificate-errors-spki-list takes it."""
+    public = x509.load_pem_x509_certificate(certificate.read_bytes()).public_key()
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Create `path` readable by its owner only (never briefly wider)."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -161,37 +175,92 @@ def _write_private(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)
 
 
+#: what dev_pki issues: (name, hosts, server usage, client usage)
+DEV_LEAVES: tuple[tuple[str, Sequence[str], bool, bool], ...] = (
+    # client usage too: etcd's JSON gateway dials etcd's own gRPC port with it
+    ("etcd-server", DEV_SERVER_HOSTS, True, True),
+    ("etcd-client", ("etcd-client",), False, True),  # strict verifiers want a SAN
+    ("etcd-peer", DEV_SERVER_HOSTS, True, True),
+    ("control-plane", DEV_SERVER_HOSTS, True, False),
+    ("cell", DEV_SERVER_HOSTS, True, True),
+    ("relay", DEV_SERVER_HOSTS, True, False),
+)
+DEV_CA_DAYS = 365  # long enough that a CA imported into a browser stays useful
+DEV_LEAF_DAYS = 30
+#: a certificate closer than this to its end is issued anew
+RENEW_BEFORE = datetime.timedelta(days=1)
+
+
 def dev_pki(directory: Path) -> dict[str, TlsFiles]:
-    """A throw-away CA in `directory` (0700, files 0600) and, signed by it,
-    `etcd-server` (for 127.0.0.1 and localhost), `etcd-client` (what control
-    planes, relays and CLIs present to etcd) and `control-plane` (the control
-    plane's gRPC and HTTPS server, for 127.0.0.1 and localhost) and `cell` (server
-    and client: what relays and control planes present to each other on the
-    relays' gRPC port, for 127.0.0.1 and localhost). Files already there are reused."""
+    """A throw-away CA in `directory` (0700, files 0600) and, signed by it:
+
+    - `etcd-server`: etcd's client port;
+    - `etcd-client`: what control planes, relays and CLIs present to etcd;
+    - `etcd-peer` (server and client): what etcd members present to each other;
+    - `control-plane`: the control plane's gRPC and HTTPS server;
+    - `cell` (server and client): what relays and control planes present to each
+      other on the relays' gRPC port;
+    - `relay`: a relay's HTTPS and WSS server.
+
+    Servers' certificates are for 127.0.0.1 and localhost. Files already there are
+    reused until a day before they end; a new CA means new leaves."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
-    if not (ca.exists() and ca_key.exists()):
-        for path, data in zip((ca, ca_key), make_ca("conclave dev CA"), strict=True):
+    fresh_ca = not (_current(ca) and ca_key.exists())
+    if fresh_ca:
+        made = make_ca("conclave dev CA", days=DEV_CA_DAYS)
+        for path, data in zip((ca, ca_key), made, strict=True):
             _write_private(path, data)
-    leaves: tuple[tuple[str, Sequence[str], bool, bool], ...] = (
-        ("etcd-server", DEV_SERVER_HOSTS, True, False),
-        ("etcd-client", ("etcd-client",), False, True),  # strict verifiers want a SAN
-        ("control-plane", DEV_SERVER_HOSTS, True, False),
-        ("cell", DEV_SERVER_HOSTS, True, True),
-    )
     files: dict[str, TlsFiles] = {}
-    for name, hosts, server, client in leaves:
+    for name, hosts, server, client in DEV_LEAVES:
         cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
-        if not (cert.exists() and key.exists()):
+        if fresh_ca or not (_current(cert) and key.exists()):
             issued = issue(
                 ca.read_bytes(), ca_key.read_bytes(), f"conclave {name}",
-                hosts=hosts, server=server, client=client,
+                hosts=hosts, server=server, client=client, days=DEV_LEAF_DAYS,
             )  # fmt: skip
             for path, data in zip((cert, key), issued, strict=True):
                 _write_private(path, data)
         files[name] = TlsFiles(ca, cert, key)
     return files
+
+
+def _current(certificate: Path) -> bool:
+    """The file holds a certificate that is good for more than RENEW_BEFORE."""
+    try:
+        loaded = x509.load_pem_x509_certificate(certificate.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return loaded.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > RENEW_BEFORE
+
+
+# --- what clients trust --------------------------------------------------------
+
+
+def dev_pki_dir() -> Path:
+    """Where `conclave dev` keeps its CA and certificates (config_dir()/dev-pki),
+    reused from one run to the next so that a CA imported into a browser stays good."""
+    return config_dir() / "dev-pki"
+
+
+def find_ca_file() -> Path | None:
+    """The CA a client checks servers' certificates with: the file $CONCLAVE_CA_FILE
+    names, else the development CA if `conclave dev` made one, else None (talk in
+    clear to the control plane; wss:// relays are checked against the system's CAs)."""
+    value = os.environ.get(CA_FILE_ENV, "").strip()
+    if value:
+        return Path(value).expanduser()
+    dev_ca = dev_pki_dir() / "ca.pem"
+    return dev_ca if dev_ca.exists() else None
+
+
+def client_ssl_context(ca: Path | None) -> ssl.SSLContext:
+    """A client context (aiohttp: https://, wss://) trusting the system's CAs and `ca`."""
+    context = ssl.create_default_context()
+    if ca is not None:
+        context.load_verify_locations(cafile=ca)
+    return context
 
 
 # --- the control plane's server side, and its clients ------------------------
@@ -295,6 +364,42 @@ def _files_from(
         parser.error(f"cannot read the file of {', '.join(unreadable)}")
     ca, cert, key = paths.values()
     return TlsFiles(ca, cert, key)
+
+
+# --- a server's own certificate (the control plane's API, a relay's HTTPS) -----
+
+
+def add_server_tls_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--tls-cert` and `--tls-key`: serve `what` over TLS with this certificate."""
+    group = parser.add_argument_group(f"TLS of {what} (both or neither)")
+    group.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PATH",
+        help=f"serve {what} over TLS with this certificate (chain, PEM)",
+    )
+    group.add_argument(
+        "--tls-key", type=Path, metavar="PATH", help="private key of --tls-cert (PEM)"
+    )
+
+
+def server_tls_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TlsFiles | None:
+    """The certificate `--tls-cert` and `--tls-key` name, None without both;
+    `parser.error` (exit 2) when only one is given or a file cannot be read."""
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        parser.error("TLS needs --tls-cert and --tls-key together")
+    unreadable = [
+        flag
+        for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key))
+        if not os.access(path, os.R_OK)
+    ]
+    if unreadable:
+        parser.error(f"cannot read the file of {', '.join(unreadable)}")
+    # The certificate stands in for the CA, which a server that asks clients for
+    # no certificate never reads.
+    return TlsFiles(args.tls_cert, args.tls_cert, args.tls_key)
 
 
 # --- the mutual TLS of the relays' gRPC port ---------------------------------

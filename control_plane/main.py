@@ -20,8 +20,10 @@ from conclave.tls import (
     TlsFiles,
     add_etcd_tls_arguments,
     add_rpc_tls_arguments,
+    add_server_tls_arguments,
     etcd_tls_from,
     rpc_tls_from,
+    server_tls_from,
 )
 from control_plane.access import DEFAULT_CREATE_BURST, DEFAULT_CREATES_PER_MINUTE
 from control_plane.app import ControlPlane
@@ -81,16 +83,7 @@ def parse_args(argv: list[str] | None) -> Options:
         help=f"gRPC address for RoomService; port 0 picks a free one (default: {DEFAULT_LISTEN})",
     )
     defaults = Policy()
-    group = parser.add_argument_group("TLS of gRPC and --http-port (both or neither)")
-    group.add_argument(
-        "--tls-cert",
-        type=Path,
-        metavar="PATH",
-        help="serve gRPC and HTTP over TLS with this certificate (chain, PEM)",
-    )
-    group.add_argument(
-        "--tls-key", type=Path, metavar="PATH", help="private key of --tls-cert (PEM)"
-    )
+    add_server_tls_arguments(parser, "gRPC and --http-port")
     parser.add_argument(
         "--attempt-burst",
         type=int_between(1),
@@ -206,7 +199,7 @@ def parse_args(argv: list[str] | None) -> Options:
     if not endpoints:
         parser.error("--etcd needs at least one endpoint")
     etcd_tls = etcd_tls_from(args, parser)
-    tls = _tls_from(args, parser)
+    tls = server_tls_from(args, parser)
     relay_tls = rpc_tls_from(args, parser)
     host, sep, port = args.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
@@ -243,24 +236,6 @@ def parse_args(argv: list[str] | None) -> Options:
         tls=tls,
         relay_tls=relay_tls,
     )
-
-
-def _tls_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TlsFiles | None:
-    """The server certificate --tls-cert and --tls-key name; None without both."""
-    if args.tls_cert is None and args.tls_key is None:
-        return None
-    if args.tls_cert is None or args.tls_key is None:
-        parser.error("TLS needs --tls-cert and --tls-key together")
-    unreadable = [
-        flag
-        for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key))
-        if not os.access(path, os.R_OK)
-    ]
-    if unreadable:
-        parser.error(f"cannot read the file of {', '.join(unreadable)}")
-    # The certificate stands in for the CA, which a server without client
-    # certificates never reads.
-    return TlsFiles(args.tls_cert, args.tls_cert, args.tls_key)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import User, events, task
 
 from conclave.credentials import METADATA_KEY, find_key, mint_token
+from conclave.tls import channel_credentials, find_ca_file
 from protos import rooms_pb2, rooms_pb2_grpc
 
 grpc_gevent.init_gevent()  # before any channel or call: gRPC's waits become gevent's
@@ -77,7 +78,11 @@ class MeetingUser(User):
         self._waiting_room = getattr(options, "gate", "passcode") == "waiting-room"
         self._think = max(0.0, float(getattr(options, "think_time", 1.0)))
         target = str(self.host or "127.0.0.1:50051").removeprefix("http://")
-        self._channel = grpc.insecure_channel(target)
+        ca = find_ca_file()  # a dev cluster's CA: TLS, as every other client
+        if ca is None:
+            self._channel = grpc.insecure_channel(target)
+        else:
+            self._channel = grpc.secure_channel(target, channel_credentials(ca))
         self._stub = rooms_pb2_grpc.RoomServiceStub(self._channel)
         self._room_id = ""
         self._passcode = ""

@@ -29,6 +29,7 @@ import queue
 import re
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -41,6 +42,12 @@ from typing import IO, Any
 from client.loadtest.measure import process_cpu
 from conclave.credentials import METADATA_KEY, find_key, mint_token
 from conclave.processes import free_port, port_free
+from conclave.tls import (
+    channel_credentials,
+    client_ssl_context,
+    dev_pki,
+    dev_pki_dir,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -69,7 +76,7 @@ class Cluster:
     def __init__(self, source: Path, relays: int, log_path: Path) -> None:
         self.grpc_port = free_port(HOST)
         self.http_port = _http_port(relays)
-        self.etcd_port = free_port(HOST)
+        self.ready: dict[str, str] = {}  # the fields of conclave dev's ready line
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # closed in stop()
         env = dict(os.environ, PYTHONPATH=str(source), PYTHONUNBUFFERED="1")
@@ -85,8 +92,6 @@ class Cluster:
                 str(self.grpc_port),
                 "--http-port",
                 str(self.http_port),
-                "--etcd-port",
-                str(self.etcd_port),
             ],
             cwd=source,
             env=env,
@@ -117,8 +122,13 @@ class Cluster:
             except queue.Empty:
                 continue
             if line.startswith("ready "):
+                self.ready = dict(word.split("=", 1) for word in line.split()[1:])
                 return
         raise SystemExit(f"loadtest: no ready line within {READY_TIMEOUT_S:g} s")
+
+    @property
+    def etcd(self) -> EtcdAccess:
+        return EtcdAccess(self.ready["etcd"], self.ready["etcd-metrics"])
 
     def child(self, name: str) -> int:
         """The pid of conclave dev's child `name`: "etcd" (the binary) or a Python
@@ -187,13 +197,28 @@ class EtcdCounts:
         return EtcdCounts(self.revision - other.revision, self.proposals - other.proposals)
 
 
-def etcd_counts(port: int) -> EtcdCounts:
+@dataclass(frozen=True)
+class EtcdAccess:
+    """conclave dev's etcd: its client URL (TLS: the dev PKI's client certificate)
+    and its clear-text metrics URL."""
+
+    url: str
+    metrics: str
+
+    def context(self) -> ssl.SSLContext:
+        client = dev_pki(dev_pki_dir())["etcd-client"]
+        context = client_ssl_context(client.ca)
+        context.load_cert_chain(client.cert, client.key)
+        return context
+
+
+def etcd_counts(etcd: EtcdAccess) -> EtcdCounts:
     """The store's revision (JSON gateway) and committed raft proposals (/metrics)."""
     body = json.dumps({"key": base64.b64encode(b"/conclave/ping").decode()}).encode()
-    request = urllib.request.Request(f"http://{HOST}:{port}/v3/kv/range", data=body)
-    with urllib.request.urlopen(request, timeout=5) as response:  # loopback only
+    request = urllib.request.Request(f"{etcd.url}/v3/kv/range", data=body)
+    with urllib.request.urlopen(request, timeout=5, context=etcd.context()) as response:
         revision = int(json.load(response)["header"]["revision"])
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(etcd.metrics, timeout=5) as response:  # loopback only
         match = _PROPOSALS.search(response.read().decode())
     if match is None:
         raise SystemExit("loadtest: etcd exports no etcd_server_proposals_committed_total")
@@ -203,7 +228,7 @@ def etcd_counts(port: int) -> EtcdCounts:
 # --- 1. writes per operation, alone ------------------------------------------------
 
 
-def writes_per_operation(target: str, etcd_port: int, rooms: int, joins: int) -> dict[str, Any]:
+def writes_per_operation(target: str, etcd: EtcdAccess, rooms: int, joins: int) -> dict[str, Any]:
     """etcd revisions and proposals per CreateRoom and per JoinRoom, measured alone."""
     import grpc
 
@@ -212,11 +237,11 @@ def writes_per_operation(target: str, etcd_port: int, rooms: int, joins: int) ->
     def per(op: EtcdCounts, count: int) -> dict[str, float]:
         return {"revisions": op.revision / count, "proposals": op.proposals / count}
 
-    with grpc.insecure_channel(target) as channel:
+    with grpc.secure_channel(target, channel_credentials(dev_pki_dir() / "ca.pem")) as channel:
         stub = rooms_pb2_grpc.RoomServiceStub(channel)  # type: ignore[no-untyped-call]
-        idle_before = etcd_counts(etcd_port)
+        idle_before = etcd_counts(etcd)
         time.sleep(3.0)
-        idle = etcd_counts(etcd_port) - idle_before
+        idle = etcd_counts(etcd) - idle_before
         key = find_key()
         assert key is not None, "conclave dev leaves its API key where clients look"
         stub.CreateRoom(
@@ -224,7 +249,7 @@ def writes_per_operation(target: str, etcd_port: int, rooms: int, joins: int) ->
             timeout=10,
             metadata=((METADATA_KEY, f"Bearer {mint_token(key)}"),),
         )
-        before = etcd_counts(etcd_port)
+        before = etcd_counts(etcd)
         made = [
             stub.CreateRoom(
                 rooms_pb2.CreateRoomRequest(name="count"),
@@ -233,8 +258,8 @@ def writes_per_operation(target: str, etcd_port: int, rooms: int, joins: int) ->
             )
             for _ in range(rooms)
         ]
-        created = etcd_counts(etcd_port) - before
-        before = etcd_counts(etcd_port)
+        created = etcd_counts(etcd) - before
+        before = etcd_counts(etcd)
         for room in made:
             for _ in range(joins):
                 stub.JoinRoom(
@@ -243,7 +268,7 @@ def writes_per_operation(target: str, etcd_port: int, rooms: int, joins: int) ->
                     ),
                     timeout=10,
                 )
-        joined = etcd_counts(etcd_port) - before
+        joined = etcd_counts(etcd) - before
     placed = sum(1 for room in made if room.node_id)
     return {
         "idle_3s": asdict(idle),
@@ -290,7 +315,7 @@ def run_locust(
         str(args.think_time),
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    etcd_before = etcd_counts(cluster.etcd_port)
+    etcd_before = etcd_counts(cluster.etcd)
     cpu_before = {"control_plane": cpu_seconds(plane_pid), "etcd": cpu_seconds(etcd_pid)}
     reaped_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     machine_before = machine_busy()
@@ -316,7 +341,7 @@ def run_locust(
         - reaped_before.ru_stime,
     }
     cpu["machine"] = machine_after[0] - machine_before[0]
-    writes = etcd_counts(cluster.etcd_port) - etcd_before
+    writes = etcd_counts(cluster.etcd) - etcd_before
     stats = read_stats(Path(f"{prefix}_stats.csv"))
     return {
         "users": users,
@@ -441,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.wait_ready()
         print(f"loadtest: cluster ready, control plane {cluster.target}", flush=True)
         alone = writes_per_operation(
-            cluster.target, cluster.etcd_port, args.count_rooms, args.joins_per_meeting
+            cluster.target, cluster.etcd, args.count_rooms, args.joins_per_meeting
         )
         runs = []
         for count in users:

@@ -32,9 +32,12 @@ from conclave.tasks import spawn
 from conclave.tls import (
     add_etcd_tls_arguments,
     add_rpc_tls_arguments,
+    add_server_tls_arguments,
     etcd_tls_from,
     mutual_server_credentials,
     rpc_tls_from,
+    server_ssl_context,
+    server_tls_from,
 )
 from protos import link_pb2_grpc, relay_pb2_grpc
 from relay import metrics, signaling
@@ -63,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_etcd_tls_arguments(parser)
     add_rpc_tls_arguments(parser)
+    add_server_tls_arguments(parser, "signalling and /metrics (--http-port: HTTPS, WSS)")
     parser.add_argument("--node-id", required=True, help="unique name of this node")
     parser.add_argument("--http-host", default="127.0.0.1", help="signalling/metrics bind address")
     parser.add_argument("--http-port", type=int, default=7880)
@@ -146,6 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.etcd_tls = etcd_tls_from(args, parser)
     args.rpc_tls = rpc_tls_from(args, parser)
+    args.tls = server_tls_from(args, parser)
     return args
 
 
@@ -258,7 +263,8 @@ async def serve(args: argparse.Namespace) -> None:
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, args.http_host, args.http_port).start()
+    ssl_context = None if args.tls is None else server_ssl_context(args.tls)
+    await web.TCPSite(runner, args.http_host, args.http_port, ssl_context=ssl_context).start()
 
     rpc_server = grpc.aio.server(
         interceptors=[metrics.SERVER.interceptor()],
@@ -284,7 +290,7 @@ async def serve(args: argparse.Namespace) -> None:
         store,
         NodeInfo(
             node_id=args.node_id,
-            signal_url=f"ws://{host}:{args.http_port}/ws",
+            signal_url=f"{'ws' if args.tls is None else 'wss'}://{host}:{args.http_port}/ws",
             rpc_address=f"{host}:{args.rpc_port}",
             capacity=args.capacity,
             region=args.region or "",
@@ -316,7 +322,8 @@ async def serve(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     print(
-        f"relay ready node={args.node_id} http=http://{host}:{args.http_port} "
+        f"relay ready node={args.node_id} "
+        f"http={'http' if args.tls is None else 'https'}://{host}:{args.http_port} "
         f"rpc={host}:{args.rpc_port}",
         flush=True,
     )

@@ -18,6 +18,11 @@ os.environ.setdefault("CONCLAVE_ICE_ADDRESSES", "127.0.0.1")
 # One API key for the whole run, as `conclave dev` makes one: every control plane
 # the tests start registers it, every client signs with it (conclave/credentials.py).
 # Never the user's own ~/.config key.
+# Nor the user's development CA: a client that finds one talks TLS
+# (conclave/tls.py find_ca_file); tests that want TLS name their CA, and tests
+# that run `conclave dev` give it a config directory of its own (tests/dev_cluster.py).
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="conclave-test-config-")
+os.environ.pop("CONCLAVE_CA_FILE", None)
 if "CONCLAVE_API_KEY_FILE" not in os.environ:
     _key_dir = Path(tempfile.mkdtemp(prefix="conclave-test-key-"))
     os.environ["CONCLAVE_API_KEY_FILE"] = str(_key_dir / "api-key.json")

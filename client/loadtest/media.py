@@ -40,6 +40,7 @@ from client.loadtest.worker import (
     worker_main,
 )
 from client.rooms import RoomsClient, control_plane_target
+from conclave.tls import client_ssl_context, find_ca_file
 
 LOSS_LIMIT_PCT = 1.0
 
@@ -83,7 +84,9 @@ async def run_media(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     try:
         async with (
             RoomsClient(control_plane_target(args.control_plane)) as rooms,
-            aiohttp.ClientSession() as http,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=client_ssl_context(find_ca_file()))
+            ) as http,
         ):
             for i in range(plan.rooms):
                 room = await rooms.create_room(

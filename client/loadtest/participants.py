@@ -24,6 +24,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from client.errors import ConclaveError
 from client.loadtest.clips import ClipTrack, audio_clip, video_clip
 from client.loadtest.receive import Counter
+from conclave.tls import client_ssl_context, find_ca_file
 
 LEAVE_TIMEOUT_S = 5.0
 KIND_SOURCES = {"audio": "microphone", "video": "camera"}
@@ -44,8 +45,10 @@ Factory = Callable[[aiohttp.ClientSession, dict[str, Any]], Participant]
 def load_http() -> aiohttp.ClientSession:
     """The HTTP session a process's participants share. limit=0: every WebSocket
     holds a connection, and aiohttp's default pool of 100 would make participant
-    101 wait forever."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    101 wait forever. wss:// relays are checked against the system's CAs and the
+    one `find_ca_file()` finds (a dev cluster's)."""
+    connector = aiohttp.TCPConnector(limit=0, ssl=client_ssl_context(find_ca_file()))
+    return aiohttp.ClientSession(connector=connector)
 
 
 def new_pc() -> RTCPeerConnection:

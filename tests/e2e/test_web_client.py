@@ -131,12 +131,17 @@ async def hooks(page: Page) -> str:
 
 
 async def create_meeting(
-    page: Page, base: str, *, waiting_room: bool = False, screenshot: str = ""
+    page: Page,
+    base: str,
+    *,
+    waiting_room: bool = False,
+    screenshot: str = "",
+    name: str = "Design review",
 ) -> tuple[str, str]:
     """Through the home view's form: (the meeting link, its passcode, "" for none)."""
     await page.goto(base + "/")
     await until_state(page, "home")
-    await page.fill("#create-name", "Design review")
+    await page.fill("#create-name", name)
     if waiting_room:
         await page.check("#create-waiting-room")
     if screenshot:
@@ -170,6 +175,47 @@ async def host_joins(page: Page, name: str = "Hana (host)") -> None:
     await page.fill("#display-name", name)
     await page.click("#join-button")
     await until_state(page, "meeting")
+
+
+async def tile_of(page: Page, name: str, timeout: float = 15) -> str:
+    """The participant id of the first tile whose text holds `name`, once one does."""
+    found = """name => ([...document.querySelectorAll('figure.tile[data-participant-id]')]
+                 .find(t => t.textContent.includes(name)) || {dataset: {}})
+                 .dataset.participantId || ''"""
+
+    async def seen() -> bool:
+        return bool(await page.evaluate(found, name))
+
+    await until(seen, timeout, lambda: hooks(page))
+    value: str = await page.evaluate(found, name)
+    return value
+
+
+async def python_joins(
+    page: Page,
+    control_plane: str,
+    room_id: str,
+    passcode: str,
+    name: str,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """`conclave join` as `name` beside the page: the page decodes its video; returns
+    the CLI's report once it has left."""
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "conclave.cli", "join", room_id, "--passcode", passcode,
+        "--name", name, "--duration", "12", "--json", "--control-plane", control_plane,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        await until_frames(page, await tile_of(page, name, timeout=20), 30)
+        out, err = await asyncio.wait_for(cli.communicate(), 60)
+    finally:
+        if cli.returncode is None:
+            cli.kill()
+            await cli.wait()
+    assert cli.returncode == 0, err.decode()
+    report: dict[str, Any] = json.loads(out)
+    return report
 
 
 async def participant_id(page: Page) -> str:
@@ -264,32 +310,7 @@ async def test_a_page_and_a_python_conclave_join_see_each_other(
     link, passcode = await create_meeting(page, cluster.base)
     room_id = link.rsplit("/", 1)[1]
     await host_joins(page, "Pia")
-    cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "conclave.cli", "join", room_id, "--passcode", passcode,
-        "--name", "Py", "--duration", "12", "--json", "--control-plane", cluster.grpc,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-
-        async def python_seen() -> bool:
-            names = await page.evaluate(
-                "() => [...document.querySelectorAll('figure.tile')].map(t => t.textContent)"
-            )
-            return any("Py" in name for name in names)
-
-        await until(python_seen, 15, lambda: hooks(page))
-        python_id = await page.evaluate(
-            """() => [...document.querySelectorAll('figure.tile[data-participant-id]')]
-                 .find(t => t.textContent.includes("Py")).dataset.participantId"""
-        )
-        await until_frames(page, python_id, 30)
-        out, err = await asyncio.wait_for(cli.communicate(), 60)
-    finally:
-        if cli.returncode is None:
-            cli.kill()
-            await cli.wait()
-    assert cli.returncode == 0, err.decode()
-    report = json.loads(out)
+    report = await python_joins(page, cluster.grpc, room_id, passcode, "Py")
     assert report["remote"]["Pia"]["video_frames_decoded"] >= 30, report
     assert report["remote"]["Pia"]["decrypt_failures"] == 0, report
     assert report["security_code"] == await security_code(page)

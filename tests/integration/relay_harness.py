@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,12 +22,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.sdk import Session
 from conclave.processes import EtcdCluster, EtcdServer, free_port, wait_for_line
 from conclave.store import GRANT_KEYS_PREFIX, NODES_PREFIX, ROOMS_PREFIX, EtcdStore
-from protos import grants, rooms_pb2
+from protos import grants, relay_pb2_grpc, rooms_pb2
 from protos.grant_pb2 import JoinGrant
 
 Etcd = TypeVar("Etcd", EtcdServer, EtcdCluster)
@@ -94,10 +96,11 @@ class RelayProcess:
         return scrape_metric(self.http_port, name)
 
 
-def scrape_metric(http_port: int, name: str) -> float:
-    """Sum of every sample of one metric on a relay's /metrics page."""
-    url = f"http://127.0.0.1:{http_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
+def scrape_metric(http_port: int, name: str, context: ssl.SSLContext | None = None) -> float:
+    """Sum of every sample of one metric on a relay's /metrics page (https with a
+    `context`)."""
+    url = f"{'http' if context is None else 'https'}://127.0.0.1:{http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5, context=context) as response:
         text = response.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -233,3 +236,16 @@ async def wait_for_frames(
     async with asyncio.timeout(timeout):
         while video_frames(session, publisher) < count:
             await asyncio.sleep(0.1)
+
+
+async def relay_call_status(channel: grpc.aio.Channel) -> grpc.StatusCode:
+    """The status of a harmless RelayService call on `channel` (OK if answered);
+    closes the channel. For the tests of who a relay's gRPC port lets in."""
+    stub = relay_pb2_grpc.RelayServiceStub(channel)  # type: ignore[no-untyped-call]
+    try:
+        await stub.ListParticipants(rooms_pb2.ListParticipantsRequest(room_id="x"), timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    finally:
+        await channel.close()
+    return grpc.StatusCode.OK

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
 from client.loadtest.receive import StreamStats, payload_clocks
-from conclave.processes import free_port, wait_for_line
+from conclave.processes import free_port
+from tests.dev_cluster import start_dev
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
 
@@ -41,29 +40,23 @@ def test_payload_clocks_leave_out_rtx() -> None:
 
 @pytest.mark.integration
 async def test_loadtest_media_against_conclave_dev() -> None:
-    grpc_port, http_port, etcd_port = free_port(), free_port(), free_port()
-    dev = await asyncio.create_subprocess_exec(
-        *CONCLAVE, "dev", "--relays", "1", "--grpc-port", str(grpc_port),
-        "--http-port", str(http_port), "--etcd-port", str(etcd_port),
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    grpc_port, http_port = free_port(), free_port()
+    dev = await start_dev(
+        "--relays", "1", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+        stderr=None,
     )  # fmt: skip
     try:
-        assert dev.stdout is not None
-        await wait_for_line(dev.stdout, "ready", timeout=90)
         load = await asyncio.create_subprocess_exec(
             *CONCLAVE, "loadtest", "media", "--rooms", "2", "--publishers", "1",
             "--subscribers", "3", "--duration", "4", "--warmup", "1", "--workers", "1",
             "--control-plane", f"127.0.0.1:{grpc_port}", "--json",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "CONCLAVE_ICE_ADDRESSES": "127.0.0.1"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dev.env,
         )  # fmt: skip
         out, err = await asyncio.wait_for(load.communicate(), 120)
         assert load.returncode == 0, err.decode()[-3000:]
         summary = json.loads(out)
     finally:
-        if dev.returncode is None:
-            dev.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(dev.wait(), 30)
+        await dev.stop()
 
     assert summary["joined"] == 8 and summary["join_failures"] == 0
     assert summary["not_receiving"] == 0

@@ -11,8 +11,10 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from conclave.store import EtcdStore
 from control_plane import metrics as control_metrics
 from protos import relay_pb2, rooms_pb2
 from relay import metrics as relay_metrics
+from tests.dev_cluster import DevCluster, dev_env, start_dev
 from tests.integration.relay_harness import scrape_metric
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
@@ -38,15 +41,37 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
-class DevCluster:
-    process: asyncio.subprocess.Process
-    control_plane: str
+class MeetingCluster:
+    dev: DevCluster
     http_ports: list[int]  # the relays'
-    etcd: str
-    web_port: int  # the control plane's HTTP port: web client, API, /metrics
+
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        return self.dev.process
+
+    @property
+    def control_plane(self) -> str:
+        return self.dev.control_plane
+
+    @property
+    def web_port(self) -> int:
+        """The control plane's HTTP port: web client, API, /metrics."""
+        return self.dev.http_port
 
     def metric(self, port: int, name: str) -> float:
-        return scrape_metric(port, name)
+        return scrape_metric(port, name, self.dev.ssl_context())
+
+    async def conclave(self, *args: str, timeout: float = 60) -> dict[str, Any]:
+        """Run one `conclave` command as a client of this cluster; return its JSON
+        output (it must succeed)."""
+        process = await asyncio.create_subprocess_exec(
+            *CONCLAVE, *args, "--json",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.dev.env,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+        assert process.returncode == 0, err.decode()
+        result: dict[str, Any] = json.loads(out)
+        return result
 
     def node_ids(self) -> list[str]:
         """The relays' node ids, in the order of `http_ports`."""
@@ -84,62 +109,40 @@ def alive(pid: int) -> bool:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def cluster() -> AsyncIterator[DevCluster]:
+async def cluster() -> AsyncIterator[MeetingCluster]:
     grpc_port, http_port, etcd_port = free_port(), free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        *CONCLAVE, "dev", "--relays", "2", "--grpc-port", str(grpc_port),
+    dev = await start_dev(
+        "--relays", "2", "--grpc-port", str(grpc_port),
         "--http-port", str(http_port), "--etcd-port", str(etcd_port),
-        stdout=subprocess.PIPE,
     )  # fmt: skip
-    assert process.stdout is not None
-    line = await wait_for_line(process.stdout, "ready", timeout=90)
-    assert line == f"ready control-plane=127.0.0.1:{grpc_port} http=http://127.0.0.1:{http_port}"
-    yield DevCluster(
-        process,
-        f"127.0.0.1:{grpc_port}",
-        [http_port + 1, http_port + 2],
-        f"127.0.0.1:{etcd_port}",
-        http_port,
-    )
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 30)
-
-
-async def conclave(*args: str, timeout: float = 60) -> dict[str, Any]:
-    """Run one `conclave` command; return its JSON output (it must succeed)."""
-    process = await asyncio.create_subprocess_exec(
-        *CONCLAVE, *args, "--json",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "CONCLAVE_ICE_ADDRESSES": "127.0.0.1"},
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode == 0, err.decode()
-    result: dict[str, Any] = json.loads(out)
-    return result
+    assert dev.control_plane == f"127.0.0.1:{grpc_port}"
+    assert dev.ready["http"] == f"https://127.0.0.1:{http_port}"
+    assert dev.etcd_url == f"https://127.0.0.1:{etcd_port}"
+    yield MeetingCluster(dev, [http_port + 1, http_port + 2])
+    await dev.stop()
 
 
 # Runs first, on an empty cluster: placement then has both relays to choose from.
 @pytest.mark.asyncio(loop_scope="module")
 async def test_meetings_created_back_to_back_land_on_different_relays(
-    cluster: DevCluster,
+    cluster: MeetingCluster,
 ) -> None:
-    first = await conclave("room", "create", "--control-plane", cluster.control_plane)
-    second = await conclave("room", "create", "--control-plane", cluster.control_plane)
+    first = await cluster.conclave("room", "create", "--control-plane", cluster.control_plane)
+    second = await cluster.conclave("room", "create", "--control-plane", cluster.control_plane)
     assert first["node_id"] and second["node_id"]
     assert first["node_id"] != second["node_id"]
     for room in (first, second):
-        await conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
+        await cluster.conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
                        "--control-plane", cluster.control_plane)  # fmt: skip
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) -> None:
-    room = await conclave("room", "create", "--control-plane", cluster.control_plane)
+async def test_three_participants_exchange_audio_and_video(cluster: MeetingCluster) -> None:
+    room = await cluster.conclave("room", "create", "--control-plane", cluster.control_plane)
     names = ["alice", "bob", "carol"]
     reports = await asyncio.gather(
         *(
-            conclave("join", room["room_id"], "--passcode", room["passcode"],
+            cluster.conclave("join", room["room_id"], "--passcode", room["passcode"],
                      "--control-plane", cluster.control_plane,
                      "--name", name, "--duration", "12")
             for name in names
@@ -168,14 +171,14 @@ async def test_three_participants_exchange_audio_and_video(cluster: DevCluster) 
     )
     assert forwarded > 1000
     # Everyone left: nothing of the meeting remains on any relay.
-    listing = await conclave("room", "participants", room["room_id"],
+    listing = await cluster.conclave("room", "participants", room["room_id"],
                              "--host-key", room["host_key"],
                              "--control-plane", cluster.control_plane)  # fmt: skip
     assert listing["participants"] == []
     for port in cluster.http_ports:
         assert cluster.metric(port, "conclave_participants") == 0
         assert cluster.metric(port, "conclave_rooms") == 0
-    await conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
+    await cluster.conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
                    "--control-plane", cluster.control_plane)  # fmt: skip
 
 
@@ -204,7 +207,7 @@ IPV4 = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_privacy_inventory_holds_for_a_running_cluster(cluster: DevCluster) -> None:
+async def test_privacy_inventory_holds_for_a_running_cluster(cluster: MeetingCluster) -> None:
     """The etcd key space and the metric labels of a cluster that holds a meeting
     (and a failed join) have nothing docs/privacy.md does not list; ending the
     meeting removes its records."""
@@ -215,20 +218,21 @@ async def test_privacy_inventory_holds_for_a_running_cluster(cluster: DevCluster
         for field in fields or ():
             assert f"`{field}`" in privacy, f"docs/privacy.md does not list field {field}"
 
-    room = await conclave("room", "create", "--name", "Secret Board Meeting",
+    room = await cluster.conclave("room", "create", "--name", "Secret Board Meeting",
                           "--control-plane", cluster.control_plane)  # fmt: skip
     failed = await asyncio.create_subprocess_exec(
         *CONCLAVE, "join", room["room_id"], "--passcode", "wrong", "--name", "Mallory",
         "--control-plane", cluster.control_plane,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cluster.dev.env,
     )  # fmt: skip
-    await asyncio.wait_for(failed.communicate(), 60)
+    _, err = await asyncio.wait_for(failed.communicate(), 60)
+    assert b"passcode" in err, err  # refused for the passcode, not for want of TLS
     assert failed.returncode != 0
-    report = await conclave("join", room["room_id"], "--passcode", room["passcode"],
+    report = await cluster.conclave("join", room["room_id"], "--passcode", room["passcode"],
                             "--name", "Alice Example", "--duration", "3",
                             "--control-plane", cluster.control_plane)  # fmt: skip
 
-    store = EtcdStore([cluster.etcd])
+    store = EtcdStore([cluster.dev.etcd_url], tls=cluster.dev.pki("etcd-client"))
     await store.connect()
     try:
         items, _ = await store.get_prefix("/conclave/")
@@ -243,7 +247,7 @@ async def test_privacy_inventory_holds_for_a_running_cluster(cluster: DevCluster
                 assert secret.encode() not in value, f"{key} holds {secret!r}"
             assert not IPV4.search(value.decode("latin-1").replace("127.0.0.1", "")), key
         assert f"/conclave/attempts/room/{room['room_id']}" in items  # the failed join
-        await conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
+        await cluster.conclave("room", "end", room["room_id"], "--host-key", room["host_key"],
                        "--control-plane", cluster.control_plane)  # fmt: skip
         left, _ = await store.get_prefix("/conclave/")
         assert f"/conclave/rooms/{room['room_id']}" not in left
@@ -254,7 +258,7 @@ async def test_privacy_inventory_holds_for_a_running_cluster(cluster: DevCluster
     # No name, id or address in any metric label of any relay or the control plane.
     secrets = {room["room_id"], report["participant_id"], "Alice Example", "Mallory"}
     for port in [*cluster.http_ports, cluster.web_port]:
-        text = await asyncio.to_thread(metrics_text, port)
+        text = await asyncio.to_thread(metrics_text, port, cluster.dev.ssl_context())
         for line in text.splitlines():
             if line.startswith("#") or "{" not in line:
                 continue
@@ -263,8 +267,9 @@ async def test_privacy_inventory_holds_for_a_running_cluster(cluster: DevCluster
             assert not IPV4.search(labels), line
 
 
-def metrics_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+def metrics_text(port: int, context: ssl.SSLContext) -> str:
+    url = f"https://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5, context=context) as response:
         return str(response.read().decode())
 
 
@@ -301,16 +306,19 @@ ACTION = re.compile(r"[a-z_]{1,24}")  # audit action names: constants in the cod
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_meeting_is_measured_with_bounded_labels(cluster: DevCluster) -> None:
+async def test_a_meeting_is_measured_with_bounded_labels(cluster: MeetingCluster) -> None:
     """Three publishers in one meeting show up in the metrics docs/metrics.md
     promises, on the relay and the control plane; every label of every conclave_
     series on every process comes from a closed set (no ids, names, addresses)."""
     use_host_addresses(["127.0.0.1"])
     names = ["dora", "emil", "fay"]
-    async with RoomsClient(cluster.control_plane) as rooms:
+    async with RoomsClient(cluster.control_plane, ca=cluster.dev.ca) as rooms:
         room = await rooms.create_room("measured")
         joins = [await rooms.join_room(room.room_id, n, True, room.passcode) for n in names]
-        sessions = [Session(j, n, ["audio", "video"]) for j, n in zip(joins, names, strict=True)]
+        sessions = [
+            Session(j, n, ["audio", "video"], rooms=rooms)
+            for j, n in zip(joins, names, strict=True)
+        ]
         for session in sessions:
             await session.start()
         try:
@@ -331,7 +339,8 @@ async def test_a_meeting_is_measured_with_bounded_labels(cluster: DevCluster) ->
             assert cluster.metric(web, "conclave_grpc_server_handling_seconds_count") >= 5
             assert cluster.metric(web, "conclave_etcd_request_duration_seconds_count") > 0
             assert cluster.metric(web, "conclave_control_cell_capacity_participants") > 0
-            texts = [await asyncio.to_thread(metrics_text, p) for p in cluster.all_ports()]
+            context = cluster.dev.ssl_context()
+            texts = [await asyncio.to_thread(metrics_text, p, context) for p in cluster.all_ports()]
         finally:
             for session in sessions:
                 await session.leave()
@@ -357,7 +366,7 @@ async def test_a_meeting_is_measured_with_bounded_labels(cluster: DevCluster) ->
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_dev_stops_every_child_on_sigterm(cluster: DevCluster) -> None:
+async def test_dev_stops_every_child_on_sigterm(cluster: MeetingCluster) -> None:
     children = descendants(cluster.process.pid)
     assert len(children) >= 4  # etcd, control plane, two relays
     cluster.process.send_signal(signal.SIGTERM)
@@ -372,14 +381,14 @@ async def test_make_run_reaches_ready() -> None:
     process = await asyncio.create_subprocess_exec(
         "make", "--no-print-directory", "run",
         f"DEV_ARGS=--grpc-port {grpc_port} --http-port {http_port}",
-        cwd=REPO_ROOT, stdout=subprocess.PIPE,
-        start_new_session=True,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, start_new_session=True,
+        env=dev_env(Path(tempfile.mkdtemp(prefix="conclave-make-run-"))),
     )  # fmt: skip
     assert process.stdout is not None
     try:
         line = await wait_for_line(process.stdout, "ready", timeout=120)
-        assert (
-            line == f"ready control-plane=127.0.0.1:{grpc_port} http=http://127.0.0.1:{http_port}"
+        assert line.startswith(
+            f"ready control-plane=127.0.0.1:{grpc_port} http=https://127.0.0.1:{http_port} "
         )
         children = descendants(process.pid)
     finally:

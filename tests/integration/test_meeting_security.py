@@ -25,10 +25,12 @@ import pytest_asyncio
 
 from client.errors import ConclaveError
 from client.sdk import Session
-from conclave.processes import free_port, wait_for_line
+from conclave.processes import free_port
+from conclave.tls import channel_credentials, client_ssl_context, find_ca_file
 from protos import rooms_pb2, rooms_pb2_grpc
 from protos.grant_pb2 import JoinGrant, SignedGrant
 from tests.api_key import api_metadata
+from tests.dev_cluster import clients_of, start_dev
 from tests.integration.relay_harness import wait_for_frames
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
@@ -44,19 +46,16 @@ class Cluster:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[Cluster]:
-    grpc_port, http_port = free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        *CONCLAVE, "dev", "--relays", "2", "--grpc-port", str(grpc_port),
-        "--http-port", str(http_port), stdout=subprocess.PIPE,
+    http_port = free_port()
+    dev = await start_dev(
+        "--relays", "2", "--http-port", str(http_port), "--grpc-port", str(free_port())
     )  # fmt: skip
-    assert process.stdout is not None
-    await wait_for_line(process.stdout, "ready", timeout=90)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
-    stub: Any = rooms_pb2_grpc.RoomServiceStub(channel)  # type: ignore[no-untyped-call]
-    yield Cluster(f"127.0.0.1:{grpc_port}", stub, [http_port + 1, http_port + 2])
-    await channel.close()
-    process.terminate()
-    await asyncio.wait_for(process.wait(), 30)
+    with clients_of(dev):  # Sessions, and Raw below, find the dev CA
+        channel = grpc.aio.secure_channel(dev.control_plane, channel_credentials(dev.ca))
+        stub: Any = rooms_pb2_grpc.RoomServiceStub(channel)  # type: ignore[no-untyped-call]
+        yield Cluster(dev.control_plane, stub, [http_port + 1, http_port + 2])
+        await channel.close()
+    await dev.stop()
 
 
 @dataclass
@@ -113,7 +112,8 @@ class Raw:
 
     @classmethod
     async def connect(cls, url: str, *messages: dict[str, Any]) -> Raw:
-        http = aiohttp.ClientSession()
+        connector = aiohttp.TCPConnector(ssl=client_ssl_context(find_ca_file()))
+        http = aiohttp.ClientSession(connector=connector)
         raw = cls(await http.ws_connect(url), http)
         raw._reader = asyncio.create_task(raw._read())
         for message in messages:
@@ -124,10 +124,12 @@ class Raw:
         await self.ws.send_str(json.dumps(message))
 
     async def _read(self) -> None:
-        async for frame in self.ws:
-            if frame.type == aiohttp.WSMsgType.TEXT:
-                self.messages.append(json.loads(frame.data))
-        self.close_code = self.ws.close_code
+        """Until the close; its code from the relay's close frame, as the SDK takes
+        it (client/session.py: over TLS aiohttp may report 1006 instead)."""
+        while (frame := await self.ws.receive()).type == aiohttp.WSMsgType.TEXT:
+            self.messages.append(json.loads(frame.data))
+        closed_by_relay = frame.type == aiohttp.WSMsgType.CLOSE
+        self.close_code = frame.data if closed_by_relay else self.ws.close_code
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m["type"] == kind]
@@ -414,14 +416,16 @@ async def test_no_way_onto_a_meetings_media_without_being_on_its_roster(cluster:
 
 def relay_metrics(port: int) -> str:
     """The relay's non-zero conclave_ metrics, to explain a failure."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    context = client_ssl_context(find_ca_file())
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context) as page:
+        text = page.read().decode()
     return "\n".join(
         line for line in text.splitlines() if line.startswith("conclave_") and " 0.0" not in line
     )
 
 
 def relay_urls(cluster: Cluster) -> list[str]:
-    return [f"ws://127.0.0.1:{port}/ws" for port in cluster.http_ports]
+    return [f"wss://127.0.0.1:{port}/ws" for port in cluster.http_ports]
 
 
 def retarget(token: str, meeting: Meeting) -> str:

@@ -19,8 +19,7 @@ from conclave.ice import use_host_addresses
 from conclave.processes import EtcdServer, free_port
 from conclave.tls import TlsFiles, dev_pki, mutual_channel_credentials
 from control_plane.app import ControlPlane
-from protos import relay_pb2_grpc, rooms_pb2
-from tests.integration.relay_harness import RelayProcess, video_frames
+from tests.integration.relay_harness import RelayProcess, relay_call_status, video_frames
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -102,31 +101,19 @@ async def test_meeting_across_relays_over_mutual_tls(
             await asyncio.gather(*(s.leave() for s in sessions), return_exceptions=True)
 
 
-async def _list_participants(channel: grpc.aio.Channel) -> grpc.StatusCode:
-    """The status of a RelayService call on `channel` (OK if it was answered)."""
-    stub = relay_pb2_grpc.RelayServiceStub(channel)  # type: ignore[no-untyped-call]
-    try:
-        await stub.ListParticipants(rooms_pb2.ListParticipantsRequest(room_id="x"), timeout=5)
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    finally:
-        await channel.close()
-    return grpc.StatusCode.OK
-
-
 async def test_relay_refuses_callers_without_a_cell_certificate(
     relays: dict[str, RelayProcess], pki: dict[str, TlsFiles], tmp_path: Path
 ) -> None:
     address = f"127.0.0.1:{relays['a'].rpc_port}"
     cell = pki["cell"]
     # The cell's own certificate gets an answer (an empty roster).
-    answered = await _list_participants(
+    answered = await relay_call_status(
         grpc.aio.secure_channel(address, mutual_channel_credentials(cell))
     )
     assert answered == grpc.StatusCode.OK
     # No client certificate: the handshake is refused.
     only_ca = grpc.ssl_channel_credentials(root_certificates=cell.ca.read_bytes())
-    assert await _list_participants(grpc.aio.secure_channel(address, only_ca)) == (
+    assert await relay_call_status(grpc.aio.secure_channel(address, only_ca)) == (
         grpc.StatusCode.UNAVAILABLE
     )
     # A client certificate of another CA: refused too.
@@ -136,10 +123,10 @@ async def test_relay_refuses_callers_without_a_cell_certificate(
         private_key=other.key.read_bytes(),
         certificate_chain=other.cert.read_bytes(),
     )
-    assert await _list_participants(grpc.aio.secure_channel(address, foreign)) == (
+    assert await relay_call_status(grpc.aio.secure_channel(address, foreign)) == (
         grpc.StatusCode.UNAVAILABLE
     )
     # In clear: no TLS, no answer.
-    assert await _list_participants(grpc.aio.insecure_channel(address)) == (
+    assert await relay_call_status(grpc.aio.insecure_channel(address)) == (
         grpc.StatusCode.UNAVAILABLE
     )

@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
+import ssl
 import subprocess
 import sys
 import urllib.request
 
 import pytest
 
-from conclave.processes import free_port, wait_for_line
+from conclave.processes import free_port
+from tests.dev_cluster import start_dev
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
 CAPACITY = 120
 SUBSCRIBERS = 300
 
 
-def relay_series(http_port: int, series: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+def relay_series(http_port: int, series: str, context: ssl.SSLContext) -> float:
+    url = f"https://127.0.0.1:{http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5, context=context) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(series + " "):
                 return float(line.rsplit(" ", 1)[1])
@@ -33,37 +34,32 @@ def relay_series(http_port: int, series: str) -> float:
 
 @pytest.mark.integration
 async def test_a_webinar_spills_over_three_relays_and_nobody_is_refused() -> None:
-    grpc_port, http_port, etcd_port = free_port(), free_port(), free_port()
-    dev = await asyncio.create_subprocess_exec(
-        *CONCLAVE, "dev", "--relays", "3", "--relay-capacity", str(CAPACITY),
+    grpc_port, http_port = free_port(), free_port()
+    dev = await start_dev(
+        "--relays", "3", "--relay-capacity", str(CAPACITY),
         "--grpc-port", str(grpc_port), "--http-port", str(http_port),
-        "--etcd-port", str(etcd_port),
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stderr=None,
     )  # fmt: skip
     try:
-        assert dev.stdout is not None
-        await wait_for_line(dev.stdout, "ready", timeout=90)
         load = await asyncio.create_subprocess_exec(
             *CONCLAVE, "loadtest", "media", "--rooms", "1", "--publishers", "1",
             "--subscribers", str(SUBSCRIBERS), "--audio-only", "--duration", "3",
             "--warmup", "1", "--control-plane", f"127.0.0.1:{grpc_port}", "--json",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "CONCLAVE_ICE_ADDRESSES": "127.0.0.1"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dev.env,
         )  # fmt: skip
         out, err = await asyncio.wait_for(load.communicate(), 240)
         assert load.returncode == 0, err.decode()[-3000:]
         summary = json.loads(out)
         relay_ports = [http_port + 1 + i for i in range(3)]
-        sent = [relay_series(p, 'conclave_link_track_starts_total{direction="sent"}')
+        context = dev.ssl_context()
+        sent = [relay_series(p, 'conclave_link_track_starts_total{direction="sent"}', context)
                 for p in relay_ports]  # fmt: skip
         received = [
-            relay_series(p, 'conclave_link_track_starts_total{direction="received"}')
+            relay_series(p, 'conclave_link_track_starts_total{direction="received"}', context)
             for p in relay_ports
         ]
     finally:
-        if dev.returncode is None:
-            dev.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(dev.wait(), 30)
+        await dev.stop()
 
     print(json.dumps({k: v for k, v in summary.items() if k != "relays"}))
     for relay in summary["relays"]:

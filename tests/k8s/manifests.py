@@ -58,7 +58,12 @@ def _rendered_text(directory: Path) -> str:
 
 def render(overlay: str) -> list[Manifest]:
     """The objects `kubectl apply -k k8s/overlays/<overlay>` would send, fresh each call."""
-    return yaml_objects(_rendered_text(K8S / "overlays" / overlay))
+    return render_directory(K8S / "overlays" / overlay)
+
+
+def render_directory(directory: Path) -> list[Manifest]:
+    """The objects `kubectl apply -k DIRECTORY` would send, fresh each call."""
+    return yaml_objects(_rendered_text(directory))
 
 
 def yaml_objects(text: str) -> list[Manifest]:
@@ -110,6 +115,37 @@ _LABEL_SELECTOR = {
     },
 }
 
+_KEY_REF: Manifest = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["key"],
+    "properties": {
+        "name": {"type": "string"},
+        "key": {"type": "string"},
+        "optional": {"type": "boolean"},
+    },
+}
+
+_SECRET_OR_CONFIGMAP_KEY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {kind: _KEY_REF for kind in ("secret", "configMap")},
+}
+
+# SafeTLSConfig: the certificate files come from Secrets or ConfigMaps of the
+# PodMonitor's namespace, never from Prometheus's own file system.
+_SAFE_TLS_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "ca": _SECRET_OR_CONFIGMAP_KEY,
+        "cert": _SECRET_OR_CONFIGMAP_KEY,
+        "keySecret": _KEY_REF,
+        "serverName": {"type": "string"},
+        "insecureSkipVerify": {"type": "boolean"},
+    },
+}
+
 # The subset of monitoring.coreos.com/v1 PodMonitor that k8s/ uses, closed like the
 # strict built-in schemas: a misspelt field is an error rather than silently ignored.
 PODMONITOR_SCHEMA: Manifest = {
@@ -154,6 +190,7 @@ PODMONITOR_SCHEMA: Manifest = {
                             "port": {"type": "string"},
                             "path": {"type": "string", "pattern": "^/"},
                             "scheme": {"enum": ["http", "https"]},
+                            "tlsConfig": _SAFE_TLS_CONFIG,
                             "interval": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
                             "scrapeTimeout": {
                                 "type": "string",

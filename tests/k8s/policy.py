@@ -33,6 +33,7 @@ STOP_MARGIN_S = 30
 MONITORED = {"conclave-relay": RELAY, "conclave-control-plane": CONTROL_PLANE, "etcd": ETCD}
 
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+_NODE_DOMAIN = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+")
 _QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _UNITS = {
     None: 1,
@@ -355,6 +356,11 @@ def relay_problems(objs: list[Manifest]) -> list[str]:
     ):
         value = flag(args, name) or ""
         match = _VAR.fullmatch(value)
+        if name == "--advertise-host" and match is None:
+            # With TLS a name per node instead: $(NODE_NAME).relays.example.com, which
+            # the relay's certificates cover (docs/operations.md, "TLS in Kubernetes").
+            match = _NODE_DOMAIN.fullmatch(value)
+            field = "spec.nodeName" if match else field
         if match is None or env.get(match.group(1)) != f"field:{field}":
             problems.append(f"{RELAY}: {name} is not taken from {field}")
     http_port = int(flag(args, "--http-port") or 0)

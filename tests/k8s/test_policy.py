@@ -185,6 +185,20 @@ def _advertise_pod_ip(objs: list[Manifest]) -> None:
             e["valueFrom"]["fieldRef"]["fieldPath"] = "status.podIP"
 
 
+def _set_advertise_host(c: Manifest, host: str) -> None:
+    c["args"][c["args"].index("--advertise-host") + 1] = host
+
+
+def _advertise_one_name(objs: list[Manifest]) -> None:
+    _set_advertise_host(_container(objs, policy.RELAY, "relay"), "relays.example.com")
+
+
+def _advertise_pod_name(objs: list[Manifest]) -> None:
+    c = _container(objs, policy.RELAY, "relay")
+    c["env"].append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    _set_advertise_host(c, "$(POD_NAME).relays.example.com")
+
+
 def _one_member(objs: list[Manifest]) -> None:
     _get(objs, "StatefulSet", "etcd")["spec"]["replicas"] = 1
 
@@ -302,7 +316,9 @@ BROKEN: dict[str, tuple[Callable[[list[Manifest]], None], str]] = {
     "drains another node": (_drain_other_node, "not this relay's --node-id"),
     "relay readiness on healthz": (_ready_on_healthz, "readinessProbe is not GET /readyz"),
     "two relays down at once": (_surge_two, "maxUnavailable 1"),
-    "advertises the pod IP": (_advertise_pod_ip, "--advertise-host is not taken"),
+    "advertises the pod IP": (_advertise_pod_ip, "--ice-address is not taken"),
+    "advertises one name for all": (_advertise_one_name, "--advertise-host is not taken"),
+    "advertises a pod's name": (_advertise_pod_name, "--advertise-host is not taken"),
     "one etcd member": (_one_member, "1 members"),
     "ordered etcd start": (_ordered, "not Parallel"),
     "no etcd volumes": (_no_claims, "not on a volumeClaimTemplate"),

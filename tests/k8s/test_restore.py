@@ -7,17 +7,21 @@ same cluster, or etcd refuses to start on it.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.k8s import policy
 from tests.k8s.manifests import K8S, Manifest, render, schema_problems, yaml_objects
 
 RESTORE = K8S / "restore"
+# The peer URLs' scheme each overlay runs etcd with (production: peer TLS).
+SCHEMES = {"dev": "http", "production": "https"}
 
 
-def restore_pod(member: str) -> Manifest:
-    text = (RESTORE / "etcd-restore-member.yaml").read_text().replace("@MEMBER@", member)
-    [pod] = yaml_objects(text)
+def restore_pod(member: str, scheme: str = "https") -> Manifest:
+    text = (RESTORE / "etcd-restore-member.yaml").read_text()
+    [pod] = yaml_objects(text.replace("@MEMBER@", member).replace("@SCHEME@", scheme))
     return pod
 
 
@@ -40,11 +44,17 @@ def test_restore_files_are_not_deployed() -> None:
         assert "Pod" not in kinds
 
 
+def test_restore_file_has_only_known_placeholders() -> None:
+    text = (RESTORE / "etcd-restore-member.yaml").read_text()
+    assert set(re.findall(r"@[A-Z_]+@", text)) == {"@MEMBER@", "@SCHEME@"}
+
+
+@pytest.mark.parametrize("overlay", sorted(SCHEMES))
 @pytest.mark.parametrize("index", [0, 1, 2])
-def test_restored_member_matches_the_statefulset(index: int) -> None:
+def test_restored_member_matches_the_statefulset(index: int, overlay: str) -> None:
     member = f"etcd-{index}"
-    pod = restore_pod(member)
-    objs = render("production")
+    pod = restore_pod(member, SCHEMES[overlay])
+    objs = render(overlay)
     statefulset = policy.find(objs, "StatefulSet", "etcd")
     etcd = policy.container(policy.template_of(objs, policy.ETCD), "etcd")
     restore = policy.container(pod, "restore")

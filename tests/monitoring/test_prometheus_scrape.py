@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ import pytest
 import pytest_asyncio
 
 from client.sdk import RoomsClient, Session
-from conclave.processes import free_port, wait_for_line
+from conclave.processes import free_port
+from tests.dev_cluster import DevCluster, start_dev
 from tests.monitoring import catalog
 from tests.monitoring.prometheus import PrometheusServer
 
@@ -35,39 +35,44 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)
 
 @dataclass
 class Cluster:
-    control_plane: str  # gRPC address
-    http_port: int  # the control plane's /metrics
+    dev: DevCluster
     relay_ports: list[int]  # the relays' /metrics
-    etcd_port: int
+
+    @property
+    def control_plane(self) -> str:
+        return self.dev.control_plane
+
+    @property
+    def http_port(self) -> int:
+        """The control plane's /metrics."""
+        return self.dev.http_port
+
+    @property
+    def etcd_metrics(self) -> str:
+        """HOST:PORT of etcd's clear-text metrics listener."""
+        return self.dev.etcd_metrics.removeprefix("http://").removesuffix("/metrics")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[Cluster]:
-    grpc_port, http_port, etcd_port = free_port(), free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        *CONCLAVE, "dev", "--relays", str(RELAYS), "--grpc-port", str(grpc_port),
-        "--http-port", str(http_port), "--etcd-port", str(etcd_port),
-        "--ready-timeout", "40", stdout=subprocess.PIPE,
+    grpc_port, http_port = free_port(), free_port()
+    dev = await start_dev(
+        "--relays", str(RELAYS), "--grpc-port", str(grpc_port),
+        "--http-port", str(http_port), "--ready-timeout", "40", timeout=45,
     )  # fmt: skip
     try:
-        assert process.stdout is not None
-        await wait_for_line(process.stdout, "ready", timeout=45)
-        relay_ports = [http_port + 1 + i for i in range(RELAYS)]
-        yield Cluster(f"127.0.0.1:{grpc_port}", http_port, relay_ports, etcd_port)
+        yield Cluster(dev, [http_port + 1 + i for i in range(RELAYS)])
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await dev.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def prometheus(cluster: Cluster) -> AsyncIterator[PrometheusServer]:
-    def target(port: int, **labels: str) -> dict[str, object]:
-        return {"targets": [f"127.0.0.1:{port}"], "labels": {"cell": CELL, **labels}}
+    def target(address: str, **labels: str) -> dict[str, object]:
+        return {"targets": [address], "labels": {"cell": CELL, **labels}}
+
+    # The relays and the control plane serve /metrics over TLS (the dev CA's).
+    https = {"scheme": "https", "tls_config": {"ca_file": str(cluster.dev.ca)}}
 
     server = PrometheusServer(
         {
@@ -75,16 +80,18 @@ async def prometheus(cluster: Cluster) -> AsyncIterator[PrometheusServer]:
             "scrape_configs": [
                 {
                     "job_name": "conclave-relay",
+                    **https,
                     "static_configs": [
-                        target(port, node=f"relay-{i}")
+                        target(f"127.0.0.1:{port}", node=f"relay-{i}")
                         for i, port in enumerate(cluster.relay_ports)
                     ],
                 },
                 {
                     "job_name": "conclave-control-plane",
-                    "static_configs": [target(cluster.http_port)],
+                    **https,
+                    "static_configs": [target(f"127.0.0.1:{cluster.http_port}")],
                 },
-                {"job_name": "etcd", "static_configs": [target(cluster.etcd_port)]},
+                {"job_name": "etcd", "static_configs": [target(cluster.etcd_metrics)]},
             ],
         }
     )
@@ -98,14 +105,14 @@ async def prometheus(cluster: Cluster) -> AsyncIterator[PrometheusServer]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def meeting(cluster: Cluster, prometheus: PrometheusServer) -> AsyncIterator[list[Session]]:
     """Three participants, each publishing audio and video, media flowing."""
-    rooms = RoomsClient(cluster.control_plane)
+    rooms = RoomsClient(cluster.control_plane, ca=cluster.dev.ca)
     sessions: list[Session] = []
     room = None
     try:
         room = await rooms.create_room("metrics")
         for name in CLIENTS:
             join = await rooms.join_room(room.room_id, name, publish=True, passcode=room.passcode)
-            session = Session(join, name, ["audio", "video"])
+            session = Session(join, name, ["audio", "video"], rooms=rooms)
             sessions.append(session)
             await session.start()
         await media_flows(sessions)

@@ -90,6 +90,8 @@ class StandInRelay:
 class StandInRooms:
     """The control plane: hands out the next relay's grant, records each call."""
 
+    ca = None  # RoomsClient's CA file: the relays here speak plain ws://
+
     def __init__(self, *relays: StandInRelay) -> None:
         self.relays = list(relays)
         self.calls: list[dict[str, Any]] = []

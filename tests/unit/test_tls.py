@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import datetime
 import ipaddress
 import stat
 from pathlib import Path
@@ -13,14 +15,20 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from conclave.tls import (
+    DEV_LEAF_DAYS,
+    DEV_LEAVES,
+    DEV_SERVER_HOSTS,
     TlsFiles,
     add_etcd_tls_arguments,
     add_rpc_tls_arguments,
     dev_pki,
+    dev_pki_dir,
     etcd_tls_from,
+    find_ca_file,
     issue,
     make_ca,
     rpc_tls_from,
+    spki_sha256,
 )
 from control_plane.main import parse_args
 
@@ -73,10 +81,18 @@ def test_ca_is_a_ca() -> None:
 def test_dev_pki_is_private_and_made_once(tmp_path: Path) -> None:
     directory = tmp_path / "pki"
     first = dev_pki(directory)
-    assert set(first) == {"etcd-server", "etcd-client", "control-plane", "cell"}
+    assert set(first) == {name for name, *_ in DEV_LEAVES}
+    assert set(first) == {
+        "etcd-server",
+        "etcd-client",
+        "etcd-peer",
+        "control-plane",
+        "cell",
+        "relay",
+    }
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     files = sorted(directory.iterdir())
-    assert len(files) == 10
+    assert len(files) == 2 + 2 * len(DEV_LEAVES)
     assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
     contents = {path: path.read_bytes() for path in files}
     assert dev_pki(directory) == first
@@ -84,6 +100,31 @@ def test_dev_pki_is_private_and_made_once(tmp_path: Path) -> None:
     ca, cert, key = first["etcd-client"].read()
     assert (ca, cert) == (contents[directory / "ca.pem"], contents[directory / "etcd-client.pem"])
     assert b"PRIVATE KEY" in key
+
+
+def test_dev_pki_renews_a_leaf_about_to_end_and_everything_under_a_new_ca(
+    tmp_path: Path,
+) -> None:
+    files = dev_pki(tmp_path)
+    ca = files["relay"].ca.read_bytes()
+    ca_key = (tmp_path / "ca-key.pem").read_bytes()
+    ending = issue(ca, ca_key, "ending", hosts=DEV_SERVER_HOSTS, server=True, client=False, days=0)
+    files["relay"].cert.write_bytes(ending[0])
+    kept = files["cell"].cert.read_bytes()
+    again = dev_pki(tmp_path)
+    renewed = _load(again["relay"].cert.read_bytes())
+    assert renewed.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > datetime.timedelta(
+        days=DEV_LEAF_DAYS - 1
+    )
+    assert again["cell"].cert.read_bytes() == kept  # the others stay
+    old_ca, _ = make_ca("ended", days=0)
+    (tmp_path / "ca.pem").write_bytes(old_ca)
+    fresh = dev_pki(tmp_path)
+    new_ca = fresh["cell"].ca.read_bytes()
+    assert new_ca != old_ca
+    verifier = PolicyBuilder().store(Store([_load(new_ca)])).build_client_verifier()
+    for name in ("cell", "etcd-client"):  # every leaf is the new CA's
+        verifier.verify(_load(fresh[name].cert.read_bytes()), [])
 
 
 def test_dev_pki_issues_a_missing_leaf_from_the_existing_ca(tmp_path: Path) -> None:
@@ -177,3 +218,29 @@ def test_rpc_tls_options_all_or_none(
     monkeypatch.setenv("CONCLAVE_RPC_CERT", str(files.cert))
     monkeypatch.setenv("CONCLAVE_RPC_KEY", str(files.key))
     assert _parse_rpc([]) == files
+
+
+def test_clients_find_the_named_ca_else_the_dev_ca_else_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("CONCLAVE_CA_FILE", raising=False)
+    assert find_ca_file() is None  # no dev cluster ran here: the control plane in clear
+    assert dev_pki_dir() == tmp_path / "config" / "conclave" / "dev-pki"
+    files = dev_pki(dev_pki_dir())
+    assert find_ca_file() == files["cell"].ca
+    monkeypatch.setenv("CONCLAVE_CA_FILE", str(tmp_path / "theirs.pem"))
+    assert find_ca_file() == tmp_path / "theirs.pem"
+
+
+def test_spki_pins_are_the_sha256_of_each_public_key(tmp_path: Path) -> None:
+    files = dev_pki(tmp_path)
+    pins = {spki_sha256(files[name].cert) for name in ("control-plane", "relay")}
+    assert len(pins) == 2
+    assert all(len(base64.b64decode(pin)) == 32 for pin in pins)
+    renewed = issue(
+        files["relay"].ca.read_bytes(), (tmp_path / "ca-key.pem").read_bytes(), "again",
+        hosts=DEV_SERVER_HOSTS, server=True, client=False,
+    )  # fmt: skip
+    (tmp_path / "again.pem").write_bytes(renewed[0])
+    assert spki_sha256(tmp_path / "again.pem") not in pins  # a new key, a new pin
