@@ -591,3 +591,117 @@ async def test_a_participant_whose_connection_dropped_comes_back_with_its_rejoin
         await rejoin(waiting_id, third_token)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     await host.close()
+
+
+#: every moderator message (docs/signaling.md), as a participant might send it
+def moderator_messages(target: str) -> list[dict[str, Any]]:
+    return [
+        {"type": "admit", "all": True},
+        {"type": "deny", "participant_ids": [target]},
+        {"type": "remove", "participant_id": target},
+        {"type": "mute_participant", "participant_id": target, "source": "microphone"},
+        {"type": "set_publish_rights", "participant_id": target, "sources": []},
+        {"type": "set_role", "participant_id": target, "role": "cohost"},
+        {"type": "update_room", "locked": True},
+    ]
+
+
+async def refusals(raw: Raw, messages: list[dict[str, Any]]) -> list[str]:
+    """Send each message; the error code each one got, in order."""
+    codes = []
+    for message in messages:
+        before = len(raw.of("error"))
+        await raw.send(message)
+        async with asyncio.timeout(10):
+            while len(raw.of("error")) == before:
+                await asyncio.sleep(0.02)
+        codes.append(raw.of("error")[-1]["code"])
+    return codes
+
+
+async def test_a_participant_grant_moderates_nothing_and_a_cohost_only_what_the_docs_say(
+    cluster: Cluster,
+) -> None:
+    """A participant's every moderator message is refused (`not_host`) and changes
+    nothing; made a co-host, it may mute, set rights and lock, but cannot make
+    co-hosts, remove or demote the host; demoted, it is refused again; a co-host
+    once more, it removes a participant."""
+    meeting = await new_meeting(cluster)
+    host_join = await join_room(cluster, meeting, "host", host=True)
+    host = await Raw.join(host_join)
+    await host.wait_for("joined")
+    raws: dict[str, Raw] = {}
+    ids: dict[str, str] = {}
+    for name in ("ann", "bob", "cyd"):
+        response = await join_room(cluster, meeting, name)
+        raws[name], ids[name] = await Raw.join(response), response.participant_id
+        await raws[name].wait_for("joined")
+    ann, bob, cyd = raws["ann"], raws["bob"], raws["cyd"]
+    try:
+        # A participant: refused, every time, and nobody notices anything.
+        for target in (ids["bob"], host_join.participant_id):
+            assert set(await refusals(ann, moderator_messages(target))) == {"not_host"}
+        await asyncio.sleep(0.3)
+        assert not bob.of("muted_by_host") and not bob.of("publish_rights")
+        assert not host.of("room_updated") and not bob.of("room_updated")
+        assert not bob.of("room_closed") and not host.of("participant_updated")
+
+        # Made a co-host by the host: it moderates.
+        await host.send({"type": "set_role", "participant_id": ids["ann"], "role": "cohost"})
+        await ann.wait_for(
+            "participant_updated",
+            lambda m: (
+                m["participant"]["participant_id"] == ids["ann"]
+                and m["participant"]["role"] == "cohost"
+            ),
+        )
+        # Past the role check: bob publishes no microphone (a raw connection has no media).
+        mute = {"type": "mute_participant", "participant_id": ids["bob"], "source": "microphone"}
+        assert await refusals(ann, [mute]) == ["not_published"]
+        await ann.send(
+            {"type": "set_publish_rights", "participant_id": ids["bob"], "sources": ["camera"]}
+        )
+        assert (await bob.wait_for("publish_rights"))["sources"] == ["camera"]
+        await ann.send({"type": "update_room", "locked": True})
+        assert (await host.wait_for("room_updated"))["room"]["locked"] is True
+        # ...but makes no co-hosts, and cannot touch the host.
+        assert await refusals(
+            ann,
+            [
+                {"type": "set_role", "participant_id": ids["bob"], "role": "cohost"},
+                {"type": "set_role", "participant_id": host_join.participant_id,
+                 "role": "participant"},
+                {"type": "remove", "participant_id": host_join.participant_id},
+            ],
+        ) == ["not_host", "not_host", "not_allowed"]  # fmt: skip
+        assert not host.of("room_closed")
+
+        # Demoted: a participant again.
+        await host.send({"type": "set_role", "participant_id": ids["ann"], "role": "participant"})
+        await ann.wait_for(
+            "participant_updated",
+            lambda m: (
+                m["participant"]["participant_id"] == ids["ann"]
+                and m["participant"]["role"] == "participant"
+            ),
+        )
+        assert set(await refusals(ann, moderator_messages(ids["bob"]))) == {"not_host"}
+        assert not bob.of("room_closed")
+
+        # A co-host again, it removes. The removal takes everyone from cyd's address
+        # (docs/security.md), here all three on loopback; the host stays.
+        def promotions() -> int:
+            updates = ann.of("participant_updated")
+            return sum(u["participant"]["role"] == "cohost" for u in updates)
+
+        await host.send({"type": "set_role", "participant_id": ids["ann"], "role": "cohost"})
+        async with asyncio.timeout(10):
+            while promotions() < 2:
+                await asyncio.sleep(0.02)
+        await ann.send({"type": "remove", "participant_id": ids["cyd"]})
+        assert await cyd.closed() == 4006
+        await host.wait_for("participant_left", lambda m: m["participant_id"] == ids["cyd"])
+        assert not host.of("room_closed")
+    finally:
+        for raw in (host, *raws.values()):
+            await raw.close()
