@@ -11,6 +11,7 @@ a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.error
@@ -268,3 +269,38 @@ async def test_the_web_page_creates_meetings_only_where_the_operator_allows_it(
     assert await asyncio.to_thread(post, {}) == 401
     token = mint_token(cluster.key)
     assert await asyncio.to_thread(post, {"Authorization": f"Bearer {token}"}) == 200
+
+
+async def test_rotating_an_api_key_refuses_nothing_signed_with_the_new_one(
+    cluster: Cluster,
+) -> None:
+    """docs/security.md, "Key rotation": add the new key, move clients to it, revoke
+    the old one. A meeting made under the old key stays the organisation's, and no
+    request signed with the new key is refused at any step, on either replica."""
+    old, new = new_key(cluster.key.organisation), new_key(cluster.key.organisation)
+    await cluster.store.put(API_KEYS_PREFIX + old.key_id, key_record(old))
+    room: rooms_pb2.Room | None = None
+    async with asyncio.timeout(5):
+        while room is None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                room = await cluster.stubs[0].CreateRoom(
+                    rooms_pb2.CreateRoomRequest(name="before rotation"),
+                    metadata=bearer(mint_token(old)),
+                )
+            await asyncio.sleep(0.02)
+    get = rooms_pb2.GetRoomRequest(room_id=room.room_id)
+
+    async def codes(key: ApiKey) -> set[grpc.StatusCode]:
+        return {await call(stub, "GetRoom", get, bearer(mint_token(key))) for stub in cluster.stubs}
+
+    await cluster.store.put(API_KEYS_PREFIX + new.key_id, key_record(new))
+    async with asyncio.timeout(5):  # both replicas know the new key: clients move
+        while await codes(new) != {grpc.StatusCode.OK}:
+            await asyncio.sleep(0.02)
+    await cluster.store.delete(API_KEYS_PREFIX + old.key_id)
+    seen_new: set[grpc.StatusCode] = set()
+    async with asyncio.timeout(5):
+        while await codes(old) != {grpc.StatusCode.UNAUTHENTICATED}:
+            seen_new |= await codes(new)
+    seen_new |= await codes(new)
+    assert seen_new == {grpc.StatusCode.OK}
