@@ -7,13 +7,20 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 LOAD_STAMP := $(VENV)/.installed-load
 
-.PHONY: run test lint protos deps clean system-deps test-system-deps bench fuzz loadtest
+.PHONY: run test lint protos deps clean system-deps native-deps test-system-deps bench fuzz loadtest
 
 # etcd for the cluster and the integration tests.
 system-deps:
 	@command -v etcd >/dev/null 2>&1 || { \
 		echo "installing Debian etcd-server (etcd not on PATH)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client; }
+
+# libsrtp2's headers for the relay's native media path, which the package build
+# compiles (setup.py, docs/native.md).
+native-deps:
+	@test -f /usr/include/srtp2/srtp.h || { \
+		echo "installing Debian libsrtp2-dev (the relay's native path links libsrtp2)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsrtp2-dev; }
 
 # Debian's Chromium for the browser tests (tests/e2e), which Playwright drives at
 # /usr/bin/chromium (never `playwright install`); Debian's prometheus for
@@ -28,7 +35,9 @@ test-system-deps: system-deps
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends prometheus; }
 
-$(STAMP): pyproject.toml
+NATIVE_SOURCES := setup.py $(wildcard relay/native/*.c relay/native/*.h)
+
+$(STAMP): pyproject.toml $(NATIVE_SOURCES) | native-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e .
@@ -85,4 +94,4 @@ loadtest: system-deps $(LOAD_STAMP)
 	$(BIN)/python -m loadtests.run --users $(LOAD_USERS) --time $(LOAD_TIME) $(LOAD_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build relay/_native_*.so

@@ -25,6 +25,7 @@ import os
 import random
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aioice.ice
@@ -112,11 +113,16 @@ def parse_advertised_address(text: str) -> str:
     return str(address)
 
 
+#: Serves a StunProtocol (made by the factory) from a bound socket; returns it.
+Endpoint = Callable[[socket.socket, Callable[[], StunProtocol]], StunProtocol]
+
+
 @dataclass
 class _Settings:
     ports: PortRange | None = None
     advertised: str | None = None
     next_offset: int = 0  # where the next search in `ports` starts (round robin)
+    endpoint: Endpoint | None = None  # None: the event loop's datagram endpoint
 
 
 _settings = _Settings()
@@ -149,8 +155,16 @@ def advertise_address(address: str | None) -> None:
     _install()
 
 
+def use_endpoint(endpoint: Endpoint | None) -> None:
+    """Serve every ICE host socket with `endpoint` instead of the event loop's
+    datagram transport (the relay's native engine, relay/native_io.py); None: the
+    loop's. Call at start-up, before any peer connection exists."""
+    _settings.endpoint = endpoint
+    _install()
+
+
 def _install() -> None:
-    if _settings.ports is None and _settings.advertised is None:
+    if _settings.ports is None and _settings.advertised is None and _settings.endpoint is None:
         aioice.ice.Connection.get_component_candidates = (  # type: ignore[method-assign]
             _aioice_get_component_candidates
         )
@@ -230,9 +244,12 @@ async def _get_component_candidates(
                 sock.setsockopt(
                     socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE
                 )
-                _, protocol = await loop.create_datagram_endpoint(
-                    lambda: StunProtocol(self), sock=sock
-                )
+                if _settings.endpoint is None:
+                    _, protocol = await loop.create_datagram_endpoint(
+                        lambda: StunProtocol(self), sock=sock
+                    )
+                else:
+                    protocol = _settings.endpoint(sock, lambda: StunProtocol(self))
             except BaseException:
                 sock.close()
                 raise

@@ -1,0 +1,846 @@
+/* The relay's media sockets in C (docs/native.md, step 3): batched receive and
+ * send, SRTP per participant leg, and everything that is not media handed up
+ * to Python.
+ *
+ * Python owns each socket (it binds it, conclave/ice.py) and registers it
+ * here with the aioice protocol that answers ICE. The event loop calls
+ * Engine.readable(fd) when the socket is readable; that drains it with
+ * recvmmsg, a batch per system call:
+ *
+ *   - SRTP/SRTCP (first byte 128-191) from a keyed leg's remote address is
+ *     unprotected here; RTCP goes up to the leg's on_rtcp, RTP to its on_rtp;
+ *   - everything else (STUN, DTLS, media before the leg has keys, datagrams
+ *     from other addresses) goes up to protocol.datagram_received(data, addr),
+ *     as an asyncio datagram transport would deliver it.
+ *
+ * Packets a leg sends are protected in place in a slot of its socket's send
+ * queue; queues are flushed with sendmmsg at the end of a batch, or at once
+ * when nothing is being received (a send from a Python timer).
+ *
+ * One event loop owns an Engine: nothing here is thread-safe, and the GIL is
+ * held throughout (every call is short and never blocks: the sockets are
+ * non-blocking).
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "module.h"
+#include "srtp.h"
+
+#define BATCH 32           /* datagrams per recvmmsg / sendmmsg call */
+#define READ_BUDGET 512    /* datagrams per readable() call: the loop has others */
+#define SLOT_SIZE NATIVE_SRTP_BUFFER_SIZE
+
+/* What a datagram that is dropped here was; indexes of Engine.dropped. */
+enum drop_reason {
+    DROP_SRTP,        /* unprotect failed: forged, replayed, or keyed differently */
+    DROP_SEND_FULL,   /* the socket's send buffer was full */
+    DROP_SEND_ERROR,  /* sendmmsg failed otherwise (e.g. ICMP unreachable) */
+    DROP_TOO_LARGE,   /* a packet to send over NATIVE_SRTP_MAX_PACKET */
+    DROP_PROTECT,     /* protect failed */
+    DROP_REASONS
+};
+
+static const char *const drop_names[DROP_REASONS] = {
+    "srtp", "send_full", "send_error", "too_large", "protect",
+};
+
+typedef struct LegObject LegObject;
+
+/* One registered socket and its send queue. */
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int open;                   /* 0 once removed: stop touching it */
+    PyObject *protocol;         /* aioice's StunProtocol (datagram_received) */
+    LegObject *leg;             /* the keyed leg on this socket, or NULL */
+    int queued;                 /* messages waiting in out[] */
+    int dirty;                  /* on the engine's list of sockets to flush */
+    struct mmsghdr out[BATCH];
+    struct iovec out_iov[BATCH];
+    struct sockaddr_storage out_addr[BATCH]; /* copied: a leg may go before the flush */
+    uint8_t out_buf[BATCH][SLOT_SIZE];
+} SocketObject;
+
+typedef struct {
+    PyObject_HEAD
+    SocketObject **by_fd;       /* registered sockets, indexed by fd */
+    int by_fd_size;
+    SocketObject **to_flush;    /* sockets with queued messages (dirty) */
+    int to_flush_count;
+    int to_flush_size;
+    int receiving;              /* >0 while readable() runs: sends are queued */
+    /* the receive batch, shared by every socket */
+    struct mmsghdr in[BATCH];
+    struct iovec in_iov[BATCH];
+    struct sockaddr_storage in_addr[BATCH];
+    uint8_t in_buf[BATCH][SLOT_SIZE];
+    unsigned long long datagrams_received;
+    unsigned long long datagrams_sent;
+    unsigned long long upcalls;
+    unsigned long long dropped[DROP_REASONS];
+} EngineObject;
+
+/* A participant's leg once DTLS is done: the socket, the selected remote
+ * address, and the SRTP sessions of both directions. */
+struct LegObject {
+    PyObject_HEAD
+    EngineObject *engine;       /* strong */
+    SocketObject *socket;       /* strong */
+    struct sockaddr_storage remote;
+    socklen_t remote_len;
+    native_srtp_t tx;
+    native_srtp_t rx;
+    PyObject *on_rtp;           /* callable(bytes) */
+    PyObject *on_rtcp;          /* callable(bytes) */
+    int open;
+    unsigned long long rtp_received;
+    unsigned long long rtcp_received;
+    unsigned long long sent;
+};
+
+static PyTypeObject SocketType;
+static PyTypeObject EngineType;
+static PyTypeObject LegType;
+
+/* --- addresses ------------------------------------------------------------ */
+
+/* (host, port) or (host, port, flowinfo, scope_id), as asyncio gives them. */
+static PyObject *address_tuple(const struct sockaddr_storage *addr)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (addr->ss_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)addr;
+        inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host);
+        return Py_BuildValue("(si)", host, ntohs(v4->sin_port));
+    }
+    if (addr->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)addr;
+        inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof host);
+        return Py_BuildValue("(siII)", host, ntohs(v6->sin6_port),
+                             (unsigned int)ntohl(v6->sin6_flowinfo),
+                             (unsigned int)v6->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* A numeric (host, port, ...) tuple into `out`; -1 with an exception if not. */
+static int parse_address(PyObject *tuple, struct sockaddr_storage *out, socklen_t *out_len)
+{
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) < 2
+        || !PyUnicode_Check(PyTuple_GET_ITEM(tuple, 0))) {
+        PyErr_SetString(PyExc_ValueError, "an address is a (host, port) tuple");
+        return -1;
+    }
+    const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(tuple, 0));
+    if (host == NULL) {
+        return -1;
+    }
+    long port = PyLong_AsLong(PyTuple_GET_ITEM(tuple, 1));
+    if (port == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)out;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *out_len = sizeof *v4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        if (PyTuple_GET_SIZE(tuple) >= 4) {
+            unsigned long scope = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(tuple, 3));
+            if (scope == (unsigned long)-1 && PyErr_Occurred()) {
+                return -1;
+            }
+            v6->sin6_scope_id = (uint32_t)scope;
+        }
+        *out_len = sizeof *v6;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "not a numeric IP address: %s", host);
+    return -1;
+}
+
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family) {
+        return 0;
+    }
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
+        const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port
+            && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    return 0;
+}
+
+/* RFC 5761 §4: RTCP and RTP on one port are told apart by the second byte. */
+static int is_rtcp(const uint8_t *data, size_t len)
+{
+    return len >= 2 && data[1] >= 192 && data[1] <= 223;
+}
+
+/* A file descriptor argument; -1 with an exception if it is not one. */
+static int as_fd(PyObject *arg)
+{
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return -1;
+    }
+    return (int)fd;
+}
+
+/* --- calling up into Python ----------------------------------------------- */
+
+/* Call `callable(*args)` (args is stolen); an exception there is reported as
+ * unraisable and forgotten: one bad handler must not stop the batch. */
+static void upcall(EngineObject *engine, PyObject *callable, PyObject *args)
+{
+    if (args == NULL) {
+        PyErr_WriteUnraisable(callable);
+        return;
+    }
+    engine->upcalls++;
+    PyObject *result = PyObject_CallObject(callable, args);
+    Py_DECREF(args);
+    if (result == NULL) {
+        PyErr_WriteUnraisable(callable);
+    } else {
+        Py_DECREF(result);
+    }
+}
+
+/* --- sending -------------------------------------------------------------- */
+
+static void mark_dirty(EngineObject *engine, SocketObject *sock)
+{
+    if (sock->dirty) {
+        return;
+    }
+    if (engine->to_flush_count == engine->to_flush_size) {
+        int size = engine->to_flush_size ? 2 * engine->to_flush_size : 16;
+        SocketObject **grown = PyMem_Realloc(engine->to_flush, (size_t)size * sizeof *grown);
+        if (grown == NULL) {
+            return; /* flushed when its queue fills instead */
+        }
+        engine->to_flush = grown;
+        engine->to_flush_size = size;
+    }
+    Py_INCREF(sock);
+    engine->to_flush[engine->to_flush_count++] = sock;
+    sock->dirty = 1;
+}
+
+/* Send what is queued on `sock`; whatever the kernel does not take is dropped
+ * and counted (UDP: a full buffer means the network is the bottleneck). */
+static void flush_socket(EngineObject *engine, SocketObject *sock)
+{
+    int start = 0;
+    while (start < sock->queued) {
+        int sent = sendmmsg(sock->fd, sock->out + start, (unsigned int)(sock->queued - start),
+                            MSG_DONTWAIT);
+        if (sent > 0) {
+            engine->datagrams_sent += (unsigned long long)sent;
+            start += sent;
+            continue;
+        }
+        if (sent < 0 && errno == EINTR) {
+            continue;
+        }
+        if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
+            engine->dropped[DROP_SEND_FULL] += (unsigned long long)(sock->queued - start);
+            break;
+        }
+        engine->dropped[DROP_SEND_ERROR]++; /* this message failed: go on with the next */
+        start++;
+    }
+    sock->queued = 0;
+}
+
+static void flush_all(EngineObject *engine)
+{
+    for (int i = 0; i < engine->to_flush_count; i++) {
+        SocketObject *sock = engine->to_flush[i];
+        if (sock->open) {
+            flush_socket(engine, sock);
+        }
+        sock->queued = 0;
+        sock->dirty = 0;
+        Py_DECREF(sock);
+    }
+    engine->to_flush_count = 0;
+}
+
+/* Copy `packet` (plaintext RTP or RTCP) into a send slot of the leg's socket,
+ * protect it there, and queue it to the leg's remote address. Sent at once
+ * when the engine is not in the middle of a receive batch. */
+static int leg_send(LegObject *leg, const uint8_t *packet, size_t len)
+{
+    EngineObject *engine = leg->engine;
+    SocketObject *sock = leg->socket;
+    if (!leg->open || !sock->open) {
+        return -1;
+    }
+    if (len > NATIVE_SRTP_MAX_PACKET) {
+        engine->dropped[DROP_TOO_LARGE]++;
+        return -1;
+    }
+    if (sock->queued == BATCH) {
+        flush_socket(engine, sock);
+    }
+    int slot = sock->queued;
+    uint8_t *buf = sock->out_buf[slot];
+    memcpy(buf, packet, len);
+    size_t out_len = len;
+    if (native_srtp_protect(&leg->tx, buf, &out_len, SLOT_SIZE, is_rtcp(packet, len)) != 0) {
+        engine->dropped[DROP_PROTECT]++;
+        return -1;
+    }
+    sock->out_iov[slot].iov_base = buf;
+    sock->out_iov[slot].iov_len = out_len;
+    struct msghdr *header = &sock->out[slot].msg_hdr;
+    memset(header, 0, sizeof *header);
+    sock->out_addr[slot] = leg->remote;
+    header->msg_name = &sock->out_addr[slot];
+    header->msg_namelen = leg->remote_len;
+    header->msg_iov = &sock->out_iov[slot];
+    header->msg_iovlen = 1;
+    sock->queued++;
+    leg->sent++;
+    if (engine->receiving) {
+        mark_dirty(engine, sock);
+    } else {
+        flush_socket(engine, sock);
+    }
+    return 0;
+}
+
+/* --- receiving ------------------------------------------------------------ */
+
+/* One datagram of a batch on `sock`. */
+static void dispatch(EngineObject *engine, SocketObject *sock, uint8_t *data, size_t len,
+                     const struct sockaddr_storage *from)
+{
+    LegObject *leg = sock->leg;
+    if (leg != NULL && leg->open && len > 0 && data[0] >= 128 && data[0] <= 191
+        && same_address(from, &leg->remote)) {
+        int rtcp = is_rtcp(data, len);
+        size_t plain_len = len;
+        if (native_srtp_unprotect(&leg->rx, data, &plain_len, rtcp) != 0) {
+            engine->dropped[DROP_SRTP]++;
+            return;
+        }
+        Py_INCREF(leg); /* the handler may close the leg */
+        if (rtcp) {
+            leg->rtcp_received++;
+            upcall(engine, leg->on_rtcp,
+                   Py_BuildValue("(y#)", (const char *)data, (Py_ssize_t)plain_len));
+        } else {
+            leg->rtp_received++;
+            upcall(engine, leg->on_rtp,
+                   Py_BuildValue("(y#)", (const char *)data, (Py_ssize_t)plain_len));
+        }
+        Py_DECREF(leg);
+        return;
+    }
+    PyObject *address = address_tuple(from);
+    PyObject *args = address == NULL
+        ? NULL
+        : Py_BuildValue("(y#N)", (const char *)data, (Py_ssize_t)len, address);
+    PyObject *method = PyObject_GetAttrString(sock->protocol, "datagram_received");
+    if (method == NULL) {
+        Py_XDECREF(args);
+        PyErr_WriteUnraisable(sock->protocol);
+        return;
+    }
+    upcall(engine, method, args);
+    Py_DECREF(method);
+}
+
+static SocketObject *socket_of(EngineObject *engine, int fd)
+{
+    if (fd < 0 || fd >= engine->by_fd_size) {
+        return NULL;
+    }
+    return engine->by_fd[fd];
+}
+
+static PyObject *Engine_readable(EngineObject *self, PyObject *arg)
+{
+    int fd = as_fd(arg);
+    if (fd < 0) {
+        return NULL;
+    }
+    SocketObject *sock = socket_of(self, fd);
+    if (sock == NULL) {
+        Py_RETURN_NONE; /* removed since the loop saw it readable */
+    }
+    Py_INCREF(sock);
+    self->receiving++;
+    int budget = READ_BUDGET;
+    while (budget > 0 && sock->open) {
+        for (int i = 0; i < BATCH; i++) {
+            self->in_iov[i].iov_base = self->in_buf[i];
+            self->in_iov[i].iov_len = SLOT_SIZE;
+            struct msghdr *header = &self->in[i].msg_hdr;
+            memset(header, 0, sizeof *header);
+            header->msg_name = &self->in_addr[i];
+            header->msg_namelen = sizeof self->in_addr[i];
+            header->msg_iov = &self->in_iov[i];
+            header->msg_iovlen = 1;
+        }
+        int got = recvmmsg(fd, self->in, BATCH, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            break; /* EAGAIN: drained; or an ICMP error reported: nothing to read */
+        }
+        if (got == 0) {
+            break;
+        }
+        self->datagrams_received += (unsigned long long)got;
+        budget -= got;
+        for (int i = 0; i < got && sock->open; i++) {
+            size_t len = self->in[i].msg_len;
+            if (self->in[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                continue; /* larger than any packet of ours: not media */
+            }
+            dispatch(self, sock, self->in_buf[i], len, &self->in_addr[i]);
+        }
+        if (got < BATCH) {
+            break;
+        }
+    }
+    self->receiving--;
+    if (self->receiving == 0) {
+        flush_all(self);
+    }
+    Py_DECREF(sock);
+    Py_RETURN_NONE;
+}
+
+/* --- Engine: sockets ------------------------------------------------------ */
+
+static PyObject *Engine_add_socket(EngineObject *self, PyObject *args)
+{
+    int fd;
+    PyObject *protocol;
+    if (!PyArg_ParseTuple(args, "iO:add_socket", &fd, &protocol)) {
+        return NULL;
+    }
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return NULL;
+    }
+    if (socket_of(self, fd) != NULL) {
+        PyErr_Format(PyExc_ValueError, "file descriptor %d is registered already", fd);
+        return NULL;
+    }
+    if (fd >= self->by_fd_size) {
+        int size = fd + 64;
+        SocketObject **grown = PyMem_Realloc(self->by_fd, (size_t)size * sizeof *grown);
+        if (grown == NULL) {
+            return PyErr_NoMemory();
+        }
+        memset(grown + self->by_fd_size, 0, (size_t)(size - self->by_fd_size) * sizeof *grown);
+        self->by_fd = grown;
+        self->by_fd_size = size;
+    }
+    SocketObject *sock = PyObject_New(SocketObject, &SocketType);
+    if (sock == NULL) {
+        return NULL;
+    }
+    sock->fd = fd;
+    sock->open = 1;
+    sock->leg = NULL;
+    sock->queued = 0;
+    sock->dirty = 0;
+    Py_INCREF(protocol);
+    sock->protocol = protocol;
+    self->by_fd[fd] = sock;
+    Py_RETURN_NONE;
+}
+
+static void close_leg(LegObject *leg);
+
+static PyObject *Engine_remove_socket(EngineObject *self, PyObject *arg)
+{
+    int fd = as_fd(arg);
+    if (fd < 0) {
+        return NULL;
+    }
+    SocketObject *sock = socket_of(self, fd);
+    if (sock == NULL) {
+        Py_RETURN_NONE;
+    }
+    self->by_fd[fd] = NULL;
+    sock->open = 0; /* a batch still holding it stops; its queue is not sent */
+    if (sock->leg != NULL) {
+        LegObject *leg = sock->leg;
+        sock->leg = NULL;
+        close_leg(leg);
+        Py_DECREF(leg);
+    }
+    Py_DECREF(sock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_sendto(EngineObject *self, PyObject *args)
+{
+    int fd;
+    Py_buffer data;
+    PyObject *address;
+    if (!PyArg_ParseTuple(args, "iy*O:sendto", &fd, &data, &address)) {
+        return NULL;
+    }
+    struct sockaddr_storage to;
+    socklen_t to_len;
+    if (parse_address(address, &to, &to_len) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    if (socket_of(self, fd) == NULL) {
+        PyBuffer_Release(&data);
+        PyErr_Format(PyExc_ValueError, "file descriptor %d is not registered", fd);
+        return NULL;
+    }
+    ssize_t sent;
+    do {
+        sent = sendto(fd, data.buf, (size_t)data.len, MSG_DONTWAIT, (struct sockaddr *)&to,
+                      to_len);
+    } while (sent < 0 && errno == EINTR);
+    PyBuffer_Release(&data);
+    if (sent < 0) {
+        /* What asyncio's datagram transport does with a failed send: report it to
+         * the protocol (error_received), never raise to the caller. */
+        self->dropped[(errno == EAGAIN || errno == EWOULDBLOCK) ? DROP_SEND_FULL
+                                                                : DROP_SEND_ERROR]++;
+        Py_RETURN_FALSE;
+    }
+    self->datagrams_sent++;
+    Py_RETURN_TRUE;
+}
+
+/* --- Engine: legs --------------------------------------------------------- */
+
+static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"fd", "remote", "profile", "tx_key", "rx_key", "on_rtp", "on_rtcp",
+                            NULL};
+    int fd, profile;
+    PyObject *remote, *on_rtp, *on_rtcp;
+    Py_buffer tx_key, rx_key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOiy*y*OO:open_leg", names, &fd, &remote,
+                                     &profile, &tx_key, &rx_key, &on_rtp, &on_rtcp)) {
+        return NULL;
+    }
+    LegObject *leg = NULL;
+    SocketObject *sock = socket_of(self, fd);
+    if (sock == NULL) {
+        PyErr_Format(PyExc_ValueError, "file descriptor %d is not registered", fd);
+        goto done;
+    }
+    if (sock->leg != NULL) {
+        PyErr_SetString(PyExc_ValueError, "the socket has a leg already");
+        goto done;
+    }
+    if (!PyCallable_Check(on_rtp) || !PyCallable_Check(on_rtcp)) {
+        PyErr_SetString(PyExc_TypeError, "on_rtp and on_rtcp must be callable");
+        goto done;
+    }
+    leg = PyObject_New(LegObject, &LegType);
+    if (leg == NULL) {
+        goto done;
+    }
+    memset(&leg->tx, 0, sizeof leg->tx);
+    memset(&leg->rx, 0, sizeof leg->rx);
+    leg->open = 0;
+    leg->rtp_received = leg->rtcp_received = leg->sent = 0;
+    Py_INCREF(self);
+    leg->engine = self;
+    Py_INCREF(sock);
+    leg->socket = sock;
+    Py_INCREF(on_rtp);
+    leg->on_rtp = on_rtp;
+    Py_INCREF(on_rtcp);
+    leg->on_rtcp = on_rtcp;
+    if (parse_address(remote, &leg->remote, &leg->remote_len) < 0) {
+        Py_CLEAR(leg);
+        goto done;
+    }
+    int status = native_srtp_open(&leg->tx, profile, tx_key.buf, (size_t)tx_key.len, 1);
+    if (status == 0) {
+        status = native_srtp_open(&leg->rx, profile, rx_key.buf, (size_t)rx_key.len, 0);
+    }
+    if (status != 0) {
+        PyErr_Format(PyExc_ValueError, "cannot open SRTP (libsrtp status %d): profile %d, "
+                     "keys of %zd and %zd bytes", status, profile, tx_key.len, rx_key.len);
+        Py_CLEAR(leg);
+        goto done;
+    }
+    leg->open = 1;
+    Py_INCREF(leg);
+    sock->leg = leg;
+done:
+    PyBuffer_Release(&tx_key);
+    PyBuffer_Release(&rx_key);
+    return (PyObject *)leg;
+}
+
+static void close_leg(LegObject *leg)
+{
+    if (!leg->open) {
+        return;
+    }
+    leg->open = 0;
+    native_srtp_close(&leg->tx);
+    native_srtp_close(&leg->rx);
+}
+
+static PyObject *Engine_dropped(EngineObject *self, void *closure)
+{
+    (void)closure;
+    PyObject *counts = PyDict_New();
+    if (counts == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < DROP_REASONS; i++) {
+        PyObject *value = PyLong_FromUnsignedLongLong(self->dropped[i]);
+        if (value == NULL || PyDict_SetItemString(counts, drop_names[i], value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(counts);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return counts;
+}
+
+static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (!PyArg_ParseTuple(args, ":Engine") || (kwargs != NULL && PyDict_Size(kwargs) > 0)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "Engine() takes no arguments");
+        }
+        return NULL;
+    }
+    EngineObject *self = (EngineObject *)type->tp_alloc(type, 0);
+    return (PyObject *)self; /* tp_alloc zeroes: no sockets, no counts */
+}
+
+static void Engine_dealloc(EngineObject *self)
+{
+    for (int fd = 0; fd < self->by_fd_size; fd++) {
+        SocketObject *sock = self->by_fd[fd];
+        if (sock != NULL) {
+            sock->open = 0;
+            if (sock->leg != NULL) {
+                LegObject *leg = sock->leg;
+                sock->leg = NULL;
+                close_leg(leg);
+                Py_DECREF(leg);
+            }
+            Py_DECREF(sock);
+        }
+    }
+    PyMem_Free(self->by_fd);
+    for (int i = 0; i < self->to_flush_count; i++) {
+        Py_DECREF(self->to_flush[i]);
+    }
+    PyMem_Free(self->to_flush);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+#define COUNTER(name) \
+    static PyObject *Engine_get_##name(EngineObject *self, void *closure) \
+    { \
+        (void)closure; \
+        return PyLong_FromUnsignedLongLong(self->name); \
+    }
+COUNTER(datagrams_received)
+COUNTER(datagrams_sent)
+COUNTER(upcalls)
+
+static PyMethodDef Engine_methods[] = {
+    {"add_socket", (PyCFunction)Engine_add_socket, METH_VARARGS,
+     "add_socket(fd, protocol): receive on the socket; what is not media goes to "
+     "protocol.datagram_received(data, addr)."},
+    {"remove_socket", (PyCFunction)Engine_remove_socket, METH_O,
+     "remove_socket(fd): forget the socket and close its leg (the fd stays open)."},
+    {"readable", (PyCFunction)Engine_readable, METH_O,
+     "readable(fd): drain the socket (the event loop's reader callback)."},
+    {"sendto", (PyCFunction)Engine_sendto, METH_VARARGS,
+     "sendto(fd, data, addr) -> bool: one datagram as it is (STUN, DTLS)."},
+    {"open_leg", (PyCFunction)(void (*)(void))Engine_open_leg, METH_VARARGS | METH_KEYWORDS,
+     "open_leg(fd, remote, profile, tx_key, rx_key, on_rtp, on_rtcp) -> Leg: SRTP on the "
+     "socket from now on, with the remote address ICE selected."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Engine_getset[] = {
+    {"datagrams_received", (getter)Engine_get_datagrams_received, NULL, NULL, NULL},
+    {"datagrams_sent", (getter)Engine_get_datagrams_sent, NULL, NULL, NULL},
+    {"upcalls", (getter)Engine_get_upcalls, NULL, NULL, NULL},
+    {"dropped", (getter)Engine_dropped, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "relay._native.Engine",
+    .tp_basicsize = sizeof(EngineObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The relay's media sockets: batched I/O, SRTP, upcalls (docs/native.md).",
+    .tp_new = Engine_new,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+    .tp_getset = Engine_getset,
+};
+
+/* --- Socket (internal) ---------------------------------------------------- */
+
+static void Socket_dealloc(SocketObject *self)
+{
+    Py_XDECREF(self->protocol);
+    Py_XDECREF(self->leg);
+    PyObject_Free(self);
+}
+
+static PyTypeObject SocketType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "relay._native._Socket",
+    .tp_basicsize = sizeof(SocketObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Socket_dealloc,
+};
+
+/* --- Leg ------------------------------------------------------------------ */
+
+static PyObject *Leg_send(LegObject *self, PyObject *arg)
+{
+    Py_buffer packet;
+    if (PyObject_GetBuffer(arg, &packet, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    int ok = leg_send(self, packet.buf, (size_t)packet.len) == 0;
+    PyBuffer_Release(&packet);
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *Leg_close(LegObject *self, PyObject *unused)
+{
+    (void)unused;
+    close_leg(self);
+    if (self->socket->leg == self) {
+        self->socket->leg = NULL;
+        Py_DECREF(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static void Leg_dealloc(LegObject *self)
+{
+    close_leg(self);
+    Py_XDECREF(self->on_rtp);
+    Py_XDECREF(self->on_rtcp);
+    Py_XDECREF(self->socket);
+    Py_XDECREF(self->engine);
+    PyObject_Free(self);
+}
+
+static PyObject *Leg_get_remote(LegObject *self, void *closure)
+{
+    (void)closure;
+    return address_tuple(&self->remote);
+}
+
+static PyObject *Leg_get_open(LegObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->open);
+}
+
+#define LEG_COUNTER(name) \
+    static PyObject *Leg_get_##name(LegObject *self, void *closure) \
+    { \
+        (void)closure; \
+        return PyLong_FromUnsignedLongLong(self->name); \
+    }
+LEG_COUNTER(rtp_received)
+LEG_COUNTER(rtcp_received)
+LEG_COUNTER(sent)
+
+static PyMethodDef Leg_methods[] = {
+    {"send", (PyCFunction)Leg_send, METH_O,
+     "send(packet) -> bool: protect one RTP or RTCP packet and send it to the leg's "
+     "remote address (False: dropped, and counted)."},
+    {"close", (PyCFunction)Leg_close, METH_NOARGS,
+     "close(): no more SRTP on the socket; media on it goes up as datagrams again."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Leg_getset[] = {
+    {"remote", (getter)Leg_get_remote, NULL, NULL, NULL},
+    {"open", (getter)Leg_get_open, NULL, NULL, NULL},
+    {"rtp_received", (getter)Leg_get_rtp_received, NULL, NULL, NULL},
+    {"rtcp_received", (getter)Leg_get_rtcp_received, NULL, NULL, NULL},
+    {"sent", (getter)Leg_get_sent, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject LegType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "relay._native.Leg",
+    .tp_basicsize = sizeof(LegObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A participant's keyed leg (Engine.open_leg).",
+    .tp_dealloc = (destructor)Leg_dealloc,
+    .tp_methods = Leg_methods,
+    .tp_getset = Leg_getset,
+};
+
+/* --- module --------------------------------------------------------------- */
+
+/* Engine and Leg, into relay._native (module.c). */
+int native_engine_setup_module(PyObject *module)
+{
+    if (PyType_Ready(&SocketType) < 0 || PyType_Ready(&EngineType) < 0
+        || PyType_Ready(&LegType) < 0) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "Engine", (PyObject *)&EngineType) < 0
+        || PyModule_AddObjectRef(module, "Leg", (PyObject *)&LegType) < 0
+        || PyModule_AddIntConstant(module, "BATCH", BATCH) < 0
+        || PyModule_AddIntConstant(module, "READ_BUDGET", READ_BUDGET) < 0) {
+        return -1;
+    }
+    return 0;
+}

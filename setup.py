@@ -1,0 +1,18 @@
+"""The relay's native media path (relay/native/, docs/native.md): C extensions on
+libsrtp2 (Debian libsrtp2-dev, which `make` installs). Everything else about the
+package is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+FLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "relay._native",
+            ["relay/native/module.c", "relay/native/srtp.c", "relay/native/engine.c"],
+            libraries=["srtp2"],
+            extra_compile_args=FLAGS,
+        ),
+    ]
+)

@@ -1,0 +1,273 @@
+"""relay._native on real loopback sockets (docs/native.md, step 3): what is
+not media goes up to the protocol as an asyncio transport would deliver it, a keyed
+leg's SRTP is unprotected and its packets go up plain, what a leg sends arrives
+protected, many datagrams are taken in one readiness call, and garbage, forged or
+replayed SRTP is counted and dropped without harm."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pylibsrtp
+import pytest
+
+from relay import _native
+from relay.native_keys import aiortc_session
+
+PROFILE = _native.SRTP_AEAD_AES_128_GCM
+KEY_LENGTH = _native.key_and_salt_length(PROFILE)
+
+
+@dataclass
+class Recorder:
+    """Stands in for aioice's StunProtocol and for a leg's handlers."""
+
+    datagrams: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
+    rtp: list[bytes] = field(default_factory=list)
+    rtcp: list[bytes] = field(default_factory=list)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.datagrams.append((data, addr))
+
+
+@dataclass
+class Pair:
+    engine: _native.Engine
+    ours: socket.socket  # registered with the engine
+    peer: socket.socket  # a plain socket playing the participant
+    recorder: Recorder
+
+    @property
+    def ours_address(self) -> tuple[str, int]:
+        address: tuple[str, int] = self.ours.getsockname()
+        return address
+
+    @property
+    def peer_address(self) -> tuple[str, int]:
+        address: tuple[str, int] = self.peer.getsockname()
+        return address
+
+
+def udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    engine = _native.Engine()
+    ours, peer = udp_socket(), udp_socket()
+    recorder = Recorder()
+    engine.add_socket(ours.fileno(), recorder)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(ours.fileno(), engine.readable, ours.fileno())
+    try:
+        yield Pair(engine, ours, peer, recorder)
+    finally:
+        loop.remove_reader(ours.fileno())
+        engine.remove_socket(ours.fileno())
+        ours.close()
+        peer.close()
+
+
+async def until(condition: object, timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.005)
+
+
+def rtp(sequence: int, ssrc: int = 0x1234, payload: bytes = b"\x90" * 100) -> bytes:
+    return struct.pack("!BBHII", 0x80, 96, sequence, sequence * 960, ssrc) + payload
+
+
+def rtcp_rr(ssrc: int = 0x4321) -> bytes:
+    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
+
+
+def srtp_pair() -> tuple[bytes, bytes, pylibsrtp.Session, pylibsrtp.Session]:
+    """Our keys (tx, rx) and the participant's sessions: its sender uses our rx key."""
+    ours_tx, ours_rx = os.urandom(KEY_LENGTH), os.urandom(KEY_LENGTH)
+
+    their_tx = aiortc_session(PROFILE, ours_rx, outbound=True)
+    their_rx = aiortc_session(PROFILE, ours_tx, outbound=False)
+    return ours_tx, ours_rx, their_tx, their_rx
+
+
+def open_leg(pair: Pair, tx: bytes, rx: bytes) -> _native.Leg:
+    return pair.engine.open_leg(
+        pair.ours.fileno(), pair.peer_address, PROFILE, tx, rx,
+        pair.recorder.rtp.append, pair.recorder.rtcp.append,
+    )  # fmt: skip
+
+
+async def test_datagrams_go_up_to_the_protocol_with_their_address(pair: Pair) -> None:
+    stun = b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + os.urandom(12)
+    pair.peer.sendto(stun, pair.ours_address)
+    pair.peer.sendto(b"\x16\xfe\xfd" + b"dtls", pair.ours_address)
+    await until(lambda: len(pair.recorder.datagrams) == 2)
+    assert pair.recorder.datagrams == [
+        (stun, pair.peer_address),
+        (b"\x16\xfe\xfddtls", pair.peer_address),
+    ]
+    # ...and the engine sends as a transport would: as it is, to the address given.
+    assert pair.engine.sendto(pair.ours.fileno(), b"answer", pair.peer_address)
+    await until(lambda: _readable(pair.peer))
+    assert pair.peer.recvfrom(2048) == (b"answer", pair.ours_address)
+
+
+async def test_a_keyed_leg_unprotects_what_comes_and_protects_what_goes(pair: Pair) -> None:
+    tx, rx, their_tx, their_rx = srtp_pair()
+    leg = open_leg(pair, tx, rx)
+    packets = [rtp(seq) for seq in range(65530, 65536)] + [rtp(seq) for seq in range(5)]
+    for packet in packets:
+        pair.peer.sendto(their_tx.protect(packet), pair.ours_address)
+    pair.peer.sendto(their_tx.protect_rtcp(rtcp_rr()), pair.ours_address)
+    await until(lambda: len(pair.recorder.rtp) == len(packets) and pair.recorder.rtcp)
+    assert pair.recorder.rtp == packets  # in order, across the sequence wrap
+    assert pair.recorder.rtcp == [rtcp_rr()]
+    assert pair.recorder.datagrams == []
+    assert (leg.rtp_received, leg.rtcp_received) == (len(packets), 1)
+
+    # The way back: protected here, plain again with the participant's keys.
+    assert leg.send(rtp(7, ssrc=0xABCD))
+    assert leg.send(rtcp_rr(0xABCD))
+    await until(lambda: _readable(pair.peer))
+    received: list[bytes] = []
+    async with asyncio.timeout(2):
+        while len(received) < 2:
+            if _readable(pair.peer):
+                received.append(pair.peer.recvfrom(2048)[0])
+            else:
+                await asyncio.sleep(0.005)
+    assert their_rx.unprotect(received[0]) == rtp(7, ssrc=0xABCD)
+    assert their_rx.unprotect_rtcp(received[1]) == rtcp_rr(0xABCD)
+    assert leg.sent == 2
+
+
+async def test_stun_on_a_keyed_leg_still_goes_up_and_strangers_media_too(pair: Pair) -> None:
+    """Consent checks keep coming after DTLS; media from an address that is not the
+    selected pair's is not the leg's (aioice decides what it is)."""
+    tx, rx, their_tx, _ = srtp_pair()
+    open_leg(pair, tx, rx)
+    stranger = udp_socket()
+    try:
+        stun = b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + os.urandom(12)
+        pair.peer.sendto(stun, pair.ours_address)
+        forged = their_tx.protect(rtp(1))
+        stranger.sendto(forged, pair.ours_address)
+        await until(lambda: len(pair.recorder.datagrams) == 2)
+        senders = {address for _, address in pair.recorder.datagrams}
+        assert senders == {pair.peer_address, stranger.getsockname()}
+        assert pair.recorder.rtp == []
+    finally:
+        stranger.close()
+
+
+async def test_forged_replayed_and_garbage_srtp_is_dropped_and_counted(pair: Pair) -> None:
+    tx, rx, their_tx, _ = srtp_pair()
+    open_leg(pair, tx, rx)
+    good = their_tx.protect(rtp(100))
+    tampered = bytearray(their_tx.protect(rtp(101)))
+    tampered[20] ^= 0x01
+    garbage = [bytes([0x80 + i % 64]) + os.urandom(i) for i in range(0, 1400, 37)]
+    for datagram in [good, good, bytes(tampered), *garbage]:
+        pair.peer.sendto(datagram, pair.ours_address)
+    after = their_tx.protect(rtp(102))
+    pair.peer.sendto(after, pair.ours_address)
+    await until(lambda: len(pair.recorder.rtp) == 2)
+    assert pair.recorder.rtp == [rtp(100), rtp(102)]
+    # the replay, the tampered packet and every garbage datagram (a 1-byte one
+    # included: too short for SRTP)
+    assert pair.engine.dropped["srtp"] == 2 + len(garbage)
+
+
+async def test_a_burst_is_read_in_batches_within_one_readiness_call(pair: Pair) -> None:
+    tx, rx, their_tx, _ = srtp_pair()
+    open_leg(pair, tx, rx)
+    count = 3 * _native.BATCH + 5
+    pair.peer.setblocking(True)
+    for seq in range(count):
+        pair.peer.sendto(their_tx.protect(rtp(seq)), pair.ours_address)
+    # Read it all without the event loop: one call drains the socket in batches.
+    pair.engine.readable(pair.ours.fileno())
+    assert len(pair.recorder.rtp) == count
+    assert pair.engine.datagrams_received == count
+
+
+async def test_a_handler_that_raises_or_removes_the_socket_harms_nothing(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[object] = []  # an exception in a handler is reported, then forgotten
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    tx, rx, their_tx, _ = srtp_pair()
+    calls: list[bytes] = []
+
+    def failing(packet: bytes) -> None:
+        calls.append(packet)
+        raise RuntimeError("a bug in a handler")
+
+    pair.engine.open_leg(pair.ours.fileno(), pair.peer_address, PROFILE, tx, rx, failing,
+                         pair.recorder.rtcp.append)  # fmt: skip
+    pair.peer.setblocking(True)
+    for seq in range(3):
+        pair.peer.sendto(their_tx.protect(rtp(seq)), pair.ours_address)
+    pair.engine.readable(pair.ours.fileno())
+    assert len(calls) == 3 and len(reported) == 3  # each failed alone; the batch went on
+
+    fd = pair.ours.fileno()
+
+    def remove_me(packet: bytes) -> None:
+        calls.append(packet)
+        pair.engine.remove_socket(fd)
+
+    other = Pair(pair.engine, udp_socket(), pair.peer, Recorder())
+    try:
+        pair.engine.add_socket(other.ours.fileno(), other.recorder)
+        pair.engine.open_leg(other.ours.fileno(), pair.peer_address, PROFILE, tx, rx,
+                             lambda packet: pair.engine.remove_socket(other.ours.fileno()),
+                             other.recorder.rtcp.append)  # fmt: skip
+        for seq in range(3, 6):
+            pair.peer.sendto(their_tx.protect(rtp(seq)), other.ours_address)
+        pair.engine.readable(other.ours.fileno())  # removed by its first packet
+        pair.engine.readable(other.ours.fileno())  # no longer registered: nothing
+        assert other.recorder.datagrams == []
+    finally:
+        other.ours.close()
+
+
+async def test_bad_arguments_are_refused_clearly(pair: Pair) -> None:
+    engine = pair.engine
+    with pytest.raises(ValueError, match="registered already"):
+        engine.add_socket(pair.ours.fileno(), pair.recorder)
+    with pytest.raises(ValueError, match="not registered"):
+        engine.sendto(9999, b"x", pair.peer_address)
+    with pytest.raises(ValueError, match="numeric IP"):
+        engine.sendto(pair.ours.fileno(), b"x", ("localhost", 1))
+    with pytest.raises(ValueError, match="cannot open SRTP"):
+        engine.open_leg(pair.ours.fileno(), pair.peer_address, PROFILE, b"short", b"short",
+                        print, print)  # fmt: skip
+    tx, rx, _, _ = srtp_pair()
+    leg = open_leg(pair, tx, rx)
+    with pytest.raises(ValueError, match="has a leg already"):
+        open_leg(pair, tx, rx)
+    assert not leg.send(b"\x80" * 1501)
+    assert engine.dropped["too_large"] == 1
+    leg.close()
+    assert not leg.send(rtp(1))
+    assert not leg.open
+
+
+def _readable(sock: socket.socket) -> bool:
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    return True
