@@ -22,6 +22,7 @@ from conclave.ice import (
     PortRange,
     advertise_address,
     parse_advertised_address,
+    use_endpoint,
     use_host_addresses,
     use_port_range,
 )
@@ -46,9 +47,10 @@ from relay.drain import DEFAULT_DEADLINE_S, Drainer
 from relay.link_crypto import NodeIdentity
 from relay.link_socket import LinkSocket
 from relay.links import SERVER_OPTIONS, LinkManager, LinkServicer
+from relay.native_io import NativeSockets
 from relay.no_decode import install_decoder_guard
 from relay.node import RelayNode
-from relay.peer import set_simulcast_offer, set_test_video_loss
+from relay.peer import set_native_legs, set_simulcast_offer, set_test_video_loss
 from relay.registration import NodeInfo, NodeRegistration
 from relay.rpc import RelayServicer
 
@@ -131,6 +133,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the one its bandwidth and video size suit (docs/simulcast.md; default: on)",
     )
     parser.add_argument(
+        "--forwarder",
+        choices=FORWARDERS,
+        default=os.environ.get("CONCLAVE_FORWARDER") or "python",
+        help="the media path: 'native' (C: batched socket I/O and SRTP, docs/native.md; "
+        "being built) or 'python' (aiortc's sockets and SRTP, the reference); default "
+        "$CONCLAVE_FORWARDER or python",
+    )
+    parser.add_argument(
         "--test-drop-video",
         type=float,
         default=0.0,
@@ -174,13 +184,24 @@ def _public_ip(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+FORWARDERS = ("native", "python")
+
+
 def configure_ice(args: argparse.Namespace) -> None:
-    """Host addresses, port range and advertised address of every peer connection."""
+    """Host addresses, port range and advertised address of every peer connection,
+    and whose sockets they are (the native engine's with --forwarder native)."""
     # Behind a 1:1 NAT only the interface the NAT forwards to is reachable: the
     # loopback socket would be advertised under the public address and never answer.
     use_host_addresses(args.ice_address, include_loopback=args.public_ip is None)
     use_port_range(args.udp_ports)
     advertise_address(args.public_ip)
+    native = args.forwarder == "native"
+    sockets = NativeSockets() if native else None
+    use_endpoint(sockets.endpoint if sockets is not None else None)
+    set_native_legs(native)
+    if sockets is not None:
+        metrics.watch_native(sockets.engine)
+    log.info("media path: %s", args.forwarder)
     ports = args.udp_ports
     log.info("ICE UDP ports: %s", f"{ports} ({len(ports)} ports)" if ports is not None else "any")
     if args.public_ip is not None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from conclave.server_metrics import ServerMetrics
 
@@ -201,3 +206,55 @@ for _direction in LINK_DIRECTIONS:
     LINK_TRACK_STARTS.labels(direction=_direction)
 for _reason in LINK_DROP_REASONS:
     LINK_DROPPED.labels(reason=_reason)
+
+
+# The native media path's engine (docs/native.md), read from its counters when
+# scraped. Present only on a relay started with --forwarder native.
+NATIVE_DIRECTIONS = ("received", "sent")
+NATIVE_DROP_REASONS = ("srtp", "send_full", "send_error", "too_large", "protect")
+
+
+class NativeEngineCounters(Protocol):
+    @property
+    def datagrams_received(self) -> int: ...
+    @property
+    def datagrams_sent(self) -> int: ...
+    @property
+    def upcalls(self) -> int: ...
+    @property
+    def dropped(self) -> dict[str, int]: ...
+
+
+class _NativeCollector(Collector):
+    def __init__(self, engine: NativeEngineCounters) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        datagrams = CounterMetricFamily(
+            "conclave_native_datagrams",
+            "UDP datagrams the native engine received and sent on participant legs",
+            labels=["direction"],
+        )
+        datagrams.add_metric(["received"], self.engine.datagrams_received)
+        datagrams.add_metric(["sent"], self.engine.datagrams_sent)
+        yield datagrams
+        upcalls = CounterMetricFamily(
+            "conclave_native_upcalls",
+            "Datagrams and packets the native engine handed up to Python",
+        )
+        upcalls.add_metric([], self.engine.upcalls)
+        yield upcalls
+        dropped = CounterMetricFamily(
+            "conclave_native_dropped",
+            "Datagrams the native engine dropped, by reason",
+            labels=["reason"],
+        )
+        counts = self.engine.dropped
+        for reason in NATIVE_DROP_REASONS:
+            dropped.add_metric([reason], counts.get(reason, 0))
+        yield dropped
+
+
+def watch_native(engine: NativeEngineCounters) -> None:
+    """Export the engine's counters (once per process)."""
+    REGISTRY.register(_NativeCollector(engine))

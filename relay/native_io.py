@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aioice.ice import StunProtocol
@@ -122,3 +122,16 @@ def take_over(
 
     dtls._send_rtp = send_rtp  # type: ignore[method-assign]
     return leg
+
+
+def run_now(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a handler coroutine from an engine upcall, where no task exists: step
+    it now, and only if it waits for a future, resume it when that future is done
+    (what a Task does, without making one per packet). On the native path the
+    relay's packet handlers never wait: their sends go through the engine."""
+    try:
+        waited = coroutine.send(None)
+    except StopIteration:
+        return
+    waited._asyncio_future_blocking = False
+    waited.add_done_callback(lambda _: run_now(coroutine))

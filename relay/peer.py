@@ -35,6 +35,7 @@ from conclave.meeting import SOURCE_KINDS
 from relay import metrics, rtcp, simulcast
 from relay.errors import SignalingError
 from relay.forwarder import CLOCK_RATES, MID_URI, SubscriberOutput
+from relay.native_io import run_now, take_over
 from relay.reception import MissingPackets, ReceptionStats
 from relay.rtp import RtpHeader, one_byte_element
 from relay.speaker import AUDIO_LEVEL_URI
@@ -75,6 +76,16 @@ def set_simulcast_offer(enabled: bool) -> None:
 def set_test_video_loss(fraction: float) -> None:
     global _test_video_loss
     _test_video_loss = fraction
+
+
+# The native media path (docs/native.md): each leg's SRTP handed to the engine
+# right after its DTLS handshake (`conclave relay --forwarder native`).
+_native_legs = False
+
+
+def set_native_legs(enabled: bool) -> None:
+    global _native_legs
+    _native_legs = enabled
 
 
 class PeerEvents(Protocol):
@@ -417,8 +428,26 @@ class ParticipantPeer:
             self._transport = transport
             transport._handle_rtp_data = self._handle_rtp  # type: ignore[method-assign]
             transport._handle_rtcp_data = self._handle_rtcp  # type: ignore[method-assign]
-            if _test_video_loss:
+            if _test_video_loss:  # the loss is made before SRTP, on the Python path
                 self._lose_video_before_srtp(transport)
+            elif _native_legs:
+                self._hand_to_engine(transport)
+
+    def _hand_to_engine(self, transport: RTCDtlsTransport) -> None:
+        """Give the leg's SRTP to the native engine the moment aiortc has the keys
+        (before anything is protected with aiortc's sessions, so that no SRTCP
+        index is used twice); its packets then come up unprotected."""
+        setup_srtp = transport._setup_srtp
+
+        def setup_and_hand_over() -> None:
+            setup_srtp()
+            take_over(
+                transport,
+                lambda data: run_now(self._handle_rtp(data, 0)),
+                lambda data: run_now(self._handle_rtcp(data)),
+            )
+
+        transport._setup_srtp = setup_and_hand_over  # type: ignore[method-assign]
 
     def _lose_video_before_srtp(self, transport: RTCDtlsTransport) -> None:
         """Testing only: drop a share of incoming video datagrams where the network

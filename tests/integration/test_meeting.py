@@ -287,11 +287,12 @@ def label_values() -> dict[str, set[str]]:
     return {
         "reason": set(relay_metrics.DROP_REASONS)
         | set(relay_metrics.GRANT_REFUSALS)
-        | set(relay_metrics.LINK_DROP_REASONS),
+        | set(relay_metrics.LINK_DROP_REASONS)
+        | set(relay_metrics.NATIVE_DROP_REASONS),
         "result": set(relay_metrics.JOIN_RESULTS)
         | set(control_metrics.JOIN_RESULTS)
         | set(relay_metrics.LINK_OPEN_RESULTS),
-        "direction": set(relay_metrics.LINK_DIRECTIONS),
+        "direction": set(relay_metrics.LINK_DIRECTIONS) | set(relay_metrics.NATIVE_DIRECTIONS),
         "decision": set(control_metrics.PLACEMENT_DECISIONS),
         "state": set(relay_metrics.NODE_STATES),
         "method": methods,
