@@ -15,7 +15,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from conclave.ice import use_endpoint, use_host_addresses
 from relay import _native
-from relay.native_io import NativeSockets, NativeTransport, take_over
+from relay.native_io import NativeSockets, NativeTransport, run_now, take_over
 
 
 @pytest.fixture
@@ -94,3 +94,26 @@ async def test_a_leg_handshakes_through_the_engine_and_then_the_engine_does_srtp
     finally:
         await relay.close()
         await client.close()
+
+
+async def test_run_now_finishes_a_handler_at_once_or_when_what_it_waits_for_is_done() -> None:
+    steps: list[str] = []
+
+    async def quick() -> None:
+        steps.append("quick")
+
+    run_now(quick())
+    assert steps == ["quick"]  # no task, no loop iteration
+
+    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def waits() -> None:
+        steps.append("before")
+        steps.append(await gate)
+
+    run_now(waits())
+    assert steps == ["quick", "before"]
+    gate.set_result("after")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert steps == ["quick", "before", "after"]
