@@ -10,8 +10,13 @@ setup(
     ext_modules=[
         Extension(
             "relay._native",
-            ["relay/native/module.c", "relay/native/srtp.c", "relay/native/engine.c"],
-            libraries=["srtp2"],
+            [
+                "relay/native/module.c",
+                "relay/native/srtp.c",
+                "relay/native/engine.c",
+                "relay/native/forward.c",
+            ],
+            libraries=["srtp2", "m"],
             extra_compile_args=FLAGS,
         ),
     ]

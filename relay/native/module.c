@@ -24,7 +24,8 @@ PyMODINIT_FUNC PyInit__native(void)
     if (module == NULL) {
         return NULL;
     }
-    if (native_srtp_setup_module(module) < 0 || native_engine_setup_module(module) < 0) {
+    if (native_srtp_setup_module(module) < 0 || native_engine_setup_module(module) < 0
+        || native_forward_setup_module(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

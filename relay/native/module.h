@@ -11,4 +11,7 @@ int native_srtp_setup_module(PyObject *module);
 /* Engine, Leg (engine.c). */
 int native_engine_setup_module(PyObject *module);
 
+/* Track, Subscriber, LayerStats, parse_header, keyframe (forward.c). */
+int native_forward_setup_module(PyObject *module);
+
 #endif
