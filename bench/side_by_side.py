@@ -73,7 +73,12 @@ def machine_ticks() -> list[int]:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.cluster = Cluster(relay_args=["--capacity", "1000"])
+        # The relay on each media path (docs/native.md): `conclave` is the Python
+        # reference, `conclave-native` the C engine; each in a cluster of its own.
+        self.clusters = {
+            "conclave": Cluster(relay_args=["--capacity", "1000", "--forwarder", "python"]),
+            "conclave-native": Cluster(relay_args=["--capacity", "1000", "--forwarder", "native"]),
+        }
         self.janus = JanusServer(free_port())
         self.naive_port = free_port()
         self.naive: Child | None = None
@@ -81,10 +86,11 @@ class Bench:
 
     async def start(self) -> None:
         systems = self.args.systems
-        if "conclave" in systems:
-            await self.cluster.start()
-            assert self.cluster.relay is not None
-            say(f"conclave relay pid {self.cluster.relay.pid}")
+        for name, cluster in self.clusters.items():
+            if name in systems:
+                await cluster.start()
+                assert cluster.relay is not None
+                say(f"{name} relay pid {cluster.relay.pid}")
         if "janus" in systems:
             await self.janus.start()
             say(f"janus pid {self.janus.pid} ({self.janus.version}), {self.janus.url}")
@@ -105,7 +111,8 @@ class Bench:
         if self.naive is not None:
             await stop_child(self.naive)
         await asyncio.to_thread(self.janus.stop)
-        await self.cluster.stop()
+        for cluster in self.clusters.values():
+            await cluster.stop()
 
     async def point(
         self, system: str, kinds: list[str], n: int, http: aiohttp.ClientSession
@@ -113,12 +120,11 @@ class Bench:
         """One publisher, n subscribers on `system`: join, warm up, measure, leave."""
         args = self.args
         count = len(self.workers)
-        if system == "conclave":
-            assert self.cluster.relay is not None
-            relays = {
-                "conclave": Relay("conclave", self.cluster.metrics_url, self.cluster.relay.pid)
-            }
-            rooms = RoomsClient(self.cluster.control_plane_target)
+        if system in self.clusters:
+            cluster = self.clusters[system]
+            assert cluster.relay is not None
+            relays = {system: Relay(system, cluster.metrics_url, cluster.relay.pid)}
+            rooms = RoomsClient(cluster.control_plane_target)
             room = await rooms.create_room("side-by-side", max_participants=n + 1)
 
             async def entries(names: list[str], publisher: bool) -> list[dict[str, Any]]:
@@ -143,7 +149,7 @@ class Bench:
                 await rooms.close()
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline:  # until the relay is empty again
-                    samples = await scrape(http, self.cluster.metrics_url)
+                    samples = await scrape(http, cluster.metrics_url)
                     if metric_sum(samples, "conclave_participants") == 0:
                         break
                     await asyncio.sleep(0.5)
@@ -232,8 +238,8 @@ class Bench:
                 us_per_delivered=(
                     round(relay["cpu_pct"] / 100 * 1e6 / received, 2) if received else None
                 ),
-                conclave_forwarded_pps=relay["forwarded_pps"] if system == "conclave" else None,
-                us_per_forwarded=relay["cpu_us_per_forwarded"] if system == "conclave" else None,
+                conclave_forwarded_pps=relay["forwarded_pps"] if system in self.clusters else None,
+                us_per_forwarded=relay["cpu_us_per_forwarded"] if system in self.clusters else None,
                 workers_cpu_pct=window["workers_cpu_pct"],
                 machine_busy_pct=round(100 * (1 - (ticks[3] + ticks[4]) / (sum(ticks) or 1)), 1),
                 window_s=window["window_s"],
@@ -406,7 +412,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--naive-video", type=sizes(20), default=[1, 2, 4, 8], metavar="N,...")
     parser.add_argument("--naive-audio", type=sizes(20), default=[1, 5, 10, 20], metavar="N,...")
     parser.add_argument(
-        "--systems", default="conclave,janus,naive", type=lambda t: [s for s in t.split(",") if s]
+        "--systems",
+        default="conclave,conclave-native,janus,naive",
+        type=lambda t: [s for s in t.split(",") if s],
+        help="conclave (Python media path), conclave-native, janus, naive",
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="measured window per point")
     parser.add_argument("--warmup", type=float, default=3.0)
@@ -416,8 +425,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if not 1 <= args.seconds <= 60 or not 0 <= args.warmup <= 30:
         parser.error("--seconds 1..60, --warmup 0..30")
-    if not set(args.systems) <= {"conclave", "janus", "naive"}:
-        parser.error("--systems: conclave, janus, naive")
+    if not set(args.systems) <= {"conclave", "conclave-native", "janus", "naive"}:
+        parser.error("--systems: conclave, conclave-native, janus, naive")
     args.workers = max(1, min(args.workers, 8))
     return args
 

@@ -41,7 +41,7 @@ from conclave.tls import (
     server_tls_from,
 )
 from protos import link_pb2_grpc, relay_pb2_grpc
-from relay import metrics, signaling
+from relay import media_path, metrics, signaling
 from relay.admission import GrantChecker
 from relay.drain import DEFAULT_DEADLINE_S, Drainer
 from relay.link_crypto import NodeIdentity
@@ -50,7 +50,7 @@ from relay.links import SERVER_OPTIONS, LinkManager, LinkServicer
 from relay.native_io import NativeSockets
 from relay.no_decode import install_decoder_guard
 from relay.node import RelayNode
-from relay.peer import set_native_legs, set_simulcast_offer, set_test_video_loss
+from relay.peer import set_simulcast_offer, set_test_video_loss
 from relay.registration import NodeInfo, NodeRegistration
 from relay.rpc import RelayServicer
 
@@ -134,11 +134,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--forwarder",
-        choices=FORWARDERS,
-        default=os.environ.get("CONCLAVE_FORWARDER") or "python",
-        help="the media path: 'native' (C: batched socket I/O and SRTP, docs/native.md; "
-        "being built) or 'python' (aiortc's sockets and SRTP, the reference); default "
-        "$CONCLAVE_FORWARDER or python",
+        choices=media_path.PATHS,
+        default=os.environ.get("CONCLAVE_FORWARDER") or "native",
+        help="the media path: 'native' (C: batched socket I/O, SRTP and forwarding, "
+        "docs/native.md) or 'python' (aiortc's sockets and SRTP, relay/forwarder.py: the "
+        "reference); default $CONCLAVE_FORWARDER or native",
     )
     parser.add_argument(
         "--test-drop-video",
@@ -184,9 +184,6 @@ def _public_ip(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-FORWARDERS = ("native", "python")
-
-
 def configure_ice(args: argparse.Namespace) -> None:
     """Host addresses, port range and advertised address of every peer connection,
     and whose sockets they are (the native engine's with --forwarder native)."""
@@ -198,7 +195,7 @@ def configure_ice(args: argparse.Namespace) -> None:
     native = args.forwarder == "native"
     sockets = NativeSockets() if native else None
     use_endpoint(sockets.endpoint if sockets is not None else None)
-    set_native_legs(native)
+    media_path.use_native(native)
     if sockets is not None:
         metrics.watch_native(sockets.engine)
     log.info("media path: %s", args.forwarder)

@@ -32,9 +32,10 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.sdp import candidate_from_sdp
 
 from conclave.meeting import SOURCE_KINDS
-from relay import metrics, rtcp, simulcast
+from relay import media_path, metrics, rtcp, simulcast
 from relay.errors import SignalingError
-from relay.forwarder import CLOCK_RATES, MID_URI, SubscriberOutput
+from relay.forwarder import CLOCK_RATES, MID_URI
+from relay.media_path import Output, new_output
 from relay.native_io import run_now, take_over
 from relay.reception import MissingPackets, ReceptionStats
 from relay.rtp import RtpHeader, one_byte_element
@@ -78,16 +79,6 @@ def set_test_video_loss(fraction: float) -> None:
     _test_video_loss = fraction
 
 
-# The native media path (docs/native.md): each leg's SRTP handed to the engine
-# right after its DTLS handshake (`conclave relay --forwarder native`).
-_native_legs = False
-
-
-def set_native_legs(enabled: bool) -> None:
-    global _native_legs
-    _native_legs = enabled
-
-
 class PeerEvents(Protocol):
     """What a peer reports to its room; the room owns tracks and forwarding."""
 
@@ -96,14 +87,14 @@ class PeerEvents(Protocol):
         """One packet of this participant's `source` track, of simulcast `layer` (0,
         the lowest, for a single stream), arrived at `now` (event-loop clock)."""
 
-    def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None: ...
+    def on_keyframe_request(self, track_id: str, output: Output) -> None: ...
 
     def on_codec(self, peer: ParticipantPeer, source: str, mime: str) -> None:
         """This participant now sends its `source` track in `mime` (lower case)."""
 
-    async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None: ...
+    async def on_nack(self, track_id: str, output: Output, lost: list[int]) -> None: ...
 
-    def on_remb(self, track_id: str, output: SubscriberOutput, bitrate: int) -> None: ...
+    def on_remb(self, track_id: str, output: Output, bitrate: int) -> None: ...
 
     async def on_sender_report(self, peer: ParticipantPeer, source: str,
                                report: rtcp.SenderReport, layer: int) -> None: ...  # fmt: skip
@@ -155,7 +146,7 @@ class Subscription:
     kind: str
     source: str
     transceiver: RTCRtpTransceiver
-    output: SubscriberOutput | None = None
+    output: Output | None = None
     removed: bool = False
     # The largest video size the subscriber shows this track at (`video_size`).
     video_size: tuple[int, int] | None = None
@@ -243,7 +234,7 @@ class ParticipantPeer:
         )
         self._needed.set()
 
-    def remove_subscription(self, track_id: str) -> SubscriberOutput | None:
+    def remove_subscription(self, track_id: str) -> Output | None:
         """Mark the m-line inactive; returns the output to detach from its track."""
         sub = self.subscriptions.pop(track_id, None)
         if sub is None:
@@ -430,7 +421,7 @@ class ParticipantPeer:
             transport._handle_rtcp_data = self._handle_rtcp  # type: ignore[method-assign]
             if _test_video_loss:  # the loss is made before SRTP, on the Python path
                 self._lose_video_before_srtp(transport)
-            elif _native_legs:
+            elif media_path.native():
                 self._hand_to_engine(transport)
 
     def _hand_to_engine(self, transport: RTCDtlsTransport) -> None:
@@ -467,7 +458,7 @@ class ParticipantPeer:
 
         ice._recv = lossy_receive
 
-    def _make_output(self, sub: Subscription) -> SubscriberOutput:
+    def _make_output(self, sub: Subscription) -> Output:
         transceiver = sub.transceiver
         sender: RTCRtpSender = transceiver.sender
         extension_ids = {e.uri: e.id for e in transceiver._headerExtensions}
@@ -488,7 +479,7 @@ class ParticipantPeer:
                 )
                 codecs[mime] = (pt, rtx_pt)
         primary, rtx_pt = next(iter(codecs.values()))
-        return SubscriberOutput(
+        return new_output(
             sender._ssrc,
             primary,
             mid_element,

@@ -21,9 +21,9 @@ from conclave.meeting import SOURCE_KINDS, SOURCES, MeetingPolicy
 from conclave.tasks import spawn
 from relay import metrics
 from relay.errors import RoomFull, SignalingError
-from relay.forwarder import SubscriberOutput, TrackForwarder
 from relay.layers import SubscriberLayers, TrackLayers
 from relay.link import KIND_SENDER_REPORT, MeetingLink
+from relay.media_path import Forwarder, Output, new_forwarder
 from relay.peer import CNAME, ParticipantPeer, Signal, Subscription
 from relay.remote import RemotePeer
 from relay.rtcp import SenderReport, pli, sdes_cname
@@ -117,13 +117,13 @@ class PublishedTrack:
     track_id: str
     source: str
     owner: Participant
-    forwarder: TrackForwarder
+    forwarder: Forwarder
     # One keyframe throttle per layer (index from the lowest), made when needed.
     throttles: dict[int, KeyframeThrottle] = field(default_factory=dict)
     # Each subscriber's constraints (REMB, requested size): a single-stream
     # publisher is asked to send no more than the slowest subscriber can take; a
     # simulcast one is not capped, each subscriber gets a layer that suits it.
-    subscribers: dict[SubscriberOutput, SubscriberLayers] = field(default_factory=dict)
+    subscribers: dict[Output, SubscriberLayers] = field(default_factory=dict)
     # Measurements and dynacast state when the publisher sends simulcast.
     layers: TrackLayers | None = None
     switches_counted: int = 0  # forwarder.switches already added to the metric
@@ -441,7 +441,7 @@ class Room:
             track_id,
             source,
             owner,
-            TrackForwarder(kind, lambda layer: self._request_keyframe(track_id, layer)),
+            new_forwarder(kind, lambda layer: self._request_keyframe(track_id, layer)),
         )
         owner.tracks[source] = track
         self.tracks[track_id] = track
@@ -956,7 +956,7 @@ class Room:
         if track.remote:
             self._ask_link(track)
 
-    def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None:
+    def on_keyframe_request(self, track_id: str, output: Output) -> None:
         """A subscriber lost its picture: a key frame of the layer it is (or is about
         to be) receiving."""
         self._request_keyframe(track_id, output.target)
@@ -972,7 +972,7 @@ class Room:
             )
         throttle.request()
 
-    async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None:
+    async def on_nack(self, track_id: str, output: Output, lost: list[int]) -> None:
         track = self.tracks.get(track_id)
         if track is None:
             return
@@ -981,7 +981,7 @@ class Room:
             await output.sink.send_rtp(packet)
         metrics.RETRANSMISSIONS.inc(len(packets))
 
-    def on_remb(self, track_id: str, output: SubscriberOutput, bitrate: int) -> None:
+    def on_remb(self, track_id: str, output: Output, bitrate: int) -> None:
         track = self.tracks.get(track_id)
         choice = track.subscribers.get(output) if track is not None else None
         if choice is not None:
@@ -1267,7 +1267,7 @@ class Room:
                 track_id,
                 source,
                 owner,
-                TrackForwarder(kind, lambda layer: self._request_keyframe(track_id, layer)),
+                new_forwarder(kind, lambda layer: self._request_keyframe(track_id, layer)),
                 index=index,
             )
             owner.tracks[source] = track

@@ -52,6 +52,7 @@ from relay.forwarder import (
     SubscriberOutput,
     TrackForwarder,
 )
+from relay.media_path import Output
 from relay.peer import ParticipantPeer
 from relay.reception import MAX_DROPOUT, MAX_MISSING, NACK_MAX_TRIES, MissingPackets, ReceptionStats
 from relay.rtp import FIXED_HEADER, ONE_BYTE_PROFILE, RtpHeader, is_vp8_keyframe_start
@@ -1042,17 +1043,18 @@ class FuzzRoom:
         assert mime == {"microphone": "audio/opus", "camera": "video/vp8"}[source], (source, mime)
         self.counts["on_codec"] += 1
 
-    def on_keyframe_request(self, track_id: str, output: SubscriberOutput) -> None:
+    def on_keyframe_request(self, track_id: str, output: Output) -> None:
         assert self.tracks[track_id] is output, track_id
         self.counts["on_keyframe_request"] += 1
 
-    async def on_nack(self, track_id: str, output: SubscriberOutput, lost: list[int]) -> None:
-        assert self.tracks[track_id] is output, track_id
+    async def on_nack(self, track_id: str, output: Output, lost: list[int]) -> None:
+        track = self.tracks[track_id]
+        assert track is output, track_id
         assert lost and all(isinstance(s, int) and 0 <= s <= 0xFFFF for s in lost), lost
-        self.harness.retransmit(output, lost)
+        self.harness.retransmit(track, lost)
         self.counts["on_nack"] += 1
 
-    def on_remb(self, track_id: str, output: SubscriberOutput, bitrate: int) -> None:
+    def on_remb(self, track_id: str, output: Output, bitrate: int) -> None:
         assert self.tracks[track_id] is output, track_id
         assert isinstance(bitrate, int) and 0 <= bitrate <= REMB_MAX, bitrate
         (echo,) = rtcp.parse(rtcp.remb(1, bitrate, [output.ssrc]))  # what goes upstream
