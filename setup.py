@@ -15,6 +15,7 @@ setup(
                 "relay/native/srtp.c",
                 "relay/native/engine.c",
                 "relay/native/forward.c",
+                "relay/native/reception.c",
             ],
             libraries=["srtp2", "m"],
             extra_compile_args=FLAGS,

@@ -88,6 +88,16 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """A free port followed by `count` more free ones (`conclave dev` gives its
+    relays the ports after the web client's)."""
+    for _ in range(50):
+        port = free_port(host)
+        if port + count < 65536 and all(port_free(port + 1 + i, host) for i in range(count)):
+            return port
+    raise RuntimeError(f"no run of {count + 1} free ports on {host}")
+
+
 def terminate(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after `grace` seconds; always reaps the child."""
     if process.poll() is None:

@@ -41,7 +41,7 @@ from typing import IO, Any
 
 from client.loadtest.measure import process_cpu
 from conclave.credentials import METADATA_KEY, find_key, mint_token
-from conclave.processes import free_port, port_free
+from conclave.processes import free_port, free_port_run
 from conclave.tls import (
     channel_credentials,
     client_ssl_context,
@@ -61,21 +61,12 @@ _PROPOSALS = re.compile(r"^etcd_server_proposals_committed_total\s+(\S+)$", re.M
 # --- the cluster -------------------------------------------------------------------
 
 
-def _http_port(relays: int) -> int:
-    """A free port followed by `relays` free ones (conclave dev's relays use them)."""
-    for _ in range(50):
-        port = free_port(HOST)
-        if port + relays < 65536 and all(port_free(port + 1 + i, HOST) for i in range(relays)):
-            return port
-    raise SystemExit("loadtest: no run of free loopback ports for the relays")
-
-
 class Cluster:
     """`conclave dev` as a child in its own session; its stderr goes to a log file."""
 
     def __init__(self, source: Path, relays: int, log_path: Path) -> None:
         self.grpc_port = free_port(HOST)
-        self.http_port = _http_port(relays)
+        self.http_port = free_port_run(relays, HOST)
         self.ready: dict[str, str] = {}  # the fields of conclave dev's ready line
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # closed in stop()

@@ -213,6 +213,7 @@ def configure_ice(args: argparse.Namespace) -> None:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    metrics.sync_native()
     response = web.Response(body=generate_latest())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from conclave.server_metrics import ServerMetrics
+from relay import _native
 
 # RelayService calls served and etcd requests made (docs/metrics.md).
 SERVER = ServerMetrics()
@@ -214,19 +214,8 @@ NATIVE_DIRECTIONS = ("received", "sent")
 NATIVE_DROP_REASONS = ("srtp", "send_full", "send_error", "too_large", "protect")
 
 
-class NativeEngineCounters(Protocol):
-    @property
-    def datagrams_received(self) -> int: ...
-    @property
-    def datagrams_sent(self) -> int: ...
-    @property
-    def upcalls(self) -> int: ...
-    @property
-    def dropped(self) -> dict[str, int]: ...
-
-
 class _NativeCollector(Collector):
-    def __init__(self, engine: NativeEngineCounters) -> None:
+    def __init__(self, engine: _native.Engine) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -255,6 +244,29 @@ class _NativeCollector(Collector):
         yield dropped
 
 
-def watch_native(engine: NativeEngineCounters) -> None:
+_native_engine: _native.Engine | None = None
+_native_seen = (0, 0, 0, 0, 0)
+
+
+def watch_native(engine: _native.Engine) -> None:
     """Export the engine's counters (once per process)."""
+    global _native_engine
+    _native_engine = engine
     REGISTRY.register(_NativeCollector(engine))
+
+
+def sync_native() -> None:
+    """Add what the engine received, forwarded and NACKed without Python since the
+    last call to the relay's own counters (called before each scrape), so that
+    they count every packet on either path."""
+    global _native_seen
+    engine = _native_engine
+    if engine is None:
+        return
+    now = (engine.rtp_received, engine.rtp_received_bytes, engine.rtp_forwarded,
+           engine.rtp_forwarded_bytes, engine.nacks_sent)  # fmt: skip
+    counters = (PACKETS_RECEIVED, BYTES_RECEIVED, PACKETS_FORWARDED, BYTES_FORWARDED, NACKS_SENT)
+    for counter, before, after in zip(counters, _native_seen, now, strict=True):
+        if after > before:
+            counter.inc(after - before)
+    _native_seen = now

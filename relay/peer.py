@@ -32,10 +32,10 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.sdp import candidate_from_sdp
 
 from conclave.meeting import SOURCE_KINDS
-from relay import media_path, metrics, rtcp, simulcast
+from relay import _native, media_path, metrics, rtcp, simulcast
 from relay.errors import SignalingError
 from relay.forwarder import CLOCK_RATES, MID_URI
-from relay.media_path import Output, new_output
+from relay.media_path import Forwarder, NativeForwarder, Output, new_output
 from relay.native_io import run_now, take_over
 from relay.reception import MissingPackets, ReceptionStats
 from relay.rtp import RtpHeader, one_byte_element
@@ -192,6 +192,10 @@ class ParticipantPeer:
         # (output SSRC, middle 32 bits of its NTP time) -> when the SR was sent
         self._reports_sent: dict[tuple[int, int], float] = {}
         self._transport: RTCDtlsTransport | None = None
+        # The native engine's leg (docs/native.md), once DTLS is done, and the
+        # incoming SSRCs whose books it keeps (bind_native).
+        self._leg: _native.Leg | None = None
+        self._bound: set[int] = set()
         self._needed = asyncio.Event()
         self._answer: asyncio.Future[str] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -294,6 +298,9 @@ class ParticipantPeer:
         for sub in pending:
             if not sub.removed and sub.track_id in self.subscriptions:
                 sub.output = self._make_output(sub)
+                if isinstance(sub.output, _native.Subscriber):
+                    sub.output.leg = self._leg  # None until DTLS is done: set then
+                    sub.output.announce = self.join_started_ms is not None
                 self._by_output_ssrc[sub.output.ssrc] = sub
                 self._on_ready(sub)
 
@@ -377,6 +384,7 @@ class ParticipantPeer:
     def _forget(self, source: str) -> None:
         for ssrc in self.publish_ssrc.pop(source, {}).values():
             self.incoming.pop(ssrc, None)
+            self._unbind_native(ssrc)
 
     def apply_answer(self, sdp: str) -> None:
         """Hand the client's answer to the negotiation in progress."""
@@ -432,13 +440,55 @@ class ParticipantPeer:
 
         def setup_and_hand_over() -> None:
             setup_srtp()
-            take_over(
+            leg = take_over(
                 transport,
                 lambda data: run_now(self._handle_rtp(data, 0)),
                 lambda data: run_now(self._handle_rtcp(data)),
             )
+            if leg is not None:
+                leg.rtcp_ssrc = self.rtcp_ssrc
+                self._leg = leg
+                for sub in self.subscriptions.values():
+                    if isinstance(sub.output, _native.Subscriber):
+                        sub.output.leg = leg
 
         transport._setup_srtp = setup_and_hand_over  # type: ignore[method-assign]
+
+    def bind_native(self, ssrc: int, forwarder: Forwarder, layer: int, payload_type: int) -> None:
+        """Let the engine take this incoming SSRC's packets from now on: it keeps
+        their books (reception statistics, NACKs, audio level) and, while the
+        track is fast, forwards them without Python. Called by the room after a
+        packet of it went the Python way; nothing on the Python path."""
+        leg = self._leg
+        stream = self.incoming.get(ssrc)
+        if leg is None or stream is None or ssrc in self._bound:
+            return
+        if not isinstance(forwarder, NativeForwarder):
+            return
+        level_id = self.audio_level_id if stream.source == "microphone" else None
+        video = stream.kind == "video"
+        if leg.bind(ssrc, forwarder.track, layer, payload_type, CLOCK_RATES[stream.kind],
+                    level_id or 0, video):  # fmt: skip
+            self._bound.add(ssrc)
+
+    def bound_natively(self, ssrc: int) -> bool:
+        return ssrc in self._bound
+
+    def native_levels(self) -> tuple[float, int] | None:
+        """The audio levels the engine summed for the microphone since the last
+        call (sum of linear amplitudes, packets); None when it keeps none."""
+        leg = self._leg
+        ssrc = self.publish_ssrc.get("microphone", {}).get("")
+        if leg is None or ssrc is None or ssrc not in self._bound:
+            return None
+        total, count = leg.take_levels(ssrc)
+        return total, count
+
+    def _unbind_native(self, ssrc: int) -> None:
+        if ssrc in self._bound:
+            self._bound.discard(ssrc)
+            if self._leg is not None:
+                self._leg.unbind(ssrc)
 
     def _lose_video_before_srtp(self, transport: RTCDtlsTransport) -> None:
         """Testing only: drop a share of incoming video datagrams where the network
@@ -521,6 +571,9 @@ class ParticipantPeer:
             self.publish_codec[source] = mime
             self._events.on_codec(self, source, mime)
         now = asyncio.get_running_loop().time()
+        if header.ssrc in self._bound:  # the engine keeps its books (bind_native)
+            await self._events.on_media(self, source, header, data, stream.layer, now)
+            return
         stream.stats.update(header.sequence, header.timestamp, now)
         missing = stream.missing
         if missing is not None and (missing.update(header.sequence) or missing.missing):
@@ -560,7 +613,9 @@ class ParticipantPeer:
         previous = ssrcs.get(rid)
         if previous is not None:
             self.incoming.pop(previous, None)
+            self._unbind_native(previous)
         stale = self.incoming.pop(header.ssrc, None)  # it moved to another source
+        self._unbind_native(header.ssrc)
         if stale is not None:
             self.publish_ssrc.get(stale.source, {}).pop(stale.rid, None)
         ssrcs[rid] = header.ssrc
@@ -620,7 +675,11 @@ class ParticipantPeer:
     async def _sender_report(self, report: rtcp.SenderReport) -> None:
         stream = self.incoming.get(report.ssrc)
         if stream is not None:
-            stream.stats.sender_report(report.ntp, asyncio.get_running_loop().time())
+            now = asyncio.get_running_loop().time()
+            if report.ssrc in self._bound and self._leg is not None:
+                self._leg.sender_report(report.ssrc, report.ntp, now)
+            else:
+                stream.stats.sender_report(report.ntp, now)
             await self._events.on_sender_report(self, stream.source, report, stream.layer)
 
     def _remb(self, item: rtcp.Remb) -> None:
@@ -643,7 +702,13 @@ class ParticipantPeer:
     def receiver_reports(self, now: float) -> bytes:
         """RR with one block per incoming SSRC, every simulcast layer included (at
         most 5 of the 31 an RR holds), SDES, and REMB naming every video SSRC."""
-        blocks = [stream.stats.report(now) for stream in self.incoming.values()]
+        leg = self._leg
+        blocks = [
+            leg.report_block(ssrc, now)
+            if leg is not None and ssrc in self._bound
+            else stream.stats.report(now)
+            for ssrc, stream in self.incoming.items()
+        ]
         compound = rtcp.receiver_report(self.rtcp_ssrc, blocks)
         compound += rtcp.sdes_cname(self.rtcp_ssrc, CNAME)
         bitrate = self._events.upstream_bitrate(self)

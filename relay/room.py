@@ -23,7 +23,7 @@ from relay import metrics
 from relay.errors import RoomFull, SignalingError
 from relay.layers import SubscriberLayers, TrackLayers
 from relay.link import KIND_SENDER_REPORT, MeetingLink
-from relay.media_path import Forwarder, Output, new_forwarder
+from relay.media_path import Forwarder, NativeForwarder, Output, new_forwarder
 from relay.peer import CNAME, ParticipantPeer, Signal, Subscription
 from relay.remote import RemotePeer
 from relay.rtcp import SenderReport, pli, sdes_cname
@@ -519,6 +519,7 @@ class Room:
             raise SignalingError("not_published", f"this participant does not publish {source}")
         if not muted:
             track.held = False
+            _update_fast(track)
         if track.muted == muted:
             return
         track.muted = muted
@@ -623,6 +624,7 @@ class Room:
         if self._act_remotely(participant, {"action": "mute", "source": source}):
             return
         track.held = True
+        _update_fast(track)
         await self._signal_quietly(participant, {"type": "muted_by_host", "source": source})
         await self.set_muted(participant, source, True)
 
@@ -806,8 +808,10 @@ class Room:
         if peer.join_started_ms is not None:
             peer.media_flowing()
         voice = participant.voice
+        native = isinstance(peer, ParticipantPeer) and peer.bound_natively(header.ssrc)
         if source == "microphone" and voice is not None and peer.audio_level_id is not None:
-            voice.observe(header.extensions, peer.audio_level_id)
+            if not native:  # else the engine sums the levels (native_levels)
+                voice.observe(header.extensions, peer.audio_level_id)
         outputs = track.forwarder.forward(data, header, layer, now)
         sent_bytes = 0
         for output, packet in outputs:
@@ -820,6 +824,9 @@ class Room:
         _BYTES_FORWARDED.inc(sent_bytes)
         if track.links and not participant.origin:
             self._send_on_links(track, header.sequence, data, layer)
+        if not native and isinstance(peer, ParticipantPeer):
+            _update_fast(track)
+            peer.bind_native(header.ssrc, track.forwarder, layer, header.payload_type)
 
     def _send_on_links(self, track: PublishedTrack, sequence: int, data: bytes, layer: int) -> None:
         """The packet as the publisher sent it, once to each link that wants its layer."""
@@ -925,12 +932,24 @@ class Room:
         while True:
             await asyncio.sleep(INTERVAL_S)
             try:
+                self._take_native_levels()
                 changed = self.speakers.decide(loop.time())
                 if changed is not None:
                     metrics.ACTIVE_SPEAKER_UPDATES.inc()
                     await self._broadcast(self._speakers_message(changed))
             except Exception as exc:  # a bug here must not end speaker updates for good
                 log.debug("active-speaker update failed: %s", exc, exc_info=True)
+
+    def _take_native_levels(self) -> None:
+        """Audio levels the native engine summed since the last decision."""
+        for participant in self.participants.values():
+            voice, peer = participant.voice, participant.peer
+            if voice is None or not isinstance(peer, ParticipantPeer):
+                continue
+            levels = peer.native_levels()
+            if levels is not None:
+                voice.total += levels[0]
+                voice.count += levels[1]
 
     @staticmethod
     def _speakers_message(speakers: list[tuple[str, float]]) -> dict[str, Any]:
@@ -1203,6 +1222,7 @@ class Room:
         for track in self._local_tracks.values():
             if link in track.links and track.links.pop(link):
                 _LINK_TRACKS_SENT.dec()
+            _update_fast(track)
 
     async def on_link_message(self, link: MeetingLink, message: dict[str, Any]) -> None:
         if self.links.get(link.peer_node) is not link:
@@ -1340,6 +1360,7 @@ class Room:
         wants = {i for i in message["layers"] if isinstance(i, int) and 0 <= i < count}
         before = track.links.get(link, set())
         track.links[link] = wants
+        _update_fast(track)
         if wants and not before:
             _LINK_TRACKS_SENT.inc()
             _LINK_STARTS_SENT.inc()
@@ -1442,3 +1463,10 @@ _LINK_HANDLERS: dict[str, LinkHandler] = {
     "nack": Room._on_nack,
     "act": Room._on_act,
 }
+
+
+def _update_fast(track: PublishedTrack) -> None:
+    """Whether the native engine may forward the track's packets without Python:
+    not while a host holds it or links take it (both done in Python)."""
+    if isinstance(track.forwarder, NativeForwarder):
+        track.forwarder.track.fast = not track.held and not track.links

@@ -31,8 +31,11 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
+#include "forward.h"
 #include "module.h"
+#include "reception.h"
 #include "srtp.h"
 
 #define BATCH 32           /* datagrams per recvmmsg / sendmmsg call */
@@ -46,12 +49,30 @@ enum drop_reason {
     DROP_SEND_ERROR,  /* sendmmsg failed otherwise (e.g. ICMP unreachable) */
     DROP_TOO_LARGE,   /* a packet to send over NATIVE_SRTP_MAX_PACKET */
     DROP_PROTECT,     /* protect failed */
+    DROP_NO_LEG,      /* a subscriber's packet found its leg gone */
     DROP_REASONS
 };
 
 static const char *const drop_names[DROP_REASONS] = {
-    "srtp", "send_full", "send_error", "too_large", "protect",
+    "srtp", "send_full", "send_error", "too_large", "protect", "no_leg",
 };
+
+#define MAX_BINDINGS 8      /* SSRCs one participant sends: sources x layers */
+#define MAX_NACKED 64       /* sequence numbers one NACK names at most */
+
+/* An SSRC a leg's participant sends, bound by Python to the track and layer it
+ * belongs to, and what the relay keeps about it per packet (what
+ * relay/peer.py's IncomingStream keeps on the Python path). */
+typedef struct {
+    uint32_t ssrc;
+    PyObject *track;            /* strong: relay._native.Track */
+    int layer;
+    int payload_type;           /* the one Python saw; another goes up to it */
+    int audio_level_id;         /* 0: no audio level to read */
+    reception_stats_t stats;
+    missing_t *missing;         /* video only, else NULL */
+    level_sum_t levels;         /* since Python last took them */
+} binding_t;
 
 typedef struct LegObject LegObject;
 
@@ -87,6 +108,12 @@ typedef struct {
     unsigned long long datagrams_sent;
     unsigned long long upcalls;
     unsigned long long dropped[DROP_REASONS];
+    /* RTP handled entirely here (the fast path), as the room counts it */
+    unsigned long long rtp_received;
+    unsigned long long rtp_received_bytes;
+    unsigned long long rtp_forwarded;
+    unsigned long long rtp_forwarded_bytes;
+    unsigned long long nacks_sent;
 } EngineObject;
 
 /* A participant's leg once DTLS is done: the socket, the selected remote
@@ -102,6 +129,9 @@ struct LegObject {
     PyObject *on_rtp;           /* callable(bytes) */
     PyObject *on_rtcp;          /* callable(bytes) */
     int open;
+    uint32_t rtcp_ssrc;         /* the relay's SSRC in the RTCP it sends this leg */
+    binding_t bindings[MAX_BINDINGS];
+    int binding_count;
     unsigned long long rtp_received;
     unsigned long long rtcp_received;
     unsigned long long sent;
@@ -298,28 +328,29 @@ static void flush_all(EngineObject *engine)
     engine->to_flush_count = 0;
 }
 
-/* Copy `packet` (plaintext RTP or RTCP) into a send slot of the leg's socket,
- * protect it there, and queue it to the leg's remote address. Sent at once
- * when the engine is not in the middle of a receive batch. */
-static int leg_send(LegObject *leg, const uint8_t *packet, size_t len)
+/* A free send slot of the leg's socket (flushing the queue when it is full):
+ * its index, or -1 when the leg cannot send. */
+static int take_slot(LegObject *leg)
 {
-    EngineObject *engine = leg->engine;
     SocketObject *sock = leg->socket;
     if (!leg->open || !sock->open) {
         return -1;
     }
-    if (len > NATIVE_SRTP_MAX_PACKET) {
-        engine->dropped[DROP_TOO_LARGE]++;
-        return -1;
-    }
     if (sock->queued == BATCH) {
-        flush_socket(engine, sock);
+        flush_socket(leg->engine, sock);
     }
-    int slot = sock->queued;
+    return sock->queued;
+}
+
+/* Protect the `len` plaintext bytes in slot `slot` and queue them to the leg's
+ * remote address; sent at once when the engine is not in a receive batch. */
+static int queue_slot(LegObject *leg, int slot, size_t len, int rtcp)
+{
+    EngineObject *engine = leg->engine;
+    SocketObject *sock = leg->socket;
     uint8_t *buf = sock->out_buf[slot];
-    memcpy(buf, packet, len);
     size_t out_len = len;
-    if (native_srtp_protect(&leg->tx, buf, &out_len, SLOT_SIZE, is_rtcp(packet, len)) != 0) {
+    if (native_srtp_protect(&leg->tx, buf, &out_len, SLOT_SIZE, rtcp) != 0) {
         engine->dropped[DROP_PROTECT]++;
         return -1;
     }
@@ -340,6 +371,142 @@ static int leg_send(LegObject *leg, const uint8_t *packet, size_t len)
         flush_socket(engine, sock);
     }
     return 0;
+}
+
+/* Copy `packet` (plaintext RTP or RTCP) into a send slot of the leg's socket,
+ * protect it there, and queue it (queue_slot). */
+static int leg_send(LegObject *leg, const uint8_t *packet, size_t len)
+{
+    if (len > NATIVE_SRTP_MAX_PACKET) {
+        leg->engine->dropped[DROP_TOO_LARGE]++;
+        return -1;
+    }
+    int slot = take_slot(leg);
+    if (slot < 0) {
+        return -1;
+    }
+    memcpy(leg->socket->out_buf[slot], packet, len);
+    return queue_slot(leg, slot, len, is_rtcp(packet, len));
+}
+
+/* The forwarder's output for one subscriber (native_emit_fn), written straight
+ * into a send slot of its leg. */
+static int emit_to_leg(void *context, PyObject *subscriber, const OutPacket *packet)
+{
+    EngineObject *engine = context;
+    LegObject *leg = (LegObject *)native_subscriber_leg(subscriber);
+    int slot = leg == NULL ? -1 : take_slot(leg);
+    if (slot < 0) {
+        engine->dropped[DROP_NO_LEG]++;
+        return 1;
+    }
+    size_t len = native_write_packet(subscriber, packet, leg->socket->out_buf[slot],
+                                     NATIVE_SRTP_MAX_PACKET);
+    if (len == 0) {
+        engine->dropped[DROP_TOO_LARGE]++;
+        return 1;
+    }
+    if (queue_slot(leg, slot, len, 0) < 0) {
+        return 1;
+    }
+    engine->rtp_forwarded++;
+    engine->rtp_forwarded_bytes += len;
+    if (native_subscriber_take_announce(subscriber)) {
+        PyObject *sink = native_subscriber_sink(subscriber);
+        if (sink != NULL && sink != Py_None) {
+            PyObject *result = PyObject_CallMethod(sink, "media_flowing", NULL);
+            if (result == NULL) {
+                PyErr_WriteUnraisable(sink);
+            }
+            Py_XDECREF(result);
+        }
+    }
+    return 0;
+}
+
+/* --- bindings: what the engine knows of the SSRCs a leg receives ------------ */
+
+static double monotonic_now(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+static uint32_t read32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static binding_t *find_binding(LegObject *leg, uint32_t ssrc)
+{
+    for (int i = 0; i < leg->binding_count; i++) {
+        if (leg->bindings[i].ssrc == ssrc) {
+            return &leg->bindings[i];
+        }
+    }
+    return NULL;
+}
+
+static void release_binding(binding_t *binding)
+{
+    Py_CLEAR(binding->track);
+    PyMem_Free(binding->missing);
+    binding->missing = NULL;
+}
+
+/* What the relay keeps per packet of a bound SSRC (relay/peer.py _route_rtp on
+ * the Python path): reception statistics, NACKs for new gaps, audio level. */
+static void keep_books(EngineObject *engine, LegObject *leg, binding_t *binding,
+                       const uint8_t *data, size_t len, double now)
+{
+    uint16_t sequence = (uint16_t)(data[2] << 8 | data[3]);
+    reception_update(&binding->stats, sequence, read32(data + 4), now);
+    missing_t *missing = binding->missing;
+    if (missing != NULL && (missing_update(missing, sequence) || missing_count(missing))) {
+        uint16_t lost[MAX_NACKED];
+        size_t count = missing_due(missing, now, lost, MAX_NACKED);
+        if (count) {
+            uint8_t nack[12 + 4 * MAX_NACKED];
+            size_t nack_len = nack_build(leg->rtcp_ssrc, binding->ssrc, lost, count, nack,
+                                         sizeof nack);
+            if (nack_len && leg_send(leg, nack, nack_len) == 0) {
+                engine->nacks_sent++;
+            }
+        }
+    }
+    int level;
+    if (binding->audio_level_id && audio_level_find(data, len, binding->audio_level_id, &level)) {
+        level_sum_add(&binding->levels, level);
+    }
+}
+
+/* An RTP packet of a keyed leg: 1 when it was handled here (bound, its payload
+ * type as bound, the track fast: forwarded to subscribers' legs), 0 when it
+ * is Python's (its books are kept here all the same when it is bound). */
+static int receive_rtp(EngineObject *engine, LegObject *leg, const uint8_t *data, size_t len)
+{
+    if (len < 12 || (data[0] >> 6) != 2) {
+        return 0;
+    }
+    binding_t *binding = find_binding(leg, read32(data + 8));
+    if (binding == NULL) {
+        return 0;
+    }
+    double now = monotonic_now();
+    keep_books(engine, leg, binding, data, len, now);
+    if ((data[1] & 0x7F) != binding->payload_type || !native_track_fast(binding->track,
+                                                                        binding->layer)) {
+        return 0;
+    }
+    engine->rtp_received++;
+    engine->rtp_received_bytes += len;
+    PyObject *track = Py_NewRef(binding->track); /* a sink's callback may unbind it */
+    if (native_track_forward(track, data, len, binding->layer, now, emit_to_leg, engine) < 0) {
+        PyErr_WriteUnraisable(track);
+    }
+    Py_DECREF(track);
+    return 1;
 }
 
 /* --- receiving ------------------------------------------------------------ */
@@ -364,8 +531,10 @@ static void dispatch(EngineObject *engine, SocketObject *sock, uint8_t *data, si
                    Py_BuildValue("(y#)", (const char *)data, (Py_ssize_t)plain_len));
         } else {
             leg->rtp_received++;
-            upcall(engine, leg->on_rtp,
-                   Py_BuildValue("(y#)", (const char *)data, (Py_ssize_t)plain_len));
+            if (!receive_rtp(engine, leg, data, plain_len)) {
+                upcall(engine, leg->on_rtp,
+                       Py_BuildValue("(y#)", (const char *)data, (Py_ssize_t)plain_len));
+            }
         }
         Py_DECREF(leg);
         return;
@@ -583,6 +752,8 @@ static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *k
     memset(&leg->tx, 0, sizeof leg->tx);
     memset(&leg->rx, 0, sizeof leg->rx);
     leg->open = 0;
+    leg->rtcp_ssrc = 0;
+    leg->binding_count = 0;
     leg->rtp_received = leg->rtcp_received = leg->sent = 0;
     Py_INCREF(self);
     leg->engine = self;
@@ -623,6 +794,10 @@ static void close_leg(LegObject *leg)
     leg->open = 0;
     native_srtp_close(&leg->tx);
     native_srtp_close(&leg->rx);
+    for (int i = 0; i < leg->binding_count; i++) {
+        release_binding(&leg->bindings[i]);
+    }
+    leg->binding_count = 0;
 }
 
 static PyObject *Engine_dropped(EngineObject *self, void *closure)
@@ -688,6 +863,11 @@ static void Engine_dealloc(EngineObject *self)
 COUNTER(datagrams_received)
 COUNTER(datagrams_sent)
 COUNTER(upcalls)
+COUNTER(rtp_received)
+COUNTER(rtp_received_bytes)
+COUNTER(rtp_forwarded)
+COUNTER(rtp_forwarded_bytes)
+COUNTER(nacks_sent)
 
 static PyMethodDef Engine_methods[] = {
     {"add_socket", (PyCFunction)Engine_add_socket, METH_VARARGS,
@@ -709,6 +889,11 @@ static PyGetSetDef Engine_getset[] = {
     {"datagrams_received", (getter)Engine_get_datagrams_received, NULL, NULL, NULL},
     {"datagrams_sent", (getter)Engine_get_datagrams_sent, NULL, NULL, NULL},
     {"upcalls", (getter)Engine_get_upcalls, NULL, NULL, NULL},
+    {"rtp_received", (getter)Engine_get_rtp_received, NULL, NULL, NULL},
+    {"rtp_received_bytes", (getter)Engine_get_rtp_received_bytes, NULL, NULL, NULL},
+    {"rtp_forwarded", (getter)Engine_get_rtp_forwarded, NULL, NULL, NULL},
+    {"rtp_forwarded_bytes", (getter)Engine_get_rtp_forwarded_bytes, NULL, NULL, NULL},
+    {"nacks_sent", (getter)Engine_get_nacks_sent, NULL, NULL, NULL},
     {"dropped", (getter)Engine_dropped, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -798,7 +983,182 @@ LEG_COUNTER(rtp_received)
 LEG_COUNTER(rtcp_received)
 LEG_COUNTER(sent)
 
+static PyObject *Leg_bind(LegObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"ssrc", "track", "layer", "payload_type", "clock_rate",
+                            "audio_level_id", "nack", NULL};
+    unsigned long ssrc;
+    PyObject *track;
+    int layer, payload_type, clock_rate, audio_level_id = 0, nack = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "kOiii|ip:bind", names, &ssrc, &track,
+                                     &layer, &payload_type, &clock_rate, &audio_level_id,
+                                     &nack)) {
+        return NULL;
+    }
+    if (!native_is_track(track)) {
+        PyErr_SetString(PyExc_TypeError, "track must be a relay._native.Track");
+        return NULL;
+    }
+    if (ssrc > 0xFFFFFFFFUL || payload_type < 0 || payload_type > 127 || clock_rate <= 0
+        || audio_level_id < 0 || audio_level_id > 14 || layer < 0) {
+        PyErr_SetString(PyExc_ValueError, "ssrc, payload type, clock rate, level id or layer "
+                        "out of range");
+        return NULL;
+    }
+    if (!self->open) {
+        Py_RETURN_FALSE;
+    }
+    binding_t *binding = find_binding(self, (uint32_t)ssrc);
+    if (binding == NULL) {
+        if (self->binding_count == MAX_BINDINGS) {
+            Py_RETURN_FALSE; /* more streams than a participant sends: left to Python */
+        }
+        binding = &self->bindings[self->binding_count++];
+        memset(binding, 0, sizeof *binding);
+        binding->ssrc = (uint32_t)ssrc;
+        reception_init(&binding->stats, (uint32_t)ssrc, (uint32_t)clock_rate);
+    }
+    Py_INCREF(track);
+    Py_XSETREF(binding->track, track);
+    binding->layer = layer;
+    binding->payload_type = payload_type;
+    binding->audio_level_id = audio_level_id;
+    if (nack && binding->missing == NULL) {
+        binding->missing = PyMem_Malloc(sizeof *binding->missing);
+        if (binding->missing == NULL) {
+            return PyErr_NoMemory();
+        }
+        missing_init(binding->missing);
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Leg_unbind(LegObject *self, PyObject *arg)
+{
+    unsigned long ssrc = PyLong_AsUnsignedLong(arg);
+    if (ssrc == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (int i = 0; i < self->binding_count; i++) {
+        if (self->bindings[i].ssrc == ssrc) {
+            release_binding(&self->bindings[i]);
+            self->bindings[i] = self->bindings[--self->binding_count];
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
+static binding_t *binding_arg(LegObject *self, PyObject *arg)
+{
+    unsigned long ssrc = PyLong_AsUnsignedLong(arg);
+    if (ssrc == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    binding_t *binding = find_binding(self, (uint32_t)ssrc);
+    if (binding == NULL) {
+        PyErr_SetString(PyExc_KeyError, "the SSRC is not bound");
+    }
+    return binding;
+}
+
+static PyObject *Leg_report_block(LegObject *self, PyObject *args)
+{
+    PyObject *ssrc;
+    double now;
+    if (!PyArg_ParseTuple(args, "Od:report_block", &ssrc, &now)) {
+        return NULL;
+    }
+    binding_t *binding = binding_arg(self, ssrc);
+    if (binding == NULL) {
+        return NULL;
+    }
+    uint8_t block[RECEPTION_REPORT_BLOCK_SIZE];
+    reception_report(&binding->stats, now, block);
+    return PyBytes_FromStringAndSize((const char *)block, sizeof block);
+}
+
+static PyObject *Leg_sender_report(LegObject *self, PyObject *args)
+{
+    PyObject *ssrc;
+    unsigned long long ntp;
+    double now;
+    if (!PyArg_ParseTuple(args, "OKd:sender_report", &ssrc, &ntp, &now)) {
+        return NULL;
+    }
+    binding_t *binding = binding_arg(self, ssrc);
+    if (binding == NULL) {
+        return NULL;
+    }
+    reception_sender_report(&binding->stats, ntp, now);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Leg_take_levels(LegObject *self, PyObject *arg)
+{
+    binding_t *binding = binding_arg(self, arg);
+    if (binding == NULL) {
+        return NULL;
+    }
+    PyObject *result = Py_BuildValue("(dK)", binding->levels.total,
+                                     (unsigned long long)binding->levels.count);
+    binding->levels.total = 0.0;
+    binding->levels.count = 0;
+    return result;
+}
+
+static PyObject *Leg_get_rtcp_ssrc(LegObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLong(self->rtcp_ssrc);
+}
+
+static int Leg_set_rtcp_ssrc(LegObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    unsigned long ssrc = value ? PyLong_AsUnsignedLong(value) : (unsigned long)-1;
+    if (ssrc == (unsigned long)-1 && (PyErr_Occurred() || value == NULL)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_AttributeError, "rtcp_ssrc cannot be deleted");
+        }
+        return -1;
+    }
+    if (ssrc > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_ValueError, "an SSRC has 32 bits");
+        return -1;
+    }
+    self->rtcp_ssrc = (uint32_t)ssrc;
+    return 0;
+}
+
+static PyObject *Leg_get_bound(LegObject *self, void *closure)
+{
+    (void)closure;
+    PyObject *ssrcs = PyList_New(0);
+    for (int i = 0; ssrcs != NULL && i < self->binding_count; i++) {
+        PyObject *ssrc = PyLong_FromUnsignedLong(self->bindings[i].ssrc);
+        if (ssrc == NULL || PyList_Append(ssrcs, ssrc) < 0) {
+            Py_XDECREF(ssrc);
+            Py_CLEAR(ssrcs);
+            break;
+        }
+        Py_DECREF(ssrc);
+    }
+    return ssrcs;
+}
+
 static PyMethodDef Leg_methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))Leg_bind, METH_VARARGS | METH_KEYWORDS,
+     "bind(ssrc, track, layer, payload_type, clock_rate, audio_level_id=0, nack=False) -> "
+     "bool: the engine keeps this SSRC's books and, while the track is fast, forwards "
+     "its packets without Python (False: not bound, Python keeps it)."},
+    {"unbind", (PyCFunction)Leg_unbind, METH_O, "unbind(ssrc) -> bool"},
+    {"report_block", (PyCFunction)Leg_report_block, METH_VARARGS,
+     "report_block(ssrc, now) -> 24 bytes: the RR block of a bound SSRC."},
+    {"sender_report", (PyCFunction)Leg_sender_report, METH_VARARGS,
+     "sender_report(ssrc, ntp, now): an SR of a bound SSRC arrived (for LSR/DLSR)."},
+    {"take_levels", (PyCFunction)Leg_take_levels, METH_O,
+     "take_levels(ssrc) -> (sum of linear amplitudes, packets) since the last call."},
     {"send", (PyCFunction)Leg_send, METH_O,
      "send(packet) -> bool: protect one RTP or RTCP packet and send it to the leg's "
      "remote address (False: dropped, and counted)."},
@@ -808,6 +1168,9 @@ static PyMethodDef Leg_methods[] = {
 };
 
 static PyGetSetDef Leg_getset[] = {
+    {"rtcp_ssrc", (getter)Leg_get_rtcp_ssrc, (setter)Leg_set_rtcp_ssrc,
+     "the sender SSRC of the NACKs the engine sends", NULL},
+    {"bound", (getter)Leg_get_bound, NULL, "the SSRCs bound, in no order", NULL},
     {"remote", (getter)Leg_get_remote, NULL, NULL, NULL},
     {"open", (getter)Leg_get_open, NULL, NULL, NULL},
     {"rtp_received", (getter)Leg_get_rtp_received, NULL, NULL, NULL},

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "forward.h"
 #include "module.h"
 
 enum {
@@ -459,6 +460,8 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *sink;           /* opaque: whatever sends this subscriber's packets */
+    PyObject *leg;            /* the native Leg its packets go out on, or NULL */
+    bool announce;            /* tell the sink (media_flowing) at the first packet sent */
     PyObject *mid_element;    /* bytes */
     PyObject *codecs;         /* dict: str -> (payload type, RTX payload type or 0) */
     PyObject *extension_ids;  /* dict: URI -> id, or NULL (the publisher's ids) */
@@ -485,25 +488,6 @@ typedef struct {
 
 static PyTypeObject SubscriberType;
 
-/* An int in [0, max] from a Python object; -1 with an exception otherwise. */
-static int to_bounded(PyObject *value, uint64_t max, const char *name, uint64_t *out)
-{
-    if (!PyLong_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int", name);
-        return -1;
-    }
-    int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    if (overflow || v < 0 || (uint64_t)v > max) {
-        PyErr_Format(PyExc_ValueError, "%s out of range [0, %llu]", name,
-                     (unsigned long long)max);
-        return -1;
-    }
-    *out = (uint64_t)v;
-    return 0;
-}
 
 static PyObject *copy_extension_ids(PyObject *mapping)
 {
@@ -516,7 +500,7 @@ static PyObject *copy_extension_ids(PyObject *mapping)
         PyObject *uri, *value;
         uint64_t id;
         if (!PyArg_ParseTuple(item, "UO", &uri, &value) ||
-            to_bounded(value, 15, "extension id", &id) < 0) {
+            native_to_bounded(value, 15, "extension id", &id) < 0) {
             Py_CLEAR(result);
             break;
         }
@@ -544,8 +528,8 @@ static PyObject *copy_codecs(PyObject *mapping)
         if (!PyArg_ParseTuple(item, "UO", &mime, &pair) ||
             !PyArg_ParseTuple(pair, "OO;codecs values must be (payload type, RTX payload type)",
                               &pt, &rtx_pt) ||
-            to_bounded(pt, 127, "payload type", &media) < 0 ||
-            to_bounded(rtx_pt, 127, "RTX payload type", &rtx) < 0) {
+            native_to_bounded(pt, 127, "payload type", &media) < 0 ||
+            native_to_bounded(rtx_pt, 127, "RTX payload type", &rtx) < 0) {
             Py_CLEAR(result);
             break;
         }
@@ -590,18 +574,18 @@ static int Subscriber_init(SubscriberObject *self, PyObject *args, PyObject *kwd
                         "(random initial values, chosen by the caller)");
         goto fail;
     }
-    if (to_bounded(ssrc, 0xFFFFFFFF, "ssrc", &v_ssrc) < 0 ||
-        to_bounded(payload_type, 127, "payload_type", &v_pt) < 0 ||
-        to_bounded(next_sequence, 0xFFFF, "next_sequence", &v_next) < 0 ||
-        to_bounded(timestamp_base, 0xFFFFFFFF, "timestamp_base", &v_base) < 0 ||
-        to_bounded(rtx_sequence, 0xFFFF, "rtx_sequence", &v_rtx_seq) < 0)
+    if (native_to_bounded(ssrc, 0xFFFFFFFF, "ssrc", &v_ssrc) < 0 ||
+        native_to_bounded(payload_type, 127, "payload_type", &v_pt) < 0 ||
+        native_to_bounded(next_sequence, 0xFFFF, "next_sequence", &v_next) < 0 ||
+        native_to_bounded(timestamp_base, 0xFFFFFFFF, "timestamp_base", &v_base) < 0 ||
+        native_to_bounded(rtx_sequence, 0xFFFF, "rtx_sequence", &v_rtx_seq) < 0)
         goto fail;
     if (rtx != Py_None) {
         PyObject *rtx_ssrc, *rtx_pt;
         if (!PyArg_ParseTuple(rtx, "OO;rtx must be (ssrc, payload type) or None", &rtx_ssrc,
                               &rtx_pt) ||
-            to_bounded(rtx_ssrc, 0xFFFFFFFF, "RTX ssrc", &v_rtx_ssrc) < 0 ||
-            to_bounded(rtx_pt, 127, "RTX payload type", &v_rtx_pt) < 0)
+            native_to_bounded(rtx_ssrc, 0xFFFFFFFF, "RTX ssrc", &v_rtx_ssrc) < 0 ||
+            native_to_bounded(rtx_pt, 127, "RTX payload type", &v_rtx_pt) < 0)
             goto fail;
     }
     codecs_copy = codecs == Py_None ? PyDict_New() : copy_codecs(codecs);
@@ -640,6 +624,7 @@ fail:
 static int Subscriber_traverse(SubscriberObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->sink);
+    Py_VISIT(self->leg);
     Py_VISIT(self->mid_element);
     Py_VISIT(self->codecs);
     Py_VISIT(self->extension_ids);
@@ -649,6 +634,7 @@ static int Subscriber_traverse(SubscriberObject *self, visitproc visit, void *ar
 static int Subscriber_clear(SubscriberObject *self)
 {
     Py_CLEAR(self->sink);
+    Py_CLEAR(self->leg);
     return 0;
 }
 
@@ -656,6 +642,7 @@ static void Subscriber_dealloc(SubscriberObject *self)
 {
     PyObject_GC_UnTrack(self);
     Py_CLEAR(self->sink);
+    Py_CLEAR(self->leg);
     Py_CLEAR(self->mid_element);
     Py_CLEAR(self->codecs);
     Py_CLEAR(self->extension_ids);
@@ -776,6 +763,42 @@ static int Subscriber_set_sink(SubscriberObject *self, PyObject *value, void *c)
     return 0;
 }
 
+static PyObject *Subscriber_get_leg(SubscriberObject *self, void *c)
+{
+    (void)c;
+    return Py_NewRef(self->leg ? self->leg : Py_None);
+}
+
+static int Subscriber_set_leg(SubscriberObject *self, PyObject *value, void *c)
+{
+    (void)c;
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "leg cannot be deleted");
+        return -1;
+    }
+    Py_XSETREF(self->leg, value == Py_None ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *Subscriber_get_announce(SubscriberObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->announce);
+}
+
+static int Subscriber_set_announce(SubscriberObject *self, PyObject *value, void *c)
+{
+    (void)c;
+    int truth = value ? PyObject_IsTrue(value) : -1;
+    if (truth < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "announce cannot be deleted");
+        return -1;
+    }
+    self->announce = truth;
+    return 0;
+}
+
 static PyGetSetDef Subscriber_getset[] = {
     {"ssrc", (getter)Subscriber_get_ssrc, NULL, NULL, NULL},
     {"payload_type", (getter)Subscriber_get_payload_type, NULL, NULL, NULL},
@@ -796,6 +819,10 @@ static PyGetSetDef Subscriber_getset[] = {
     {"segments", (getter)Subscriber_get_segments, NULL, NULL, NULL},
     {"extension_map", (getter)Subscriber_get_extension_map, NULL, NULL, NULL},
     {"sink", (getter)Subscriber_get_sink, (setter)Subscriber_set_sink, NULL, NULL},
+    {"announce", (getter)Subscriber_get_announce, (setter)Subscriber_set_announce,
+     "call sink.media_flowing() when the engine sends the first packet", NULL},
+    {"leg", (getter)Subscriber_get_leg, (setter)Subscriber_set_leg,
+     "the native Leg its packets go out on in C (None: returned to Python)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1018,40 +1045,27 @@ static void layer_free(Layer *layer)
 /* ------------------------------------------------------------------------ */
 /* Output packets                                                              */
 
-/* What one output packet is made of; see _rewrite in forwarder.py. */
-typedef struct {
-    uint8_t marker_and_type;
-    uint16_t sequence;
-    uint32_t timestamp;  /* final, already in the subscriber's space */
-    uint32_t ssrc;
-    uint8_t padding_bit;
-    const uint8_t *block;  /* the source's one-byte elements */
-    size_t block_length;
-    const int8_t *map;  /* NULL: copy all but skip_id */
-    int64_t skip_id;
-    size_t elements_length;  /* emit_elements' length for block/map/skip_id */
-    const uint8_t *prefix;  /* RTX: the original sequence number */
-    size_t prefix_length;
-    const uint8_t *payload;
-    size_t payload_length;
-} OutPacket;
 
-/* The packet as bytes; NULL without an exception when its extension block
- * would not fit the 16-bit length (the Python forwarder raises then). */
-static PyObject *build_packet(const SubscriberObject *sub, const OutPacket *o)
+/* The packet's length, or 0 when its extension block would not fit the 16-bit
+ * length (the Python forwarder raises then). */
+static size_t packet_length(const SubscriberObject *sub, const OutPacket *o, size_t *padded_out)
 {
-    const char *mid = PyBytes_AS_STRING(sub->mid_element);
     size_t mid_length = (size_t)PyBytes_GET_SIZE(sub->mid_element);
     size_t elements = mid_length + o->elements_length;
     size_t padded = (elements + 3) & ~(size_t)3;
     if (padded / 4 > MAX_BLOCK_WORDS)
-        return NULL;
+        return 0;
+    *padded_out = padded;
     size_t block = elements ? 4 + padded : 0;
-    size_t total = FIXED_HEADER + block + o->prefix_length + o->payload_length;
-    PyObject *packet = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    if (!packet)
-        return NULL;
-    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(packet);
+    return FIXED_HEADER + block + o->prefix_length + o->payload_length;
+}
+
+/* Write the packet into `p`, which holds packet_length() bytes. */
+static void write_into(const SubscriberObject *sub, const OutPacket *o, size_t padded, uint8_t *p)
+{
+    const char *mid = PyBytes_AS_STRING(sub->mid_element);
+    size_t mid_length = (size_t)PyBytes_GET_SIZE(sub->mid_element);
+    size_t elements = mid_length + o->elements_length;
     p[0] = (uint8_t)(0x80 | o->padding_bit | (elements ? 0x10 : 0));
     p[1] = o->marker_and_type;
     write16(p + 2, o->sequence);
@@ -1064,13 +1078,57 @@ static PyObject *build_packet(const SubscriberObject *sub, const OutPacket *o)
         memcpy(p + 4, mid, mid_length);
         emit_elements(o->block, o->block_length, o->map, o->skip_id, p + 4 + mid_length);
         memset(p + 4 + elements, 0, padded - elements);
-        p += block;
+        p += 4 + padded;
     }
     if (o->prefix_length)
         memcpy(p, o->prefix, o->prefix_length);
     if (o->payload_length)
         memcpy(p + o->prefix_length, o->payload, o->payload_length);
+}
+
+/* The packet as bytes; NULL without an exception when its extension block
+ * would not fit the 16-bit length (the Python forwarder raises then). */
+static PyObject *build_packet(const SubscriberObject *sub, const OutPacket *o)
+{
+    size_t padded = 0;
+    size_t total = packet_length(sub, o, &padded);
+    if (!total)
+        return NULL;
+    PyObject *packet = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!packet)
+        return NULL;
+    write_into(sub, o, padded, (uint8_t *)PyBytes_AS_STRING(packet));
     return packet;
+}
+
+size_t native_write_packet(PyObject *subscriber, const OutPacket *packet, uint8_t *buf,
+                           size_t capacity)
+{
+    const SubscriberObject *sub = (const SubscriberObject *)subscriber;
+    size_t padded = 0;
+    size_t total = packet_length(sub, packet, &padded);
+    if (!total || total > capacity)
+        return 0;
+    write_into(sub, packet, padded, buf);
+    return total;
+}
+
+PyObject *native_subscriber_leg(PyObject *subscriber)
+{
+    return ((SubscriberObject *)subscriber)->leg;
+}
+
+int native_subscriber_take_announce(PyObject *subscriber)
+{
+    SubscriberObject *sub = (SubscriberObject *)subscriber;
+    int announce = sub->announce;
+    sub->announce = false;
+    return announce;
+}
+
+PyObject *native_subscriber_sink(PyObject *subscriber)
+{
+    return ((SubscriberObject *)subscriber)->sink;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1091,6 +1149,7 @@ struct TrackObject {
     uint64_t forwarded;
     uint64_t switches;  /* layer changes of started subscribers */
     uint64_t malformed;  /* packets RtpHeader.parse would reject */
+    bool fast;  /* the engine may forward its packets without Python (Track.fast) */
 };
 
 static PyTypeObject TrackType;
@@ -1140,6 +1199,7 @@ static int Track_init(TrackObject *self, PyObject *args, PyObject *kwds)
     Py_INCREF(request_keyframe);
     Py_XSETREF(self->request_keyframe, request_keyframe);
     self->source_mid_id = MID_EXTENSION_ID;
+    self->fast = true;
     return 0;
 }
 
@@ -1479,41 +1539,25 @@ static int track_switch(TrackObject *self, int layer, uint16_t sequence, uint32_
     return 0;
 }
 
-static PyObject *Track_forward(TrackObject *self, PyObject *args, PyObject *kwds)
+/* Track.forward's work, each output packet through `emit` (see forward.h);
+ * `layer` is in range. 0, or -1 with a Python error set. */
+static int track_forward(TrackObject *self, const uint8_t *data, size_t length, int layer,
+                         double now, native_emit_fn emit, void *context)
 {
-    static char *keywords[] = {"data", "layer", "now", NULL};
-    Py_buffer buffer;
-    int layer = 0;
-    double now = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|id", keywords, &buffer, &layer, &now))
-        return NULL;
-    PyObject *out = NULL;
-    if (layer < 0 || layer >= self->layer_count) {
-        PyErr_SetString(PyExc_IndexError, "no such layer");
-        goto done;
-    }
-    const uint8_t *data = buffer.buf;
-    size_t length = (size_t)buffer.len;
     RtpView rtp;
     if (!parse_rtp(data, length, &rtp)) {
         self->malformed++;
-        out = PyList_New(0);
-        goto done;
+        return 0;
     }
     Layer *stream = &self->layers[layer];
     self->received++;
     const uint8_t *payload = data + rtp.payload_offset;
     size_t payload_length = length - rtp.payload_offset;
     int64_t extended = layer_unwrap(stream, rtp.sequence);
-    if (extended < stream->highest - SKIP_WINDOW) {  /* later than any padding we remember */
-        out = PyList_New(0);
-        goto done;
-    }
-    if (rtp.padding_bit && data[length - 1] >= payload_length) {  /* padding only */
-        if (layer_skip(stream, extended) == 0)
-            out = PyList_New(0);
-        goto done;
-    }
+    if (extended < stream->highest - SKIP_WINDOW)  /* later than any padding we remember */
+        return 0;
+    if (rtp.padding_bit && data[length - 1] >= payload_length)  /* padding only */
+        return layer_skip(stream, extended) == 0 ? 0 : -1;
     uint16_t sequence = layer_compact(stream, extended);
     stream->packets++;
     stream->octets += length - (rtp.padding_bit ? data[length - 1] : 0);
@@ -1521,26 +1565,25 @@ static PyObject *Track_forward(TrackObject *self, PyObject *args, PyObject *kwds
     stream->last_timestamp = rtp.timestamp;
     if (self->is_video) {
         if (cache_store(&stream->cache[sequence % CACHE_SIZE], data, length, &rtp, sequence) < 0)
-            goto done;
+            return -1;
         if (keyframe_start(self->codec, payload, payload_length)) {
             int64_t width, height;
             int found = keyframe_size(self->codec, payload, payload_length, &width, &height);
             if (found < 0)
-                goto done;
+                return -1;
             if (found) {
                 stream->width = width;
                 stream->height = height;
             }
             if (stream->joining.count && track_switch(self, layer, sequence, rtp.timestamp, now) < 0)
-                goto done;
+                return -1;
         }
     } else if (stream->joining.count &&
                track_switch(self, layer, sequence, rtp.timestamp, now) < 0) {
-        goto done;
+        return -1;
     }
-    out = PyList_New(0);
-    if (!out || !stream->receivers.count)
-        goto done;
+    if (!stream->receivers.count)
+        return 0;
     const uint8_t *block = data + rtp.elements_start;
     size_t block_length = rtp.elements_end - rtp.elements_start;
     size_t shared_length = emit_elements(block, block_length, NULL, self->source_mid_id, NULL);
@@ -1563,28 +1606,68 @@ static PyObject *Track_forward(TrackObject *self, PyObject *args, PyObject *kwds
             .payload = payload,
             .payload_length = payload_length,
         };
-        PyObject *packet = build_packet(sub, &o);
-        if (!packet) {
-            if (PyErr_Occurred()) {
-                Py_CLEAR(out);
-                goto done;
-            }
+        int emitted = emit(context, (PyObject *)sub, &o);
+        if (emitted < 0)
+            return -1;
+        if (emitted > 0)
             continue;  /* its extension block would not fit: not sent */
-        }
-        PyObject *pair = PyTuple_Pack(2, (PyObject *)sub, packet);
-        Py_DECREF(packet);
-        if (!pair || PyList_Append(out, pair) < 0) {
-            Py_XDECREF(pair);
-            Py_CLEAR(out);
-            goto done;
-        }
-        Py_DECREF(pair);
         sub->next_sequence = (uint16_t)(out_sequence + 1);
         sub->packets++;
         sub->octets += payload_length;
         sent++;
     }
     self->forwarded += sent;
+    return 0;
+}
+
+int native_is_track(PyObject *object)
+{
+    return PyObject_TypeCheck(object, &TrackType);
+}
+
+int native_track_forward(PyObject *track, const uint8_t *data, size_t length, int layer,
+                         double now, native_emit_fn emit, void *context)
+{
+    TrackObject *self = (TrackObject *)track;
+    if (layer < 0 || layer >= self->layer_count) {
+        PyErr_SetString(PyExc_IndexError, "no such layer");
+        return -1;
+    }
+    return track_forward(self, data, length, layer, now, emit, context);
+}
+
+/* Track.forward's emit: (subscriber, bytes) appended to a list. */
+static int emit_to_list(void *context, PyObject *subscriber, const OutPacket *o)
+{
+    PyObject *packet = build_packet((SubscriberObject *)subscriber, o);
+    if (!packet)
+        return PyErr_Occurred() ? -1 : 1;
+    PyObject *pair = PyTuple_Pack(2, subscriber, packet);
+    Py_DECREF(packet);
+    if (!pair || PyList_Append((PyObject *)context, pair) < 0) {
+        Py_XDECREF(pair);
+        return -1;
+    }
+    Py_DECREF(pair);
+    return 0;
+}
+
+static PyObject *Track_forward(TrackObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"data", "layer", "now", NULL};
+    Py_buffer buffer;
+    int layer = 0;
+    double now = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|id", keywords, &buffer, &layer, &now))
+        return NULL;
+    PyObject *out = NULL;
+    if (layer < 0 || layer >= self->layer_count) {
+        PyErr_SetString(PyExc_IndexError, "no such layer");
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out && track_forward(self, buffer.buf, (size_t)buffer.len, layer, now, emit_to_list, out) < 0)
+        Py_CLEAR(out);
 done:
     PyBuffer_Release(&buffer);
     return out;
@@ -1835,7 +1918,43 @@ static PyObject *Track_get_source_mid_id(TrackObject *self, void *c)
     return PyLong_FromLongLong(self->source_mid_id);
 }
 
+static PyObject *Track_get_fast(TrackObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->fast);
+}
+
+static int Track_set_fast(TrackObject *self, PyObject *value, void *c)
+{
+    (void)c;
+    int truth = value ? PyObject_IsTrue(value) : -1;
+    if (truth < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "fast cannot be deleted");
+        return -1;
+    }
+    self->fast = truth;
+    return 0;
+}
+
+int native_track_fast(PyObject *track, int layer)
+{
+    TrackObject *self = (TrackObject *)track;
+    if (!self->fast || layer < 0 || layer >= self->layer_count)
+        return 0;
+    const Layer *stream = &self->layers[layer];
+    for (size_t i = 0; i < stream->receivers.count; i++)
+        if (!stream->receivers.items[i]->leg)
+            return 0;
+    for (size_t i = 0; i < stream->joining.count; i++)
+        if (!stream->joining.items[i]->leg)
+            return 0;
+    return 1;
+}
+
 static PyGetSetDef Track_getset[] = {
+    {"fast", (getter)Track_get_fast, (setter)Track_set_fast,
+     "False: the engine hands every packet of the track up to Python", NULL},
     {"received", (getter)Track_get_received, NULL, NULL, NULL},
     {"forwarded", (getter)Track_get_forwarded, NULL, NULL, NULL},
     {"switches", (getter)Track_get_switches, NULL, NULL, NULL},

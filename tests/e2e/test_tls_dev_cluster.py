@@ -32,7 +32,7 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 
 from client.rooms import RoomsClient
-from conclave.processes import free_port
+from conclave.processes import free_port, free_port_run
 from conclave.store import NODES_PREFIX, EtcdStore
 from conclave.tls import client_ssl_context, dev_pki, mutual_channel_credentials, spki_sha256
 from tests.dev_cluster import DevCluster, start_dev
@@ -93,7 +93,7 @@ def etcd_answers(url: str, context: ssl.SSLContext) -> bool:
 
 @pytest.mark.timeout(180)
 async def test_every_hop_of_a_dev_cluster_is_tls(tmp_path: Path) -> None:
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_port(), free_port_run(2)
     with LoopbackCapture() as capture:
         dev = await start_dev(
             "--relays", "2", "--grpc-port", str(grpc_port), "--http-port", str(http_port)

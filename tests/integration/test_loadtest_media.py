@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from client.loadtest.receive import StreamStats, payload_clocks
-from conclave.processes import free_port
+from conclave.processes import free_port, free_port_run
 from tests.dev_cluster import start_dev
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
@@ -40,7 +40,7 @@ def test_payload_clocks_leave_out_rtx() -> None:
 
 @pytest.mark.integration
 async def test_loadtest_media_against_conclave_dev() -> None:
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_port(), free_port_run(1)
     dev = await start_dev(
         "--relays", "1", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
         stderr=None,

@@ -27,7 +27,7 @@ import pytest_asyncio
 
 from client.sdk import RoomsClient, Session
 from conclave.ice import use_host_addresses
-from conclave.processes import free_port, wait_for_line
+from conclave.processes import free_port, free_port_run, wait_for_line
 from conclave.server_metrics import ETCD_OPERATIONS
 from conclave.store import EtcdStore
 from control_plane import metrics as control_metrics
@@ -110,7 +110,7 @@ def alive(pid: int) -> bool:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[MeetingCluster]:
-    grpc_port, http_port, etcd_port = free_port(), free_port(), free_port()
+    grpc_port, http_port, etcd_port = free_port(), free_port_run(2), free_port()
     dev = await start_dev(
         "--relays", "2", "--grpc-port", str(grpc_port),
         "--http-port", str(http_port), "--etcd-port", str(etcd_port),
@@ -378,7 +378,7 @@ async def test_dev_stops_every_child_on_sigterm(cluster: MeetingCluster) -> None
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_make_run_reaches_ready() -> None:
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_port(), free_port_run(2)
     process = await asyncio.create_subprocess_exec(
         "make", "--no-print-directory", "run",
         f"DEV_ARGS=--grpc-port {grpc_port} --http-port {http_port}",

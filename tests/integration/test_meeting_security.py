@@ -25,7 +25,7 @@ import pytest_asyncio
 
 from client.errors import ConclaveError
 from client.sdk import Session
-from conclave.processes import free_port
+from conclave.processes import free_port, free_port_run
 from conclave.tls import channel_credentials, client_ssl_context, find_ca_file
 from protos import rooms_pb2, rooms_pb2_grpc
 from protos.grant_pb2 import JoinGrant, SignedGrant
@@ -46,7 +46,7 @@ class Cluster:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[Cluster]:
-    http_port = free_port()
+    http_port = free_port_run(2)
     dev = await start_dev(
         "--relays", "2", "--http-port", str(http_port), "--grpc-port", str(free_port())
     )  # fmt: skip

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conclave.processes import free_port
+from conclave.processes import free_port, free_port_run
 from tests.dev_cluster import start_dev
 
 CONCLAVE = [sys.executable, "-m", "conclave.cli"]
@@ -34,7 +34,7 @@ def relay_series(http_port: int, series: str, context: ssl.SSLContext) -> float:
 
 @pytest.mark.integration
 async def test_a_webinar_spills_over_three_relays_and_nobody_is_refused() -> None:
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_port(), free_port_run(3)
     dev = await start_dev(
         "--relays", "3", "--relay-capacity", str(CAPACITY),
         "--grpc-port", str(grpc_port), "--http-port", str(http_port),

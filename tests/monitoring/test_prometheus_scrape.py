@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from client.sdk import RoomsClient, Session
-from conclave.processes import free_port
+from conclave.processes import free_port, free_port_run
 from tests.dev_cluster import DevCluster, start_dev
 from tests.monitoring import catalog
 from tests.monitoring.prometheus import PrometheusServer
@@ -55,7 +55,7 @@ class Cluster:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[Cluster]:
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_port(), free_port_run(RELAYS)
     dev = await start_dev(
         "--relays", str(RELAYS), "--grpc-port", str(grpc_port),
         "--http-port", str(http_port), "--ready-timeout", "40", timeout=45,
