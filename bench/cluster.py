@@ -4,6 +4,10 @@ one relay, each a child process that is stopped when the benchmark ends.
 Children run in their own session (Ctrl-C reaches only the benchmark, which then
 stops them in order) and get SIGTERM if the benchmark dies (`die_with_parent`);
 `kill_leftovers()` is the synchronous last resort after the event loop is gone.
+
+The benchmark runs with a config directory of its own (`bench_config`): an API key
+made for it, which its control planes register and its clients sign with, and no
+development CA (the cluster is in clear), never the user's own.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conclave.credentials import default_key_path, new_key, save_key_file
 from conclave.processes import EtcdServer, die_with_parent, free_port, signal_group, stop_group
 
 HOST = "127.0.0.1"
@@ -42,6 +48,19 @@ class Child:
     def describe_exit(self) -> str:
         lines = "\n".join(f"  [{self.name}] {line}" for line in self.tail)
         return f"{self.name} exited with code {self.process.returncode}\n{lines}"
+
+
+def bench_config() -> Path:
+    """The benchmark's API key file, made on first use in a config directory of its
+    own that this process and its children use from then on."""
+    if "CONCLAVE_BENCH_CONFIG" not in os.environ:
+        config = tempfile.mkdtemp(prefix="conclave-bench-")
+        os.environ["CONCLAVE_BENCH_CONFIG"] = config
+        os.environ["XDG_CONFIG_HOME"] = config
+        os.environ.pop("CONCLAVE_API_KEY_FILE", None)
+        os.environ.pop("CONCLAVE_CA_FILE", None)
+        save_key_file(new_key("bench"), default_key_path())
+    return default_key_path()
 
 
 def child_env() -> dict[str, str]:
@@ -153,6 +172,13 @@ class Cluster:
                     etcd_url,
                     "--listen",
                     self.control_plane_target,
+                    "--api-key-file",
+                    str(bench_config()),
+                    # benchmarks create a meeting per point, many in a row
+                    "--create-burst",
+                    "100000",
+                    "--creates-per-minute",
+                    "1000000",
                     "--log-level",
                     "warning",
                 ],
