@@ -389,11 +389,22 @@ static int leg_send(LegObject *leg, const uint8_t *packet, size_t len)
     return queue_slot(leg, slot, len, is_rtcp(packet, len));
 }
 
+#define MAX_ANNOUNCED 32  /* first packets to subscribers told per forwarded packet */
+
+/* What emit_to_leg needs, and the subscribers whose sinks are told of their first
+ * packet once the forwarder is done (their callbacks may change the track). */
+typedef struct {
+    EngineObject *engine;
+    PyObject *announced[MAX_ANNOUNCED];  /* strong */
+    int announced_count;
+} forward_context_t;
+
 /* The forwarder's output for one subscriber (native_emit_fn), written straight
  * into a send slot of its leg. */
 static int emit_to_leg(void *context, PyObject *subscriber, const OutPacket *packet)
 {
-    EngineObject *engine = context;
+    forward_context_t *forwarding = context;
+    EngineObject *engine = forwarding->engine;
     LegObject *leg = (LegObject *)native_subscriber_leg(subscriber);
     int slot = leg == NULL ? -1 : take_slot(leg);
     if (slot < 0) {
@@ -411,7 +422,18 @@ static int emit_to_leg(void *context, PyObject *subscriber, const OutPacket *pac
     }
     engine->rtp_forwarded++;
     engine->rtp_forwarded_bytes += len;
-    if (native_subscriber_take_announce(subscriber)) {
+    if (forwarding->announced_count < MAX_ANNOUNCED && native_subscriber_take_announce(subscriber)) {
+        forwarding->announced[forwarding->announced_count++] = Py_NewRef(subscriber);
+    }
+    return 0;
+}
+
+/* Tell each sink of a first packet sent (media_flowing), after the forwarder
+ * has finished with its subscriber lists. */
+static void announce(forward_context_t *forwarding)
+{
+    for (int i = 0; i < forwarding->announced_count; i++) {
+        PyObject *subscriber = forwarding->announced[i];
         PyObject *sink = native_subscriber_sink(subscriber);
         if (sink != NULL && sink != Py_None) {
             PyObject *result = PyObject_CallMethod(sink, "media_flowing", NULL);
@@ -420,8 +442,9 @@ static int emit_to_leg(void *context, PyObject *subscriber, const OutPacket *pac
             }
             Py_XDECREF(result);
         }
+        Py_DECREF(subscriber);
     }
-    return 0;
+    forwarding->announced_count = 0;
 }
 
 /* --- bindings: what the engine knows of the SSRCs a leg receives ------------ */
@@ -502,9 +525,11 @@ static int receive_rtp(EngineObject *engine, LegObject *leg, const uint8_t *data
     engine->rtp_received++;
     engine->rtp_received_bytes += len;
     PyObject *track = Py_NewRef(binding->track); /* a sink's callback may unbind it */
-    if (native_track_forward(track, data, len, binding->layer, now, emit_to_leg, engine) < 0) {
+    forward_context_t forwarding = {.engine = engine, .announced_count = 0};
+    if (native_track_forward(track, data, len, binding->layer, now, emit_to_leg, &forwarding) < 0) {
         PyErr_WriteUnraisable(track);
     }
+    announce(&forwarding);
     Py_DECREF(track);
     return 1;
 }
