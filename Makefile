@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 LOAD_STAMP := $(VENV)/.installed-load
 
-.PHONY: run test lint protos deps clean system-deps native-deps test-system-deps bench fuzz loadtest
+.PHONY: run test lint protos deps clean system-deps native-deps test-system-deps bench fuzz fuzz-native loadtest
 
 # etcd for the cluster and the integration tests.
 system-deps:
@@ -65,6 +65,29 @@ FUZZ_SEED ?=
 
 fuzz: $(TEST_STAMP)
 	$(BIN)/python -m tests.fuzz --inputs $(FUZZ_INPUTS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+
+# The native packet parsers (relay/native/*.c) under AddressSanitizer and UBSan
+# (docs/native.md, step 5): a sanitized copy of relay._native is built into
+# build/asan (never over the tree's relay/_native*.so) and tests/fuzz/native.py
+# loads it in place of the tree's, one process, one seed (default 1):
+# make fuzz-native FUZZ_INPUTS=1000000 FUZZ_SEED=7
+ASAN_DIR := build/asan
+ASAN_SO := $(ASAN_DIR)/_native.so
+SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+$(ASAN_SO): $(NATIVE_SOURCES) | native-deps $(STAMP)
+	mkdir -p $(ASAN_DIR)
+	gcc -std=c11 -O1 -g -Wall -Wextra $(SANITIZE) -fPIC -shared \
+		-I"$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['include'])")" \
+		relay/native/module.c relay/native/srtp.c relay/native/engine.c \
+		relay/native/forward.c relay/native/reception.c -lsrtp2 -lm -o $@
+
+fuzz-native: $(TEST_STAMP) $(ASAN_SO)
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		$(BIN)/python -m tests.fuzz.native --native $(ASAN_SO) \
+		--inputs $(FUZZ_INPUTS) --seed $(if $(FUZZ_SEED),$(FUZZ_SEED),1)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
