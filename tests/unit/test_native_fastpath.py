@@ -19,6 +19,7 @@ from relay import _native, rtcp
 from relay.forwarder import SubscriberOutput, TrackForwarder
 from relay.native_keys import aiortc_session
 from relay.rtp import RtpHeader
+from tests.unit.test_native_engine import udp_socket
 
 PROFILE = _native.SRTP_AEAD_AES_128_GCM
 KEY_LENGTH = _native.key_and_salt_length(PROFILE)
@@ -60,20 +61,13 @@ class End:
                 return out
 
 
-def udp() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    return sock
-
-
 class Recorder:
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         raise AssertionError(f"no datagram should go up here: {data[:4].hex()}")
 
 
 def open_end(engine: _native.Engine) -> End:
-    ours, far = udp(), udp()
+    ours, far = udp_socket(), udp_socket()
     tx, rx = os.urandom(KEY_LENGTH), os.urandom(KEY_LENGTH)
     engine.add_socket(ours.fileno(), Recorder())
     rtp_up: list[bytes] = []
