@@ -825,7 +825,6 @@ class Room:
         if track.links and not participant.origin:
             self._send_on_links(track, header.sequence, data, layer)
         if not native and isinstance(peer, ParticipantPeer):
-            _update_fast(track)
             peer.bind_native(header.ssrc, track.forwarder, layer, header.payload_type)
 
     def _send_on_links(self, track: PublishedTrack, sequence: int, data: bytes, layer: int) -> None:

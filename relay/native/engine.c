@@ -24,6 +24,7 @@
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
 #include <Python.h>
+#include <structmember.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -879,20 +880,6 @@ static void Engine_dealloc(EngineObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-#define COUNTER(name) \
-    static PyObject *Engine_get_##name(EngineObject *self, void *closure) \
-    { \
-        (void)closure; \
-        return PyLong_FromUnsignedLongLong(self->name); \
-    }
-COUNTER(datagrams_received)
-COUNTER(datagrams_sent)
-COUNTER(upcalls)
-COUNTER(rtp_received)
-COUNTER(rtp_received_bytes)
-COUNTER(rtp_forwarded)
-COUNTER(rtp_forwarded_bytes)
-COUNTER(nacks_sent)
 
 static PyMethodDef Engine_methods[] = {
     {"add_socket", (PyCFunction)Engine_add_socket, METH_VARARGS,
@@ -910,15 +897,21 @@ static PyMethodDef Engine_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Counters, read-only, straight from the struct. */
+#define ENGINE_COUNTER(name) {#name, T_ULONGLONG, offsetof(EngineObject, name), READONLY, NULL}
+static PyMemberDef Engine_members[] = {
+    ENGINE_COUNTER(datagrams_received),
+    ENGINE_COUNTER(datagrams_sent),
+    ENGINE_COUNTER(upcalls),
+    ENGINE_COUNTER(rtp_received),
+    ENGINE_COUNTER(rtp_received_bytes),
+    ENGINE_COUNTER(rtp_forwarded),
+    ENGINE_COUNTER(rtp_forwarded_bytes),
+    ENGINE_COUNTER(nacks_sent),
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyGetSetDef Engine_getset[] = {
-    {"datagrams_received", (getter)Engine_get_datagrams_received, NULL, NULL, NULL},
-    {"datagrams_sent", (getter)Engine_get_datagrams_sent, NULL, NULL, NULL},
-    {"upcalls", (getter)Engine_get_upcalls, NULL, NULL, NULL},
-    {"rtp_received", (getter)Engine_get_rtp_received, NULL, NULL, NULL},
-    {"rtp_received_bytes", (getter)Engine_get_rtp_received_bytes, NULL, NULL, NULL},
-    {"rtp_forwarded", (getter)Engine_get_rtp_forwarded, NULL, NULL, NULL},
-    {"rtp_forwarded_bytes", (getter)Engine_get_rtp_forwarded_bytes, NULL, NULL, NULL},
-    {"nacks_sent", (getter)Engine_get_nacks_sent, NULL, NULL, NULL},
     {"dropped", (getter)Engine_dropped, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -932,6 +925,7 @@ static PyTypeObject EngineType = {
     .tp_new = Engine_new,
     .tp_dealloc = (destructor)Engine_dealloc,
     .tp_methods = Engine_methods,
+    .tp_members = Engine_members,
     .tp_getset = Engine_getset,
 };
 
@@ -998,15 +992,6 @@ static PyObject *Leg_get_open(LegObject *self, void *closure)
     return PyBool_FromLong(self->open);
 }
 
-#define LEG_COUNTER(name) \
-    static PyObject *Leg_get_##name(LegObject *self, void *closure) \
-    { \
-        (void)closure; \
-        return PyLong_FromUnsignedLongLong(self->name); \
-    }
-LEG_COUNTER(rtp_received)
-LEG_COUNTER(rtcp_received)
-LEG_COUNTER(sent)
 
 static PyObject *Leg_bind(LegObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -1192,15 +1177,20 @@ static PyMethodDef Leg_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+#define LEG_COUNTER(name) {#name, T_ULONGLONG, offsetof(LegObject, name), READONLY, NULL}
+static PyMemberDef Leg_members[] = {
+    LEG_COUNTER(rtp_received),
+    LEG_COUNTER(rtcp_received),
+    LEG_COUNTER(sent),
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyGetSetDef Leg_getset[] = {
     {"rtcp_ssrc", (getter)Leg_get_rtcp_ssrc, (setter)Leg_set_rtcp_ssrc,
      "the sender SSRC of the NACKs the engine sends", NULL},
     {"bound", (getter)Leg_get_bound, NULL, "the SSRCs bound, in no order", NULL},
     {"remote", (getter)Leg_get_remote, NULL, NULL, NULL},
     {"open", (getter)Leg_get_open, NULL, NULL, NULL},
-    {"rtp_received", (getter)Leg_get_rtp_received, NULL, NULL, NULL},
-    {"rtcp_received", (getter)Leg_get_rtcp_received, NULL, NULL, NULL},
-    {"sent", (getter)Leg_get_sent, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1212,6 +1202,7 @@ static PyTypeObject LegType = {
     .tp_doc = "A participant's keyed leg (Engine.open_leg).",
     .tp_dealloc = (destructor)Leg_dealloc,
     .tp_methods = Leg_methods,
+    .tp_members = Leg_members,
     .tp_getset = Leg_getset,
 };
 

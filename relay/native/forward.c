@@ -780,6 +780,19 @@ static int Subscriber_set_leg(SubscriberObject *self, PyObject *value, void *c)
     return 0;
 }
 
+/* A settable flag's new value (any truth value; deleting it is refused). */
+static int set_flag(bool *flag, PyObject *value, const char *name)
+{
+    int truth = value ? PyObject_IsTrue(value) : -1;
+    if (truth < 0) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_AttributeError, "%s cannot be deleted", name);
+        return -1;
+    }
+    *flag = truth;
+    return 0;
+}
+
 static PyObject *Subscriber_get_announce(SubscriberObject *self, void *c)
 {
     (void)c;
@@ -789,14 +802,7 @@ static PyObject *Subscriber_get_announce(SubscriberObject *self, void *c)
 static int Subscriber_set_announce(SubscriberObject *self, PyObject *value, void *c)
 {
     (void)c;
-    int truth = value ? PyObject_IsTrue(value) : -1;
-    if (truth < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_AttributeError, "announce cannot be deleted");
-        return -1;
-    }
-    self->announce = truth;
-    return 0;
+    return set_flag(&self->announce, value, "announce");
 }
 
 static PyGetSetDef Subscriber_getset[] = {
@@ -1927,14 +1933,7 @@ static PyObject *Track_get_fast(TrackObject *self, void *c)
 static int Track_set_fast(TrackObject *self, PyObject *value, void *c)
 {
     (void)c;
-    int truth = value ? PyObject_IsTrue(value) : -1;
-    if (truth < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_AttributeError, "fast cannot be deleted");
-        return -1;
-    }
-    self->fast = truth;
-    return 0;
+    return set_flag(&self->fast, value, "fast");
 }
 
 int native_track_fast(PyObject *track, int layer)
