@@ -18,9 +18,9 @@ system-deps:
 # libsrtp2's headers for the relay's native media path, which the package build
 # compiles (setup.py, docs/native.md).
 native-deps:
-	@test -f /usr/include/srtp2/srtp.h || { \
-		echo "installing Debian libsrtp2-dev (the relay's native path links libsrtp2)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsrtp2-dev; }
+	@test -f /usr/include/srtp2/srtp.h -a -f /usr/include/openssl/evp.h || { \
+		echo "installing Debian libsrtp2-dev and libssl-dev (the relay's native path links libsrtp2 and libcrypto)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsrtp2-dev libssl-dev; }
 
 # Debian's Chromium for the browser tests (tests/e2e), which Playwright drives at
 # /usr/bin/chromium (never `playwright install`); Debian's prometheus for
@@ -79,8 +79,8 @@ $(ASAN_SO): $(NATIVE_SOURCES) | native-deps $(STAMP)
 	mkdir -p $(ASAN_DIR)
 	gcc -std=c11 -O1 -g -Wall -Wextra $(SANITIZE) -fPIC -shared \
 		-I"$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['include'])")" \
-		relay/native/module.c relay/native/srtp.c relay/native/engine.c \
-		relay/native/forward.c relay/native/reception.c -lsrtp2 -lm -o $@
+		relay/native/module.c relay/native/srtp.c relay/native/gcm.c relay/native/engine.c \
+		relay/native/forward.c relay/native/reception.c -lsrtp2 -lcrypto -lm -o $@
 
 fuzz-native: $(TEST_STAMP) $(ASAN_SO)
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \

@@ -1,5 +1,6 @@
 """The relay's native media path (relay/native/, docs/native.md): C extensions on
-libsrtp2 (Debian libsrtp2-dev, which `make` installs). Everything else about the
+libsrtp2 and OpenSSL's libcrypto (Debian libsrtp2-dev and libssl-dev, which `make`
+installs). Everything else about the
 package is in pyproject.toml."""
 
 from setuptools import Extension, setup
@@ -13,11 +14,12 @@ setup(
             [
                 "relay/native/module.c",
                 "relay/native/srtp.c",
+                "relay/native/gcm.c",
                 "relay/native/engine.c",
                 "relay/native/forward.c",
                 "relay/native/reception.c",
             ],
-            libraries=["srtp2", "m"],
+            libraries=["srtp2", "crypto", "m"],
             extra_compile_args=FLAGS,
         ),
     ]

@@ -65,6 +65,13 @@ def udp_receive_drops() -> int:
     return int(values[header.index("RcvbufErrors")])
 
 
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` on `cpus` (threads made later inherit it)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task), cpus)
+
+
 def machine_ticks() -> list[int]:
     with open("/proc/stat") as f:
         return [int(x) for x in f.readline().split()[1:]]
@@ -104,7 +111,26 @@ class Bench:
             )
             say(f"naive relay pid {self.naive.pid}")
         argv = [sys.executable, str(HERE / "sbs_worker.py")]
+        if self.args.native_counting:
+            argv.append("--native-counting")
         self.workers = [await Worker.start(argv, child_env()) for _ in range(self.args.workers)]
+        if self.args.pin:
+            self.pin()
+
+    def pin(self) -> None:
+        """Each server on CPU 0, the workers on the others: a server's figures are
+        then what one core of its own can do."""
+        cpus = sorted(os.sched_getaffinity(0))
+        servers = [c.relay.pid for c in self.clusters.values() if c.relay is not None]
+        if "janus" in self.args.systems:
+            servers.append(self.janus.pid)
+        if self.naive is not None:
+            servers.append(self.naive.pid)
+        for pid in servers:
+            pin_process(pid, {cpus[0]})
+        for worker in self.workers:
+            pin_process(worker.pid, set(cpus[1:]))
+        say(f"servers pinned to CPU {cpus[0]}, workers to CPUs {cpus[1:]}")
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.close() for w in self.workers), return_exceptions=True)
@@ -115,9 +141,15 @@ class Bench:
             await cluster.stop()
 
     async def point(
-        self, system: str, kinds: list[str], n: int, http: aiohttp.ClientSession
+        self,
+        system: str,
+        kinds: list[str],
+        n: int,
+        http: aiohttp.ClientSession,
+        publishers: int = 1,
     ) -> dict[str, Any]:
-        """One publisher, n subscribers on `system`: join, warm up, measure, leave."""
+        """`publishers` publishers, n subscribers on `system`: join, warm up,
+        measure, leave."""
         args = self.args
         count = len(self.workers)
         if system in self.clusters:
@@ -125,7 +157,7 @@ class Bench:
             assert cluster.relay is not None
             relays = {system: Relay(system, cluster.metrics_url, cluster.relay.pid)}
             rooms = RoomsClient(cluster.control_plane_target)
-            room = await rooms.create_room("side-by-side", max_participants=n + 1)
+            room = await rooms.create_room("side-by-side", max_participants=n + publishers)
 
             async def entries(names: list[str], publisher: bool) -> list[dict[str, Any]]:
                 made = []
@@ -156,7 +188,8 @@ class Bench:
         elif system == "janus":
             relays = {"janus": Relay("janus", None, self.janus.pid)}
             room_id = random.randint(10_000, 1_000_000_000)
-            await create_room(http, self.janus.url, room_id, 1)
+            await create_room(http, self.janus.url, room_id, publishers)
+            feeds = list(range(1, publishers + 1))
 
             async def entries(names: list[str], publisher: bool) -> list[dict[str, Any]]:
                 return [
@@ -165,8 +198,8 @@ class Bench:
                         "server": "janus",
                         "url": self.janus.url,
                         "room": room_id,
-                        "feed": 1,
-                        "feeds": [1],
+                        "feed": feeds[int(name[3:])] if publisher else 0,
+                        "feeds": feeds,
                         "publish": kinds if publisher else [],
                         "video": VIDEO,
                     }
@@ -196,14 +229,20 @@ class Bench:
             async def cleanup() -> None:
                 return None
 
-        wanted = {"pub": 0} | {f"s{i}": len(kinds) for i in range(n)}
+        names = [f"pub{i}" for i in range(publishers)]
+        wanted = dict.fromkeys(names, 0) | {f"s{i}": publishers * len(kinds) for i in range(n)}
         subscribers = [f"s{i}" for i in range(n)]
-        pub_batches: Batches = [(0, functools.partial(entries, ["pub"], True))]
+        pub_batches: Batches = [(0, functools.partial(entries, names, True))]
         sub_batches: Batches = [
             (k % count, functools.partial(entries, subscribers[s : s + BATCH], False))
             for k, s in enumerate(range(0, n, BATCH))
         ]
-        result: dict[str, Any] = {"system": system, "mode": "+".join(kinds), "subscribers": n}
+        result: dict[str, Any] = {
+            "system": system,
+            "mode": "+".join(kinds),
+            "subscribers": n,
+            "publishers": publishers,
+        }
         try:
             started = time.monotonic()
             failures = await join_all(self.workers, pub_batches, 20.0)
@@ -258,35 +297,46 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     started = datetime.datetime.now(datetime.UTC)
     bench = Bench(args)
     rows: list[dict[str, Any]] = []
-    plan: list[tuple[list[str], list[int], list[str]]] = []
+    # (kinds, [(subscribers, publishers), ...], systems, saturating)
+    plan: list[tuple[list[str], list[tuple[int, int]], list[str], bool]] = []
     big = [s for s in args.systems if s != "naive"]
     if args.video:
-        plan.append((["video"], args.video, big))
+        plan.append((["video"], [(n, 1) for n in args.video], big, False))
     if args.audio:
-        plan.append((["audio"], args.audio, big))
+        plan.append((["audio"], [(n, 1) for n in args.audio], big, False))
     if "naive" in args.systems:
         if args.naive_video:
-            plan.append((["video"], args.naive_video, ["naive"]))
+            plan.append((["video"], [(n, 1) for n in args.naive_video], ["naive"], False))
         if args.naive_audio:
-            plan.append((["audio"], args.naive_audio, ["naive"]))
+            plan.append((["audio"], [(n, 1) for n in args.naive_audio], ["naive"], False))
+    if args.saturate:
+        points = [(args.saturate_n, p) for p in args.saturate]
+        plan.append((["video"], points, big, True))
     try:
         await bench.start()
         async with aiohttp.ClientSession() as http:
-            for kinds, sizes, systems in plan:
-                for n in sizes:
+            for kinds, points, systems, saturating in plan:
+                failed: set[str] = set()  # saturating: systems past 1 % loss stop there
+                for n, publishers in points:
                     for system in systems:
-                        say(f"{system} {'+'.join(kinds)} N={n}")
+                        if system in failed:
+                            continue
+                        say(f"{system} {'+'.join(kinds)} N={n} publishers={publishers}")
                         try:
-                            row = await bench.point(system, kinds, n, http)
+                            row = await bench.point(system, kinds, n, http, publishers)
                         except Exception as exc:  # one failed point must not lose the rest
                             row = {
                                 "system": system,
                                 "mode": "+".join(kinds),
                                 "subscribers": n,
+                                "publishers": publishers,
                                 "error": f"{type(exc).__name__}: {exc}",
                             }
                         say(json.dumps(row))
+                        row["saturating"] = saturating
                         rows.append(row)
+                        if saturating and not row.get("loss_pct", 100) < LOSS_LIMIT_PCT:
+                            failed.add(system)
     finally:
         await bench.stop()
     return {
@@ -300,6 +350,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         "janus": bench.janus.version,
         "rows": rows,
         "summary": summarise_systems(rows),
+        "saturation": saturation([r for r in rows if r["saturating"]]),
     }
 
 
@@ -307,6 +358,7 @@ def summarise_systems(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per system and mode: the largest N measured below 1 % loss, and the CPU per
     delivered packet at each N."""
     out: list[dict[str, Any]] = []
+    rows = [r for r in rows if not r.get("saturating")]
     keys = sorted({(r["system"], r["mode"]) for r in rows})
     for system, mode in keys:
         mine = [r for r in rows if (r["system"], r["mode"]) == (system, mode) and "error" not in r]
@@ -340,11 +392,44 @@ def summarise_systems(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def saturation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per system: the most packets per second delivered below 1 % loss, the
+    server's CPU there, and what that makes per second of one core's time."""
+    out = []
+    for system in sorted({r["system"] for r in rows}):
+        ok = [
+            r
+            for r in rows
+            if r["system"] == system
+            and r.get("loss_pct") is not None
+            and r["loss_pct"] < LOSS_LIMIT_PCT
+            and not r.get("join_failures")
+            and not r.get("not_receiving")
+        ]
+        if not ok:
+            out.append({"system": system, "max_pps_below_1pct_loss": None})
+            continue
+        best = max(ok, key=lambda r: r["received_pps"])
+        out.append(
+            {
+                "system": system,
+                "max_pps_below_1pct_loss": best["received_pps"],
+                "publishers": best["publishers"],
+                "server_cpu_pct": best["server_cpu_pct"],
+                "pps_per_core": round(best["received_pps"] * 100 / best["server_cpu_pct"])
+                if best["server_cpu_pct"]
+                else None,
+            }
+        )
+    return out
+
+
 def render(result: dict[str, Any]) -> str:
     header = [
         "system",
         "mode",
         "N",
+        "P",
         "recv pkt/s",
         "loss %",
         "rate %",
@@ -360,9 +445,10 @@ def render(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         if "error" in r:
             table.append(
-                [r["system"], r["mode"], str(r["subscribers"]), r["error"][:60]]
-                + [""] * (len(header) - 4)
-            )
+                [r["system"], r["mode"], str(r["subscribers"]), str(r.get("publishers", 1)),
+                 r["error"][:60]]
+                + [""] * (len(header) - 5)
+            )  # fmt: skip
             continue
         kind = r["mode"]
         jitter = r.get("jitter_ms", {}).get(kind, {})
@@ -371,6 +457,7 @@ def render(result: dict[str, Any]) -> str:
                 r["system"],
                 r["mode"],
                 str(r["subscribers"]),
+                str(r.get("publishers", 1)),
                 f"{r['received_pps']:.0f}",
                 f"{r['loss_pct']}",
                 f"{r.get('rate_vs_smallest_n_pct', '-')}",
@@ -391,6 +478,12 @@ def render(result: dict[str, Any]) -> str:
         lines.append(
             f"{s['system']} {s['mode']}: max N below 1 % loss "
             f"{s['max_subscribers_below_1pct_loss']}; µs/delivered {s['us_per_delivered']}"
+        )
+    for s in result.get("saturation", []):
+        lines.append(
+            f"{s['system']}: most pkt/s delivered below 1 % loss {s['max_pps_below_1pct_loss']}"
+            f" (publishers {s.get('publishers')}, server CPU {s.get('server_cpu_pct')} %,"
+            f" {s.get('pps_per_core')} pkt/s per core)"
         )
     return f"{result['date']}  {result['command']}\nJanus: {result['janus']}\n\n" + "\n".join(lines)
 
@@ -421,6 +514,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between points")
     parser.add_argument("--workers", type=int, default=2, help="subscriber worker processes")
+    parser.add_argument(
+        "--native-counting",
+        action="store_true",
+        help="workers count on the relay's native engine (bench/native_counter.py)",
+    )
+    parser.add_argument("--pin", action="store_true", help="servers on CPU 0, workers on the rest")
+    parser.add_argument(
+        "--saturate",
+        type=sizes(16),
+        default=[],
+        metavar="P,...",
+        help="after the other points, video: these numbers of publishers to --saturate-n "
+        "subscribers, each system until it loses 1 %%",
+    )
+    parser.add_argument("--saturate-n", type=int, default=100, metavar="N")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not 1 <= args.seconds <= 60 or not 0 <= args.warmup <= 30:

@@ -102,6 +102,10 @@ class Counter:
         hook_rtp(pc, self.on_rtp, self._hooked)
 
     async def on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        self.add(data)
+
+    def add(self, data: bytes) -> None:
+        """Count one RTP packet that arrived now."""
         now = time.monotonic()
         if len(data) < 12:
             return

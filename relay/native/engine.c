@@ -1088,6 +1088,20 @@ static PyObject *Leg_report_block(LegObject *self, PyObject *args)
     return PyBytes_FromStringAndSize((const char *)block, sizeof block);
 }
 
+static PyObject *Leg_reception(LegObject *self, PyObject *arg)
+{
+    binding_t *binding = binding_arg(self, arg);
+    if (binding == NULL) {
+        return NULL;
+    }
+    const reception_stats_t *stats = &binding->stats;
+    long long expected = 0;
+    if (stats->base_seq >= 0) {
+        expected = (long long)(stats->cycles + stats->max_seq - stats->base_seq + 1);
+    }
+    return Py_BuildValue("LLd", (long long)stats->received, expected, stats->jitter);
+}
+
 static PyObject *Leg_sender_report(LegObject *self, PyObject *args)
 {
     PyObject *ssrc;
@@ -1165,6 +1179,9 @@ static PyMethodDef Leg_methods[] = {
     {"unbind", (PyCFunction)Leg_unbind, METH_O, "unbind(ssrc) -> bool"},
     {"report_block", (PyCFunction)Leg_report_block, METH_VARARGS,
      "report_block(ssrc, now) -> 24 bytes: the RR block of a bound SSRC."},
+    {"reception", (PyCFunction)Leg_reception, METH_O,
+     "reception(ssrc) -> (received, expected, jitter): a bound SSRC's counts since it was\n"
+     "bound (jitter in clock units), read without starting a report interval."},
     {"sender_report", (PyCFunction)Leg_sender_report, METH_VARARGS,
      "sender_report(ssrc, ntp, now): an SR of a bound SSRC arrived (for LSR/DLSR)."},
     {"take_levels", (PyCFunction)Leg_take_levels, METH_O,

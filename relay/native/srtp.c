@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "gcm.h"
 #include "srtp.h"
 #ifndef NATIVE_SRTP_NO_PYTHON
 #include "module.h"
@@ -30,6 +31,9 @@ int native_srtp_init(void)
         return srtp_err_status_ok;
     }
     srtp_err_status_t status = srtp_init();
+    if (status == srtp_err_status_ok) {
+        status = (srtp_err_status_t)native_gcm_install();
+    }
     if (status == srtp_err_status_ok) {
         done = 1;
     }

@@ -193,3 +193,9 @@ def test_the_engine_nacks_a_gap_itself(engine: Engine) -> None:
     assert feedback[0] == rtcp.nack(0xFEED, PUBLISHER_SSRC, [12, 13])
     assert engine.native.nacks_sent == 1
     assert subscriber.received() == []
+    # The counts since binding, read without starting a report interval.
+    received, expected, jitter = publisher.leg.reception(PUBLISHER_SSRC)
+    assert (received, expected) == (3, 5) and jitter >= 0
+    assert publisher.leg.reception(PUBLISHER_SSRC)[:2] == (3, 5)
+    with pytest.raises(KeyError):
+        publisher.leg.reception(PUBLISHER_SSRC + 1)
