@@ -6,17 +6,22 @@ each stream's first packet going up to Python."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from bench.native_counter import NativeCounter, use_native_counting
 from client.loadtest.participants import ConclaveParticipant, CountingPeer
 from client.loadtest.receive import Counter
 from conclave.ice import use_endpoint
 from tests.integration.relay_harness import GrantMinter, RelayProcess
+
+# bench/ scripts import each other as top-level modules (bench/ is their sys.path[0]).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from native_counter import NativeCounter, use_native_counting
 
 
 @pytest.fixture
