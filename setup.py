@@ -14,7 +14,7 @@ setup(
             [
                 "relay/native/module.c",
                 "relay/native/srtp.c",
-                "relay/native/gcm.c",
+                "relay/native/crypto.c",
                 "relay/native/engine.c",
                 "relay/native/forward.c",
                 "relay/native/reception.c",

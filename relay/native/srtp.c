@@ -11,7 +11,7 @@
 #include <limits.h>
 #include <string.h>
 
-#include "gcm.h"
+#include "crypto.h"
 #include "srtp.h"
 #ifndef NATIVE_SRTP_NO_PYTHON
 #include "module.h"
@@ -32,7 +32,7 @@ int native_srtp_init(void)
     }
     srtp_err_status_t status = srtp_init();
     if (status == srtp_err_status_ok) {
-        status = (srtp_err_status_t)native_gcm_install();
+        status = (srtp_err_status_t)native_crypto_install();
     }
     if (status == srtp_err_status_ok) {
         done = 1;

@@ -454,7 +454,7 @@ def test_c_functions_protect_in_place_within_capacity(c_compiler: str, tmp_path:
             f"-I{native_dir}",
             str(tmp_path / "main.c"),
             str(native_dir / "srtp.c"),
-            str(native_dir / "gcm.c"),
+            str(native_dir / "crypto.c"),
             "-lsrtp2",
             "-lcrypto",
             "-o",
