@@ -56,6 +56,38 @@ static void wipe(void *p, size_t n)
     }
 }
 
+/* Both cipher states begin with their OpenSSL context, which these two
+ * allocate and free with the libsrtp cipher around them. */
+static srtp_err_status_t cipher_new(srtp_cipher_pointer_t *cp, const srtp_cipher_type_t *type,
+                                    int key_len, size_t state_size)
+{
+    srtp_cipher_t *cipher = calloc(1, sizeof *cipher);
+    void *state = calloc(1, state_size);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (cipher == NULL || state == NULL || ctx == NULL) {
+        free(cipher);
+        free(state);
+        EVP_CIPHER_CTX_free(ctx);
+        return srtp_err_status_alloc_fail;
+    }
+    *(EVP_CIPHER_CTX **)state = ctx;
+    cipher->type = type;
+    cipher->state = state;
+    cipher->key_len = key_len;
+    cipher->algorithm = type->id;
+    *cp = cipher;
+    return srtp_err_status_ok;
+}
+
+static void cipher_free(srtp_cipher_pointer_t cipher, size_t state_size)
+{
+    EVP_CIPHER_CTX_free(*(EVP_CIPHER_CTX **)cipher->state); /* wipes the key schedule */
+    wipe(cipher->state, state_size);
+    free(cipher->state);
+    wipe(cipher, sizeof *cipher);
+    free(cipher);
+}
+
 /* ------------------------------------------------------------------ AES-GCM */
 
 static srtp_err_status_t gcm_alloc(srtp_cipher_pointer_t *cp, int key_len, int tag_len)
@@ -74,35 +106,19 @@ static srtp_err_status_t gcm_alloc(srtp_cipher_pointer_t *cp, int key_len, int t
     if (tag_len != 8 && tag_len != GCM_TAG_MAX) {
         return srtp_err_status_bad_param;
     }
-    srtp_cipher_t *cipher = calloc(1, sizeof *cipher);
-    gcm_state_t *state = calloc(1, sizeof *state);
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (cipher == NULL || state == NULL || ctx == NULL) {
-        free(cipher);
-        free(state);
-        EVP_CIPHER_CTX_free(ctx);
-        return srtp_err_status_alloc_fail;
+    srtp_err_status_t status = cipher_new(cp, type, key_len, sizeof(gcm_state_t));
+    if (status == srtp_err_status_ok) {
+        gcm_state_t *state = (*cp)->state;
+        state->key_size = key_size;
+        state->tag_len = tag_len;
+        state->dir = srtp_direction_any;
     }
-    state->ctx = ctx;
-    state->key_size = key_size;
-    state->tag_len = tag_len;
-    state->dir = srtp_direction_any;
-    cipher->type = type;
-    cipher->state = state;
-    cipher->key_len = key_len;
-    cipher->algorithm = type->id;
-    *cp = cipher;
-    return srtp_err_status_ok;
+    return status;
 }
 
 static srtp_err_status_t gcm_dealloc(srtp_cipher_pointer_t cipher)
 {
-    gcm_state_t *state = cipher->state;
-    EVP_CIPHER_CTX_free(state->ctx); /* wipes the key schedule */
-    wipe(state, sizeof *state);
-    free(state);
-    wipe(cipher, sizeof *cipher);
-    free(cipher);
+    cipher_free(cipher, sizeof(gcm_state_t));
     return srtp_err_status_ok;
 }
 
@@ -197,6 +213,17 @@ static srtp_err_status_t gcm_decrypt(void *sv, uint8_t *buf, unsigned int *len)
     return srtp_err_status_ok;
 }
 
+/* A libsrtp self-test case: `plaintext` encrypts to `ciphertext` (the tag
+ * after it, for GCM) with `key` (salt included) and IV `iv`. */
+#define CIPHER_TEST(key_, iv_, plain_, cipher_, aad_, aad_len_, tag_len_)                           \
+    {                                                                                              \
+        .key_length_octets = sizeof key_, .key = key_, .idx = iv_,                                 \
+        .plaintext_length_octets = sizeof plain_, .plaintext = plain_,                             \
+        .ciphertext_length_octets = sizeof cipher_, .ciphertext = cipher_,                         \
+        .aad_length_octets = aad_len_, .aad = aad_, .tag_length_octets = tag_len_,                 \
+        .next_test_case = NULL,                                                                    \
+    }
+
 /* The self-test libsrtp runs before it takes a cipher: test case 4 of the GCM
  * specification (McGrew and Viega), AES-128, with a salt after the key as
  * libsrtp passes keys (the cipher does not use it). */
@@ -226,19 +253,9 @@ static const uint8_t gcm_test_ciphertext[76] = {
     0x5b, 0xc9, 0x4f, 0xbc, 0x32, 0x21, 0xa5, 0xdb, 0x94, 0xfa, 0xe9, 0x5a, 0xe7, 0x12, 0x1a,
     0x47,
 };
-static const srtp_cipher_test_case_t gcm_test_case = {
-    .key_length_octets = SRTP_AES_GCM_128_KEY_LEN_WSALT,
-    .key = gcm_test_key,
-    .idx = gcm_test_iv,
-    .plaintext_length_octets = sizeof gcm_test_plaintext,
-    .plaintext = gcm_test_plaintext,
-    .ciphertext_length_octets = sizeof gcm_test_ciphertext,
-    .ciphertext = gcm_test_ciphertext,
-    .aad_length_octets = sizeof gcm_test_aad,
-    .aad = gcm_test_aad,
-    .tag_length_octets = GCM_TAG_MAX,
-    .next_test_case = NULL,
-};
+static const srtp_cipher_test_case_t gcm_test_case_128 =
+    CIPHER_TEST(gcm_test_key, gcm_test_iv, gcm_test_plaintext, gcm_test_ciphertext, gcm_test_aad,
+                sizeof gcm_test_aad, GCM_TAG_MAX);
 
 /* Test case 16 of the same specification: AES-256, the same IV, AAD and
  * plaintext. */
@@ -256,47 +273,21 @@ static const uint8_t gcm_test_ciphertext_256[76] = {
     0x76, 0xfc, 0x6e, 0xce, 0x0f, 0x4e, 0x17, 0x68, 0xcd, 0xdf, 0x88, 0x53, 0xbb, 0x2d, 0x55,
     0x1b,
 };
-static const srtp_cipher_test_case_t gcm_test_case_256 = {
-    .key_length_octets = SRTP_AES_GCM_256_KEY_LEN_WSALT,
-    .key = gcm_test_key_256,
-    .idx = gcm_test_iv,
-    .plaintext_length_octets = sizeof gcm_test_plaintext,
-    .plaintext = gcm_test_plaintext,
-    .ciphertext_length_octets = sizeof gcm_test_ciphertext_256,
-    .ciphertext = gcm_test_ciphertext_256,
-    .aad_length_octets = sizeof gcm_test_aad,
-    .aad = gcm_test_aad,
-    .tag_length_octets = GCM_TAG_MAX,
-    .next_test_case = NULL,
-};
+static const srtp_cipher_test_case_t gcm_test_case_256 =
+    CIPHER_TEST(gcm_test_key_256, gcm_test_iv, gcm_test_plaintext, gcm_test_ciphertext_256,
+                gcm_test_aad, sizeof gcm_test_aad, GCM_TAG_MAX);
 
-static const srtp_cipher_type_t gcm_128 = {
-    .alloc = gcm_alloc,
-    .dealloc = gcm_dealloc,
-    .init = gcm_init,
-    .set_aad = gcm_set_aad,
-    .encrypt = gcm_encrypt,
-    .decrypt = gcm_decrypt,
-    .set_iv = gcm_set_iv,
-    .get_tag = gcm_get_tag,
-    .description = "AES-128 GCM on OpenSSL (Conclave)",
-    .test_data = &gcm_test_case,
-    .id = SRTP_AES_GCM_128,
-};
+#define GCM_TYPE(bits)                                                                             \
+    {                                                                                              \
+        .alloc = gcm_alloc, .dealloc = gcm_dealloc, .init = gcm_init, .set_aad = gcm_set_aad,      \
+        .encrypt = gcm_encrypt, .decrypt = gcm_decrypt, .set_iv = gcm_set_iv,                      \
+        .get_tag = gcm_get_tag, .description = "AES-" #bits " GCM on OpenSSL (Conclave)",         \
+        .test_data = &gcm_test_case_##bits, .id = SRTP_AES_GCM_##bits,                             \
+    }
 
-static const srtp_cipher_type_t gcm_256 = {
-    .alloc = gcm_alloc,
-    .dealloc = gcm_dealloc,
-    .init = gcm_init,
-    .set_aad = gcm_set_aad,
-    .encrypt = gcm_encrypt,
-    .decrypt = gcm_decrypt,
-    .set_iv = gcm_set_iv,
-    .get_tag = gcm_get_tag,
-    .description = "AES-256 GCM on OpenSSL (Conclave)",
-    .test_data = &gcm_test_case_256,
-    .id = SRTP_AES_GCM_256,
-};
+static const srtp_cipher_type_t gcm_128 = GCM_TYPE(128);
+
+static const srtp_cipher_type_t gcm_256 = GCM_TYPE(256);
 
 
 /* ------------------------------------------------------------------- AES-CM */
@@ -327,33 +318,16 @@ static srtp_err_status_t icm_alloc(srtp_cipher_pointer_t *cp, int key_len, int t
     } else {
         return srtp_err_status_bad_param;
     }
-    srtp_cipher_t *cipher = calloc(1, sizeof *cipher);
-    icm_state_t *state = calloc(1, sizeof *state);
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (cipher == NULL || state == NULL || ctx == NULL) {
-        free(cipher);
-        free(state);
-        EVP_CIPHER_CTX_free(ctx);
-        return srtp_err_status_alloc_fail;
+    srtp_err_status_t status = cipher_new(cp, type, key_len, sizeof(icm_state_t));
+    if (status == srtp_err_status_ok) {
+        ((icm_state_t *)(*cp)->state)->key_size = key_size;
     }
-    state->ctx = ctx;
-    state->key_size = key_size;
-    cipher->type = type;
-    cipher->state = state;
-    cipher->key_len = key_len;
-    cipher->algorithm = type->id;
-    *cp = cipher;
-    return srtp_err_status_ok;
+    return status;
 }
 
 static srtp_err_status_t icm_dealloc(srtp_cipher_pointer_t cipher)
 {
-    icm_state_t *state = cipher->state;
-    EVP_CIPHER_CTX_free(state->ctx);
-    wipe(state, sizeof *state);
-    free(state);
-    wipe(cipher, sizeof *cipher);
-    free(cipher);
+    cipher_free(cipher, sizeof(icm_state_t));
     return srtp_err_status_ok;
 }
 
@@ -406,19 +380,8 @@ static const uint8_t icm_test_ciphertext[32] = {
     0xe0, 0x3e, 0xad, 0x09, 0x35, 0xc9, 0x5e, 0x80, 0xe1, 0x66, 0xb1, 0x6d, 0xd9, 0x2b, 0x4e, 0xb4,
     0xd2, 0x35, 0x13, 0x16, 0x2b, 0x02, 0xd0, 0xf7, 0x2a, 0x43, 0xa2, 0xfe, 0x4a, 0x5f, 0x97, 0xab,
 };
-static const srtp_cipher_test_case_t icm_test_case = {
-    .key_length_octets = SRTP_AES_ICM_128_KEY_LEN_WSALT,
-    .key = icm_test_key,
-    .idx = icm_test_iv,
-    .plaintext_length_octets = sizeof icm_test_plaintext,
-    .plaintext = icm_test_plaintext,
-    .ciphertext_length_octets = sizeof icm_test_ciphertext,
-    .ciphertext = icm_test_ciphertext,
-    .aad_length_octets = 0,
-    .aad = NULL,
-    .tag_length_octets = 0,
-    .next_test_case = NULL,
-};
+static const srtp_cipher_test_case_t icm_test_case_128 =
+    CIPHER_TEST(icm_test_key, icm_test_iv, icm_test_plaintext, icm_test_ciphertext, NULL, 0, 0);
 
 /* RFC 6188 7.1: the same with the AES-256 key 57F82FE3.... */
 static const uint8_t icm_test_key_256[SRTP_AES_ICM_256_KEY_LEN_WSALT] = {
@@ -430,47 +393,22 @@ static const uint8_t icm_test_ciphertext_256[32] = {
     0x92, 0xbd, 0xd2, 0x8a, 0x93, 0xc3, 0xf5, 0x25, 0x11, 0xc6, 0x77, 0xd0, 0x8b, 0x55, 0x15, 0xa4,
     0x9d, 0xa7, 0x1b, 0x23, 0x78, 0xa8, 0x54, 0xf6, 0x70, 0x50, 0x75, 0x6d, 0xed, 0x16, 0x5b, 0xac,
 };
-static const srtp_cipher_test_case_t icm_test_case_256 = {
-    .key_length_octets = SRTP_AES_ICM_256_KEY_LEN_WSALT,
-    .key = icm_test_key_256,
-    .idx = icm_test_iv,
-    .plaintext_length_octets = sizeof icm_test_plaintext,
-    .plaintext = icm_test_plaintext,
-    .ciphertext_length_octets = sizeof icm_test_ciphertext_256,
-    .ciphertext = icm_test_ciphertext_256,
-    .aad_length_octets = 0,
-    .aad = NULL,
-    .tag_length_octets = 0,
-    .next_test_case = NULL,
-};
+static const srtp_cipher_test_case_t icm_test_case_256 =
+    CIPHER_TEST(icm_test_key_256, icm_test_iv, icm_test_plaintext, icm_test_ciphertext_256, NULL,
+                0, 0);
 
-static const srtp_cipher_type_t icm_128 = {
-    .alloc = icm_alloc,
-    .dealloc = icm_dealloc,
-    .init = icm_init,
-    .set_aad = NULL,
-    .encrypt = icm_encrypt,
-    .decrypt = icm_encrypt,
-    .set_iv = icm_set_iv,
-    .get_tag = NULL,
-    .description = "AES-128 counter mode on OpenSSL (Conclave)",
-    .test_data = &icm_test_case,
-    .id = SRTP_AES_ICM_128,
-};
+/* Encryption and decryption are the same keystream; no AAD, no tag. */
+#define ICM_TYPE(bits)                                                                             \
+    {                                                                                              \
+        .alloc = icm_alloc, .dealloc = icm_dealloc, .init = icm_init, .set_aad = NULL,             \
+        .encrypt = icm_encrypt, .decrypt = icm_encrypt, .set_iv = icm_set_iv, .get_tag = NULL,     \
+        .description = "AES-" #bits " counter mode on OpenSSL (Conclave)",                        \
+        .test_data = &icm_test_case_##bits, .id = SRTP_AES_ICM_##bits,                             \
+    }
 
-static const srtp_cipher_type_t icm_256 = {
-    .alloc = icm_alloc,
-    .dealloc = icm_dealloc,
-    .init = icm_init,
-    .set_aad = NULL,
-    .encrypt = icm_encrypt,
-    .decrypt = icm_encrypt,
-    .set_iv = icm_set_iv,
-    .get_tag = NULL,
-    .description = "AES-256 counter mode on OpenSSL (Conclave)",
-    .test_data = &icm_test_case_256,
-    .id = SRTP_AES_ICM_256,
-};
+static const srtp_cipher_type_t icm_128 = ICM_TYPE(128);
+
+static const srtp_cipher_type_t icm_256 = ICM_TYPE(256);
 
 /* ---------------------------------------------------------------- HMAC-SHA1 */
 
