@@ -113,6 +113,8 @@ class Bench:
         argv = [sys.executable, str(HERE / "sbs_worker.py")]
         if self.args.native_counting:
             argv.append("--native-counting")
+        if self.args.srtp_cm:
+            argv.append("--srtp-cm")
         self.workers = [await Worker.start(argv, child_env()) for _ in range(self.args.workers)]
         if self.args.pin:
             self.pin()
@@ -256,6 +258,11 @@ class Bench:
             result["not_receiving"] = len(short)
             if short:
                 say(f"{system} N={n}: {len(short)} not receiving after {waited:.0f} s")
+                replies = await asyncio.gather(*(w.call({"op": "stats"}) for w in self.workers))
+                for reply in replies:
+                    for pid, p in reply["participants"].items():
+                        if pid in short:
+                            say(f"  {pid}: streams {p['streams']} other {p['other']} {p['errors']}")
             await asyncio.sleep(args.warmup)
             ticks0, drops0 = machine_ticks(), udp_receive_drops()
             before = await take_snapshot(http, relays, self.workers)
@@ -520,6 +527,12 @@ def parse_args() -> argparse.Namespace:
         help="workers count on the relay's native engine (bench/native_counter.py)",
     )
     parser.add_argument("--pin", action="store_true", help="servers on CPU 0, workers on the rest")
+    parser.add_argument(
+        "--srtp-cm",
+        action="store_true",
+        help="participants offer only AES128_CM_SHA1_80, as Chromium does (default: aiortc's "
+        "GCM first)",
+    )
     parser.add_argument(
         "--saturate",
         type=sizes(16),
