@@ -210,6 +210,9 @@ class Track:
     """Fans one published track out to its subscribers (TrackForwarder)."""
 
     fast: bool
+    tap: Callable[[bytes, int], object] | None
+    """Called as tap(packet, layer) with each packet the engine forwarded itself,
+    as the publisher sent it (links take them so)."""
 
     def __init__(self, kind: str, request_keyframe: Callable[[int], object]) -> None: ...
     def set_source_extensions(self, ids: Mapping[int, str], /) -> None: ...

@@ -233,6 +233,12 @@ class _NativeCollector(Collector):
         )
         upcalls.add_metric([], self.engine.upcalls)
         yield upcalls
+        forwarded = CounterMetricFamily(
+            "conclave_native_forwarded",
+            "RTP packets the native engine forwarded to subscribers without Python",
+        )
+        forwarded.add_metric([], self.engine.rtp_forwarded)
+        yield forwarded
         dropped = CounterMetricFamily(
             "conclave_native_dropped",
             "Datagrams the native engine dropped, by reason",

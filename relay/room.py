@@ -8,6 +8,7 @@ on that roster.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import struct
@@ -823,20 +824,9 @@ class Room:
         _FORWARDED.inc(len(outputs))
         _BYTES_FORWARDED.inc(sent_bytes)
         if track.links and not participant.origin:
-            self._send_on_links(track, header.sequence, data, layer)
+            _send_on_links(track, header.sequence, data, layer)
         if not native and isinstance(peer, ParticipantPeer):
             peer.bind_native(header.ssrc, track.forwarder, layer, header.payload_type)
-
-    def _send_on_links(self, track: PublishedTrack, sequence: int, data: bytes, layer: int) -> None:
-        """The packet as the publisher sent it, once to each link that wants its layer."""
-        if track.kind == "video":
-            recent = track.recent
-            if recent is None:
-                recent = track.recent = [[None] * LINK_CACHE for _ in track.forwarder.layers]
-            recent[layer][sequence % LINK_CACHE] = data
-        for link, wants in track.links.items():
-            if layer in wants:
-                link.send_media(track.index, layer, data)
 
     # -- simulcast layers ----------------------------------------------------
 
@@ -1464,8 +1454,29 @@ _LINK_HANDLERS: dict[str, LinkHandler] = {
 }
 
 
+def _send_on_links(track: PublishedTrack, sequence: int, data: bytes, layer: int) -> None:
+    """The packet as the publisher sent it, once to each link that wants its layer."""
+    if track.kind == "video":
+        recent = track.recent
+        if recent is None:
+            recent = track.recent = [[None] * LINK_CACHE for _ in track.forwarder.layers]
+        recent[layer][sequence % LINK_CACHE] = data
+    for link, wants in track.links.items():
+        if layer in wants:
+            link.send_media(track.index, layer, data)
+
+
 def _update_fast(track: PublishedTrack) -> None:
     """Whether the native engine may forward the track's packets without Python:
-    not while a host holds it or links take it (both done in Python)."""
+    not while a host holds it (done in Python). While links take it the engine
+    still forwards it to this relay's subscribers, then hands each packet up for
+    the links (`Track.tap`): one Python call per packet, not one per subscriber."""
     if isinstance(track.forwarder, NativeForwarder):
-        track.forwarder.track.fast = not track.held and not track.links
+        native = track.forwarder.track
+        native.fast = not track.held
+        native.tap = functools.partial(_tap_for_links, track) if track.links else None
+
+
+def _tap_for_links(track: PublishedTrack, data: bytes, layer: int) -> None:
+    """A packet of a linked track the engine forwarded here: to the links too."""
+    _send_on_links(track, (data[2] << 8) | data[3], data, layer)

@@ -526,11 +526,17 @@ static int receive_rtp(EngineObject *engine, LegObject *leg, const uint8_t *data
     engine->rtp_received++;
     engine->rtp_received_bytes += len;
     PyObject *track = Py_NewRef(binding->track); /* a sink's callback may unbind it */
+    int layer = binding->layer;
     forward_context_t forwarding = {.engine = engine, .announced_count = 0};
-    if (native_track_forward(track, data, len, binding->layer, now, emit_to_leg, &forwarding) < 0) {
+    if (native_track_forward(track, data, len, layer, now, emit_to_leg, &forwarding) < 0) {
         PyErr_WriteUnraisable(track);
     }
     announce(&forwarding);
+    PyObject *tap = Py_XNewRef(native_track_tap(track)); /* the tap may replace itself */
+    if (tap != NULL) { /* links take the packet as the publisher sent it */
+        upcall(engine, tap, Py_BuildValue("(y#i)", (const char *)data, (Py_ssize_t)len, layer));
+        Py_DECREF(tap);
+    }
     Py_DECREF(track);
     return 1;
 }

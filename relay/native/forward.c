@@ -1156,6 +1156,7 @@ struct TrackObject {
     uint64_t switches;  /* layer changes of started subscribers */
     uint64_t malformed;  /* packets RtpHeader.parse would reject */
     bool fast;  /* the engine may forward its packets without Python (Track.fast) */
+    PyObject *tap;  /* called with each packet the engine forwarded (Track.tap), or NULL */
 };
 
 static PyTypeObject TrackType;
@@ -1229,6 +1230,7 @@ static int Track_traverse(TrackObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->request_keyframe);
     Py_VISIT(self->source_extensions);
+    Py_VISIT(self->tap);
     for (size_t i = 0; i < self->subscribers.count; i++)
         Py_VISIT((PyObject *)self->subscribers.items[i]);
     return 0;
@@ -1238,6 +1240,7 @@ static int Track_clear(TrackObject *self)
 {
     Py_CLEAR(self->request_keyframe);
     Py_CLEAR(self->source_extensions);
+    Py_CLEAR(self->tap);
     track_release_subscribers(self);
     return 0;
 }
@@ -1936,6 +1939,32 @@ static int Track_set_fast(TrackObject *self, PyObject *value, void *c)
     return set_flag(&self->fast, value, "fast");
 }
 
+static PyObject *Track_get_tap(TrackObject *self, void *c)
+{
+    (void)c;
+    return Py_NewRef(self->tap ? self->tap : Py_None);
+}
+
+static int Track_set_tap(TrackObject *self, PyObject *value, void *c)
+{
+    (void)c;
+    if (value == NULL || value == Py_None) {
+        Py_CLEAR(self->tap);
+        return 0;
+    }
+    if (!PyCallable_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "tap must be callable or None");
+        return -1;
+    }
+    Py_XSETREF(self->tap, Py_NewRef(value));
+    return 0;
+}
+
+PyObject *native_track_tap(PyObject *track)
+{
+    return ((TrackObject *)track)->tap;
+}
+
 int native_track_fast(PyObject *track, int layer)
 {
     TrackObject *self = (TrackObject *)track;
@@ -1954,6 +1983,9 @@ int native_track_fast(PyObject *track, int layer)
 static PyGetSetDef Track_getset[] = {
     {"fast", (getter)Track_get_fast, (setter)Track_set_fast,
      "False: the engine hands every packet of the track up to Python", NULL},
+    {"tap", (getter)Track_get_tap, (setter)Track_set_tap,
+     "None, or called as tap(packet, layer) with each packet the engine forwarded itself",
+     NULL},
     {"received", (getter)Track_get_received, NULL, NULL, NULL},
     {"forwarded", (getter)Track_get_forwarded, NULL, NULL, NULL},
     {"switches", (getter)Track_get_switches, NULL, NULL, NULL},

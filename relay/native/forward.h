@@ -37,6 +37,8 @@ int native_is_track(PyObject *object);
  * track is marked fast (Track.fast) and every subscriber of that layer,
  * receiving or waiting for a key frame, has a Leg. */
 int native_track_fast(PyObject *track, int layer);
+/* Track.tap: borrowed, NULL when none. */
+PyObject *native_track_tap(PyObject *track);
 
 /* Track.forward's work for `data` of `layer`, each output through `emit`;
  * 0, or -1 with a Python error set. */

@@ -259,6 +259,7 @@ class Tracks:
     def __init__(self, rng: random.Random, legs: list[_native.Leg] | None = None) -> None:
         self.rng = rng
         self.requests = 0
+        self.tapped = 0
         self.tracks: dict[str, _native.Track] = {}
         self.subs: dict[str, list[_native.Subscriber]] = {}
         self.codec = rng.choice(("video/vp8", "video/h264"))
@@ -268,6 +269,8 @@ class Tracks:
                 track.set_codec(self.codec)
             if rng.random() < 0.8:
                 track.set_source_extensions(source_extensions(rng))
+            if legs and rng.random() < 0.5:
+                track.tap = self._tap  # links take what the engine forwards
             subs = [subscriber(rng, i, kind) for i in range(rng.randint(1, 4))]
             for sub in subs:
                 if kind == "video" and self.codec != "video/vp8":
@@ -279,6 +282,9 @@ class Tracks:
 
     def _request(self, layer: int) -> None:
         self.requests += 1
+
+    def _tap(self, data: bytes, layer: int) -> None:
+        self.tapped += 1
 
     def forward(self, kind: str, data: bytes, layer: int, now: float) -> int:
         out = self.tracks[kind].forward(data, layer, now)

@@ -108,6 +108,16 @@ def audio(sequence: int, level: int = 30, payload_type: int = 111) -> bytes:
     return header + extension + b"\xfc" + bytes(range(40))
 
 
+def audio_track_to(end: End) -> tuple[_native.Track, _native.Subscriber]:
+    """An audio track with one subscriber, on `end`'s leg."""
+    track = _native.Track("audio", lambda layer: None)
+    output = _native.Subscriber(0x5000, 111, b"", next_sequence=0, timestamp_base=0,
+                                rtx_sequence=0)  # fmt: skip
+    output.leg = end.leg
+    track.add_subscriber(output)
+    return track, output
+
+
 def wire(engine: Engine, end: End, packets: list[bytes]) -> None:
     """The publisher sends `packets`; the engine takes them in one readiness call."""
     for packet in packets:
@@ -146,13 +156,34 @@ def test_a_bound_ssrc_is_forwarded_in_c_exactly_as_the_python_forwarder_would(
     assert publisher.leg.take_levels(PUBLISHER_SSRC) == (0.0, 0)  # taken
 
 
+def test_a_tapped_track_is_forwarded_in_c_and_each_packet_handed_to_the_tap(
+    engine: Engine,
+) -> None:
+    """A track that links take (relay/room.py): this relay's subscribers get it from
+    C, and the tap gets each packet once, as the publisher sent it, with its layer."""
+    publisher, subscriber = engine.end(), engine.end()
+    track, _ = audio_track_to(subscriber)
+    tapped: list[tuple[bytes, int]] = []
+    track.tap = lambda data, layer: tapped.append((data, layer))
+    assert publisher.leg.bind(PUBLISHER_SSRC, track, 0, 111, 48000, LEVEL_ID)
+
+    packets = [audio(1), audio(2)]
+    wire(engine, publisher, packets)
+    assert tapped == [(p, 0) for p in packets]
+    assert publisher.rtp_up == []
+    assert len(subscriber.received()) == 2
+    assert engine.native.rtp_forwarded == 2
+
+    track.tap = None  # the links are gone
+    wire(engine, publisher, [audio(3)])
+    assert len(tapped) == 2 and len(subscriber.received()) == 1
+    with pytest.raises(TypeError):
+        track.tap = 5  # type: ignore[assignment]
+
+
 def test_anything_unusual_goes_up_to_python_with_its_books_kept(engine: Engine) -> None:
     publisher, subscriber = engine.end(), engine.end()
-    track = _native.Track("audio", lambda layer: None)
-    output = _native.Subscriber(0x5000, 111, b"", next_sequence=0, timestamp_base=0,
-                                rtx_sequence=0)  # fmt: skip
-    output.leg = subscriber.leg
-    track.add_subscriber(output)
+    track, output = audio_track_to(subscriber)
     publisher.leg.bind(PUBLISHER_SSRC, track, 0, 111, 48000, LEVEL_ID)
 
     wire(engine, publisher, [audio(1, payload_type=112)])  # another payload type
