@@ -55,6 +55,11 @@ class Engine:
     def remove_socket(self, fd: int, /) -> None: ...
     def readable(self, fd: int, /) -> None: ...
     def sendto(self, fd: int, data: _Bytes, addr: tuple[Any, ...], /) -> bool: ...
+    def forward(
+        self, track: Track, data: _Bytes, layer: int, now: float, /
+    ) -> list[tuple[Subscriber, bytes]]:
+        """Track.forward, with the copies for subscribers that have a leg sent by
+        the engine; the pairs for the others are returned."""
     def open_leg(
         self,
         fd: int,

@@ -195,7 +195,7 @@ def configure_ice(args: argparse.Namespace) -> None:
     native = args.forwarder == "native"
     sockets = NativeSockets() if native else None
     use_endpoint(sockets.endpoint if sockets is not None else None)
-    media_path.use_native(native)
+    media_path.use_native(sockets.engine if sockets is not None else None)
     if sockets is not None:
         metrics.watch_native(sockets.engine)
     log.info("media path: %s", args.forwarder)

@@ -20,17 +20,18 @@ from relay.rtp import RtpHeader
 
 PATHS = ("native", "python")
 
-_native_path = False
+_engine: _native.Engine | None = None  # the native path's engine; None: the Python path
 
 
-def use_native(enabled: bool) -> None:
-    """Set at start-up, before any peer connection or track exists."""
-    global _native_path
-    _native_path = enabled
+def use_native(engine: _native.Engine | None) -> None:
+    """The native path on `engine`, or the Python path (None). Set at start-up,
+    before any peer connection or track exists."""
+    global _engine
+    _engine = engine
 
 
 def native() -> bool:
-    return _native_path
+    return _engine is not None
 
 
 class Output(Protocol):
@@ -87,7 +88,10 @@ class Forwarder(Protocol):
     def receivers(self, layer: int) -> Sequence[Any]: ...
     def forward(
         self, data: bytes, header: RtpHeader, layer: int = 0, now: float = 0.0
-    ) -> Sequence[tuple[Any, bytes]]: ...
+    ) -> Sequence[tuple[Any, bytes]]:
+        """The (output, packet) pairs the caller sends; on the native path the
+        engine has sent the copies for subscribers with a leg already."""
+
     def retransmit(self, sub: Any, lost: list[int]) -> list[bytes]: ...
     def sender_report(self, sub: Any, ntp: int, rtp_timestamp: int) -> bytes | None: ...
 
@@ -170,7 +174,11 @@ class NativeForwarder:
     def forward(
         self, data: bytes, header: RtpHeader, layer: int = 0, now: float = 0.0
     ) -> list[tuple[_native.Subscriber, bytes]]:
-        return self.track.forward(data, layer, now)  # it parses the header itself
+        """The copies for subscribers with a leg leave from the engine at once; the
+        others are returned (the C side parses the header itself)."""
+        if _engine is None:
+            return self.track.forward(data, layer, now)
+        return _engine.forward(self.track, data, layer, now)
 
     def retransmit(self, sub: _native.Subscriber, lost: list[int]) -> list[bytes]:
         return self.track.retransmit(sub, lost)
@@ -180,7 +188,7 @@ class NativeForwarder:
 
 
 def new_forwarder(kind: str, request_keyframe: Callable[[int], None]) -> Forwarder:
-    if _native_path:
+    if _engine is not None:
         return NativeForwarder(kind, request_keyframe)
     return TrackForwarder(kind, request_keyframe)
 
@@ -195,7 +203,7 @@ def new_output(
     extension_ids: Mapping[str, int],
     codecs: Mapping[str, tuple[int, int]],
 ) -> Output:
-    if _native_path:
+    if _engine is not None:
         return _native.Subscriber(
             ssrc, payload_type, mid_element, rtx, extension_ids, codecs,
             next_sequence=random.getrandbits(16), timestamp_base=random.getrandbits(32),

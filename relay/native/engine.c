@@ -448,6 +448,22 @@ static void announce(forward_context_t *forwarding)
     forwarding->announced_count = 0;
 }
 
+/* Engine.forward's outputs: into the legs of subscribers that have one, as a
+ * list of (subscriber, bytes) for the others. */
+typedef struct {
+    forward_context_t forwarding;
+    PyObject *rest;
+} mixed_forward_t;
+
+static int emit_to_leg_or_list(void *context, PyObject *subscriber, const OutPacket *packet)
+{
+    mixed_forward_t *mixed = context;
+    if (native_subscriber_leg(subscriber) == NULL) {
+        return native_emit_to_list(mixed->rest, subscriber, packet);
+    }
+    return emit_to_leg(&mixed->forwarding, subscriber, packet);
+}
+
 /* --- bindings: what the engine knows of the SSRCs a leg receives ------------ */
 
 static double monotonic_now(void)
@@ -887,7 +903,45 @@ static void Engine_dealloc(EngineObject *self)
 }
 
 
+/* A packet Python routes (the first packets of a stream, media that came over
+ * a link): forwarded as Track.forward would, into the legs of the subscribers
+ * that have one; the pairs for the others are returned, for Python to send. */
+static PyObject *Engine_forward(EngineObject *self, PyObject *args)
+{
+    PyObject *track;
+    Py_buffer data;
+    int layer;
+    double now;
+    if (!PyArg_ParseTuple(args, "Oy*id:forward", &track, &data, &layer, &now)) {
+        return NULL;
+    }
+    if (!native_is_track(track)) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_TypeError, "track must be a relay._native.Track");
+        return NULL;
+    }
+    mixed_forward_t mixed = {.forwarding = {.engine = self, .announced_count = 0},
+                             .rest = PyList_New(0)};
+    if (mixed.rest != NULL) {
+        Py_INCREF(track); /* a sink's callback may drop the caller's reference */
+        if (native_track_forward(track, data.buf, (size_t)data.len, layer, now,
+                                 emit_to_leg_or_list, &mixed) < 0) {
+            Py_CLEAR(mixed.rest);
+        }
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback); /* the sinks are told all the same */
+        announce(&mixed.forwarding);
+        PyErr_Restore(type, value, traceback);
+        Py_DECREF(track);
+    }
+    PyBuffer_Release(&data);
+    return mixed.rest;
+}
+
 static PyMethodDef Engine_methods[] = {
+    {"forward", (PyCFunction)Engine_forward, METH_VARARGS,
+     "forward(track, data, layer, now) -> [(subscriber, bytes)]: Track.forward, with the "
+     "copies for subscribers that have a leg sent from here; the others are returned."},
     {"add_socket", (PyCFunction)Engine_add_socket, METH_VARARGS,
      "add_socket(fd, protocol): receive on the socket; what is not media goes to "
      "protocol.datagram_received(data, addr)."},

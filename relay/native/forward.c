@@ -1646,7 +1646,7 @@ int native_track_forward(PyObject *track, const uint8_t *data, size_t length, in
 }
 
 /* Track.forward's emit: (subscriber, bytes) appended to a list. */
-static int emit_to_list(void *context, PyObject *subscriber, const OutPacket *o)
+int native_emit_to_list(void *context, PyObject *subscriber, const OutPacket *o)
 {
     PyObject *packet = build_packet((SubscriberObject *)subscriber, o);
     if (!packet)
@@ -1675,7 +1675,7 @@ static PyObject *Track_forward(TrackObject *self, PyObject *args, PyObject *kwds
         goto done;
     }
     out = PyList_New(0);
-    if (out && track_forward(self, buffer.buf, (size_t)buffer.len, layer, now, emit_to_list, out) < 0)
+    if (out && track_forward(self, buffer.buf, (size_t)buffer.len, layer, now, native_emit_to_list, out) < 0)
         Py_CLEAR(out);
 done:
     PyBuffer_Release(&buffer);

@@ -45,6 +45,10 @@ PyObject *native_track_tap(PyObject *track);
 int native_track_forward(PyObject *track, const uint8_t *data, size_t length, int layer,
                          double now, native_emit_fn emit, void *context);
 
+/* Track.forward's emit (native_emit_fn): appends (subscriber, bytes) to the
+ * list `context`. */
+int native_emit_to_list(void *context, PyObject *subscriber, const OutPacket *packet);
+
 /* The output packet's bytes written into `buf`: their length, or 0 when they
  * do not fit `capacity` or the 16-bit extension length. */
 size_t native_write_packet(PyObject *subscriber, const OutPacket *packet, uint8_t *buf,

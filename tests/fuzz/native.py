@@ -713,6 +713,12 @@ class Fuzzer:
         self.engine.send(data, sender)
         if self.rng.random() < 0.02:
             self.engine.legs[self.rng.randrange(2)].send(self.packet())
+        if self.rng.random() < 0.05:  # a packet Python routes (first packets, links)
+            kind = self.rng.choice(("audio", "video"))
+            track = self.engine.tracks.tracks[kind]
+            layer = self.rng.choice((0, 0, 1, 2)) if kind == "video" else 0
+            for _, packet in self.engine.engine.forward(track, self.packet(), layer, self.now):
+                check_output(packet, "engine forward")
         if self.engine.pending >= BATCH:
             self.engine.flush(self.result.counts, self.now)
             if self.rng.random() < 0.2:

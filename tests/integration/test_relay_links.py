@@ -158,6 +158,15 @@ async def test_three_relays_each_track_crosses_each_link_once(
                 in_c = sample(eu, "conclave_native_forwarded_total")
                 print(f"forwarded by the engine on the publisher's relay {in_c:.0f}")
                 assert in_c > 1.5 * published
+                # On the other two, what came over the link leaves from the
+                # engine too (Engine.forward), for their two subscribers each.
+                for region in ("us", "ap"):
+                    came = sample(
+                        relays[region], 'conclave_link_packets_total{direction="received"}'
+                    )
+                    in_c = sample(relays[region], "conclave_native_forwarded_total")
+                    print(f"{region}: {came:.0f} over the link, {in_c:.0f} forwarded by the engine")
+                    assert in_c > 1.5 * came
     finally:
         await asyncio.gather(*(s.leave() for s in sessions.values()), return_exceptions=True)
 

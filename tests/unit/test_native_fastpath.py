@@ -181,6 +181,35 @@ def test_a_tapped_track_is_forwarded_in_c_and_each_packet_handed_to_the_tap(
         track.tap = 5  # type: ignore[assignment]
 
 
+def test_a_packet_python_routes_leaves_from_the_engine_for_subscribers_with_a_leg(
+    engine: Engine,
+) -> None:
+    """Engine.forward (a stream's first packets, media from a link): Track.forward's
+    copies, the ones for subscribers with a leg sent from C at once, the others
+    returned for Python to send."""
+    subscriber = engine.end()
+    track, with_leg = audio_track_to(subscriber)
+    without_leg = _native.Subscriber(0x6000, 111, b"", next_sequence=50, timestamp_base=0,
+                                     rtx_sequence=0)  # fmt: skip
+    track.add_subscriber(without_leg)
+    reference = TrackForwarder("audio", lambda layer: None)
+    expected_output = SubscriberOutput(0x5000, 111, b"")
+    expected_output.next_sequence, expected_output.timestamp_base = 0, 0
+    reference.add_subscriber(expected_output)
+
+    packet = audio(7)
+    rest = engine.native.forward(track, packet, 0, 0.0)
+    assert [sub for sub, _ in rest] == [without_leg]
+    (sent,) = subscriber.received()
+    (expected,) = [out for _, out in reference.forward(packet, RtpHeader.parse(packet))]
+    assert subscriber.far_rx.unprotect(sent) == expected
+    assert engine.native.rtp_forwarded == 1
+    with pytest.raises(IndexError):
+        engine.native.forward(track, packet, 3, 0.0)
+    with pytest.raises(TypeError):
+        engine.native.forward(with_leg, packet, 0, 0.0)  # type: ignore[arg-type]
+
+
 def test_anything_unusual_goes_up_to_python_with_its_books_kept(engine: Engine) -> None:
     publisher, subscriber = engine.end(), engine.end()
     track, output = audio_track_to(subscriber)
