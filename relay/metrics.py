@@ -214,7 +214,9 @@ NATIVE_DIRECTIONS = ("received", "sent")
 NATIVE_DROP_REASONS = ("srtp", "send_full", "send_error", "too_large", "protect")
 
 
-class _NativeCollector(Collector):
+class NativeCollector(Collector):
+    """The engine's counters as metric families, read at each scrape."""
+
     def __init__(self, engine: _native.Engine) -> None:
         self.engine = engine
 
@@ -258,7 +260,7 @@ def watch_native(engine: _native.Engine) -> None:
     """Export the engine's counters (once per process)."""
     global _native_engine
     _native_engine = engine
-    REGISTRY.register(_NativeCollector(engine))
+    REGISTRY.register(NativeCollector(engine))
 
 
 def sync_native() -> None:

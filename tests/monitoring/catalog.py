@@ -54,20 +54,24 @@ _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 
 def exported_names() -> set[str]:
     """Series names a relay and a control-plane replica can expose: the relay's
-    module-level metrics in the default registry, and a control-plane replica's
-    registry built as the replica builds it (nothing is connected)."""
-    from prometheus_client import REGISTRY
+    module-level metrics in the default registry, its native engine's (collected
+    from an engine of its own here), and a control-plane replica's registry built
+    as the replica builds it (nothing is connected)."""
+    from prometheus_client import REGISTRY, CollectorRegistry
 
     import conclave.server_metrics  # noqa: F401  (the shared gRPC/etcd metrics)
-    import relay.metrics  # noqa: F401  (registers the relay's metrics)
+    import relay.metrics  # registers the relay's metrics
     from conclave.store import EtcdStore
     from control_plane.attempts import AttemptLimiter
     from control_plane.metrics import ControlPlaneMetrics
     from control_plane.registry import NodeRegistry
+    from relay import _native
 
     store = EtcdStore(["127.0.0.1:1"])  # never connected: the registry only needs objects
     control_plane = ControlPlaneMetrics(AttemptLimiter(store), NodeRegistry(store))
-    return sample_names([REGISTRY, control_plane.registry])
+    native = CollectorRegistry()
+    native.register(relay.metrics.NativeCollector(_native.Engine()))
+    return sample_names([REGISTRY, native, control_plane.registry])
 
 
 def load_dashboards() -> dict[str, dict[str, Any]]:
