@@ -237,7 +237,7 @@ class NativeCollector(Collector):
         yield upcalls
         forwarded = CounterMetricFamily(
             "conclave_native_forwarded",
-            "RTP packets the native engine forwarded to subscribers without Python",
+            "RTP packets the native engine rewrote, protected and sent to subscribers' legs",
         )
         forwarded.add_metric([], self.engine.rtp_forwarded)
         yield forwarded
