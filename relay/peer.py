@@ -481,8 +481,7 @@ class ParticipantPeer:
         ssrc = self.publish_ssrc.get("microphone", {}).get("")
         if leg is None or ssrc is None or ssrc not in self._bound:
             return None
-        total, count = leg.take_levels(ssrc)
-        return total, count
+        return leg.take_levels(ssrc)
 
     def _unbind_native(self, ssrc: int) -> None:
         if ssrc in self._bound:

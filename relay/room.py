@@ -937,8 +937,7 @@ class Room:
                 continue
             levels = peer.native_levels()
             if levels is not None:
-                voice.total += levels[0]
-                voice.count += levels[1]
+                voice.add_sum(*levels)
 
     @staticmethod
     def _speakers_message(speakers: list[tuple[str, float]]) -> dict[str, Any]:

@@ -68,6 +68,12 @@ class VoiceLevel:
         self.total += _AMPLITUDE[level & 0x7F]
         self.count += 1
 
+    def add_sum(self, total: float, count: int) -> None:
+        """Account `count` packets whose linear amplitudes were summed elsewhere
+        (the native engine, Leg.take_levels)."""
+        self.total += total
+        self.count += count
+
     def settle(self, attack: float, release: float) -> None:
         """Fold this interval into the smoothed level; an interval without packets
         counts as silence (the publisher stopped sending)."""
