@@ -77,14 +77,25 @@ def machine_ticks() -> list[int]:
         return [int(x) for x in f.readline().split()[1:]]
 
 
+CONCLAVE_SYSTEMS = {
+    "conclave": ["--forwarder", "python"],
+    "conclave-native": ["--forwarder", "native"],
+    "conclave-1port": ["--forwarder", "python", "--udp-port", "0"],
+    "conclave-native-1port": ["--forwarder", "native", "--udp-port", "0"],
+}
+SYSTEMS = [*CONCLAVE_SYSTEMS, "janus", "naive"]
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         # The relay on each media path (docs/native.md): `conclave` is the Python
-        # reference, `conclave-native` the C engine; each in a cluster of its own.
+        # reference, `conclave-native` the C engine; `-1port` the same with every
+        # participant on one UDP port (--udp-port); each in a cluster of its own.
         self.clusters = {
-            "conclave": Cluster(relay_args=["--capacity", "1000", "--forwarder", "python"]),
-            "conclave-native": Cluster(relay_args=["--capacity", "1000", "--forwarder", "native"]),
+            system: Cluster(relay_args=["--capacity", "1000", *relay_args])
+            for system, relay_args in CONCLAVE_SYSTEMS.items()
+            if system in args.systems
         }
         self.janus = JanusServer(free_port())
         self.naive_port = free_port()
@@ -515,7 +526,8 @@ def parse_args() -> argparse.Namespace:
         "--systems",
         default="conclave,conclave-native,janus,naive",
         type=lambda t: [s for s in t.split(",") if s],
-        help="conclave (Python media path), conclave-native, janus, naive",
+        help=f"of {', '.join(SYSTEMS)}: conclave is the Python media path, -native the "
+        "C engine, -1port with every participant on one UDP port",
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="measured window per point")
     parser.add_argument("--warmup", type=float, default=3.0)
@@ -546,8 +558,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if not 1 <= args.seconds <= 60 or not 0 <= args.warmup <= 30:
         parser.error("--seconds 1..60, --warmup 0..30")
-    if not set(args.systems) <= {"conclave", "conclave-native", "janus", "naive"}:
-        parser.error("--systems: conclave, conclave-native, janus, naive")
+    if not set(args.systems) <= set(SYSTEMS):
+        parser.error(f"--systems: {', '.join(SYSTEMS)}")
     args.workers = max(1, min(args.workers, 8))
     return args
 

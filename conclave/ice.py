@@ -11,8 +11,11 @@ mediasoup's `announcedAddress`: `advertise_address`). aioice binds every host
 candidate's socket to port 0 and builds the candidate from that socket's own
 address, so both are done by replacing `aioice.ice.Connection
 .get_component_candidates` with a version that binds inside the range and names
-the advertised address. It is installed while either setting is active and
-aioice's own method is restored when both are off again. See docs/operations.md.
+the advertised address. It is installed while any setting is active and
+aioice's own method is restored when all are off again. See docs/operations.md.
+
+A relay may instead put every connection on one UDP port per address
+(`use_shared_port`, conclave/shared_port.py), like LiveKit's `rtc.udp_port`.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import random
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import aioice.ice
 import aioice.turn
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
+
+from conclave.shared_port import SharedPort
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +119,13 @@ def parse_advertised_address(text: str) -> str:
     return str(address)
 
 
-#: Serves a StunProtocol (made by the factory) from a bound socket; returns it.
-Endpoint = Callable[[socket.socket, Callable[[], StunProtocol]], StunProtocol]
+P = TypeVar("P", bound=asyncio.DatagramProtocol)
+
+
+class Endpoint(Protocol):
+    """Serves a protocol (made by the factory) from a bound socket; returns it."""
+
+    def __call__(self, sock: socket.socket, make: Callable[[], P]) -> P: ...
 
 
 @dataclass
@@ -123,6 +134,8 @@ class _Settings:
     advertised: str | None = None
     next_offset: int = 0  # where the next search in `ports` starts (round robin)
     endpoint: Endpoint | None = None  # None: the event loop's datagram endpoint
+    shared_port: int | None = None  # None: a socket per connection; 0: any free port
+    shared: dict[str, SharedPort] = field(default_factory=dict)  # by bound address
 
 
 _settings = _Settings()
@@ -163,8 +176,82 @@ def use_endpoint(endpoint: Endpoint | None) -> None:
     _install()
 
 
+def use_shared_port(port: int | None) -> None:
+    """Put every peer connection's host candidate on one UDP socket per address,
+    bound to `port` (0: a free port, inside the port range if one is set; None:
+    a socket per connection, aioice's way). conclave/shared_port.py tells the
+    connections apart. Sockets already open for the previous setting are closed.
+    Call at start-up, before any peer connection exists."""
+    if port is not None and not (port == 0 or MIN_PORT <= port <= MAX_PORT):
+        raise ValueError(f"UDP port {port} must be 0 or {MIN_PORT}-{MAX_PORT}")
+    for shared in _settings.shared.values():
+        if shared.transport is not None and not shared.loop.is_closed():
+            shared.transport.close()
+    _settings.shared.clear()
+    _settings.shared_port = port
+    _install()
+
+
+async def open_shared_ports() -> list[tuple[str, int]]:
+    """Bind the shared port on every host address now, so that a port in use is
+    an error at start-up rather than at the first join; (address, port) of each."""
+    if _settings.shared_port is None:
+        return []
+    addresses = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+    bound = []
+    for address in addresses:
+        try:
+            shared = await _shared_port(address)
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                log.debug("ICE: cannot bind %s: %s", address, exc)
+                continue  # like aioice: an address that cannot be bound is not offered
+            raise OSError(
+                exc.errno, f"cannot bind UDP port {_settings.shared_port} on {address}: {exc}"
+            ) from None
+        sockname = shared.transport.get_extra_info("sockname") if shared.transport else None
+        if sockname is not None:
+            bound.append((sockname[0], sockname[1]))
+    return bound
+
+
+async def _shared_port(address: str) -> SharedPort:
+    """The shared socket's demultiplexer on `address`, bound on first use."""
+    loop = asyncio.get_running_loop()
+    shared = _settings.shared.get(address)
+    if shared is not None and not shared.closed and shared.loop is loop:
+        return shared
+    sock = await _bind(address, _settings.shared_port or None)
+    try:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # every participant's traffic
+            sock.setsockopt(socket.SOL_SOCKET, option, SHARED_SOCKET_BUFFER_SIZE)
+        shared = await _serve(sock, SharedPort)
+    except BaseException:
+        sock.close()
+        raise
+    _settings.shared[address] = shared
+    return shared
+
+
+#: Per shared socket; the kernel caps it at net.core.rmem_max / wmem_max.
+SHARED_SOCKET_BUFFER_SIZE = 4 * 1024 * 1024
+
+
+async def _serve(sock: socket.socket, make: Callable[[], P]) -> P:
+    """A protocol from `make` on `sock`, served by the endpoint in use."""
+    if _settings.endpoint is not None:
+        return _settings.endpoint(sock, make)
+    _, protocol = await asyncio.get_running_loop().create_datagram_endpoint(make, sock=sock)
+    return protocol
+
+
 def _install() -> None:
-    if _settings.ports is None and _settings.advertised is None and _settings.endpoint is None:
+    if (
+        _settings.ports is None
+        and _settings.advertised is None
+        and _settings.endpoint is None
+        and _settings.shared_port is None
+    ):
         aioice.ice.Connection.get_component_candidates = (  # type: ignore[method-assign]
             _aioice_get_component_candidates
         )
@@ -174,8 +261,9 @@ def _install() -> None:
         )
 
 
-async def _bind(address: str) -> socket.socket:
-    """A non-blocking UDP socket bound to `address` and a port of the range.
+async def _bind(address: str, port: int | None = None) -> socket.socket:
+    """A non-blocking UDP socket bound to `address` and `port`, or else a port of
+    the range.
 
     The socket is bound here, not by `loop.create_datagram_endpoint(local_addr=...)`,
     because uvloop reports every bind failure as an OSError without errno, and only
@@ -186,8 +274,8 @@ async def _bind(address: str) -> socket.socket:
     try:
         sock.setblocking(False)
         ports = _settings.ports
-        if ports is None:
-            sock.bind((address, 0))
+        if port is not None or ports is None:
+            sock.bind((address, port or 0))
             return sock
         start = _settings.next_offset
         for attempt in range(len(ports)):
@@ -219,6 +307,21 @@ def _candidate_host(bound: str) -> str:
     return advertised if same_version else bound
 
 
+def _name_candidate(protocol: StunProtocol, component: int) -> None:
+    """The host candidate of a protocol's socket, as aioice names it."""
+    bound_host, port = protocol.transport.get_extra_info("sockname")[:2]
+    host = _candidate_host(bound_host)
+    protocol.local_candidate = Candidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=host,
+        port=port,
+        type="host",
+    )
+
+
 async def _get_component_candidates(
     self: Connection, component: int, addresses: list[str], timeout: int = 5
 ) -> list[Candidate]:
@@ -228,11 +331,24 @@ async def _get_component_candidates(
     Server-reflexive candidates (STUN) are gathered from those sockets as aioice
     does; relayed candidates (TURN) are left to aioice itself, called without
     addresses: their socket talks to the TURN server only and is outside the range.
+    With a shared port, each host candidate is the connection's protocol on that
+    address's shared socket.
     """
-    loop = asyncio.get_running_loop()
     host_protocols: list[StunProtocol] = []
     try:
         for address in addresses:
+            if _settings.shared_port is not None:
+                try:
+                    shared = await _shared_port(address)
+                except PortRangeExhausted:
+                    raise
+                except (OSError, ValueError) as exc:
+                    log.debug("ICE: cannot bind %s: %s", address, exc)
+                    continue
+                protocol = shared.attach(self)
+                host_protocols.append(protocol)
+                _name_candidate(protocol, component)
+                continue
             try:
                 sock = await _bind(address)
             except PortRangeExhausted:
@@ -244,27 +360,12 @@ async def _get_component_candidates(
                 sock.setsockopt(
                     socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE
                 )
-                if _settings.endpoint is None:
-                    _, protocol = await loop.create_datagram_endpoint(
-                        lambda: StunProtocol(self), sock=sock
-                    )
-                else:
-                    protocol = _settings.endpoint(sock, lambda: StunProtocol(self))
+                protocol = await _serve(sock, lambda: StunProtocol(self))
             except BaseException:
                 sock.close()
                 raise
             host_protocols.append(protocol)
-            bound_host, port = protocol.transport.get_extra_info("sockname")[:2]
-            host = _candidate_host(bound_host)
-            protocol.local_candidate = Candidate(
-                foundation=candidate_foundation("host", "udp", host),
-                component=component,
-                transport="udp",
-                priority=candidate_priority(component, "host"),
-                host=host,
-                port=port,
-                type="host",
-            )
+            _name_candidate(protocol, component)
     except BaseException:
         for protocol in host_protocols:
             await protocol.close()

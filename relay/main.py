@@ -19,12 +19,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from conclave.arguments import non_negative_float
 from conclave.ice import (
+    MAX_PORT,
+    MIN_PORT,
     PortRange,
     advertise_address,
+    open_shared_ports,
     parse_advertised_address,
     use_endpoint,
     use_host_addresses,
     use_port_range,
+    use_shared_port,
 )
 from conclave.logs import FORMATS, configure
 from conclave.loop_lag import watch_lag
@@ -94,6 +98,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(one port per participant and ICE address; docs/operations.md); default: any port",
     )
     parser.add_argument(
+        "--udp-port",
+        type=_udp_port,
+        default=None,
+        metavar="PORT",
+        help="put every participant's ICE and media on this one UDP port per ICE address, "
+        "told apart by ICE username and address (like LiveKit's rtc.udp_port; "
+        "docs/operations.md); 0: a free port, inside --udp-ports if given; "
+        "default: a port per participant",
+    )
+    parser.add_argument(
         "--public-ip",
         type=_public_ip,
         default=None,
@@ -158,6 +172,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--log-format", default="text", choices=FORMATS, help="text lines, or one JSON object each"
     )
     args = parser.parse_args(argv)
+    if args.udp_port and args.udp_ports is not None:
+        parser.error(
+            "--udp-port PORT and --udp-ports: give one, or --udp-port 0 to take "
+            "the shared port from the range"
+        )
     args.etcd_tls = etcd_tls_from(args, parser)
     args.rpc_tls = rpc_tls_from(args, parser)
     args.tls = server_tls_from(args, parser)
@@ -169,6 +188,16 @@ def _port_range(value: str) -> PortRange:
         return PortRange.parse(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _udp_port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if port != 0 and not MIN_PORT <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{port} must be 0 or {MIN_PORT}-{MAX_PORT}")
+    return port
 
 
 def _region(value: str) -> str:
@@ -191,6 +220,7 @@ def configure_ice(args: argparse.Namespace) -> None:
     # loopback socket would be advertised under the public address and never answer.
     use_host_addresses(args.ice_address, include_loopback=args.public_ip is None)
     use_port_range(args.udp_ports)
+    use_shared_port(args.udp_port)
     advertise_address(args.public_ip)
     native = args.forwarder == "native"
     sockets = NativeSockets() if native else None
@@ -200,7 +230,10 @@ def configure_ice(args: argparse.Namespace) -> None:
         metrics.watch_native(sockets.engine)
     log.info("media path: %s", args.forwarder)
     ports = args.udp_ports
-    log.info("ICE UDP ports: %s", f"{ports} ({len(ports)} ports)" if ports is not None else "any")
+    if args.udp_port is None:
+        log.info(
+            "ICE UDP ports: %s", f"{ports} ({len(ports)} ports)" if ports is not None else "any"
+        )
     if args.public_ip is not None:
         # docs/privacy.md: no IP address in log lines above DEBUG, not even our own.
         log.info("ICE host candidates advertise the --public-ip address")
@@ -257,6 +290,10 @@ async def serve(args: argparse.Namespace) -> None:
     set_test_video_loss(args.test_drop_video / 100)
     set_simulcast_offer(args.simulcast)
     configure_ice(args)
+    if args.udp_port is not None:
+        bound = await open_shared_ports()  # a port in use stops the relay here
+        ports = sorted({port for _, port in bound})
+        log.info("ICE UDP port (shared by every participant): %s", ",".join(map(str, ports)))
     host = args.advertise_host or args.http_host
     store = EtcdStore(args.etcd.split(","), observe=metrics.SERVER.observe_etcd, tls=args.etcd_tls)
     await store.connect()

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from aioice.ice import StunProtocol
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
+from conclave.shared_port import SharedTransport
 from relay import _native
 from relay.native_keys import keys_from_dtls
+
+P = TypeVar("P", bound=asyncio.DatagramProtocol)
 
 
 class NativeSockets:
@@ -28,9 +31,10 @@ class NativeSockets:
     def __init__(self) -> None:
         self.engine = _native.Engine()
 
-    def endpoint(self, sock: socket.socket, make: Callable[[], StunProtocol]) -> StunProtocol:
+    def endpoint(self, sock: socket.socket, make: Callable[[], P]) -> P:
         """Serve a protocol `make` makes from the bound, non-blocking `sock`, as
-        `loop.create_datagram_endpoint(sock=...)` would (conclave.ice.use_endpoint)."""
+        `loop.create_datagram_endpoint(sock=...)` would (conclave.ice.use_endpoint):
+        aioice's protocol, or a shared port's demultiplexer."""
         protocol = make()
         transport = NativeTransport(self, sock, protocol)
         self.engine.add_socket(sock.fileno(), protocol)
@@ -107,6 +111,8 @@ def take_over(
         return None
     protocol: StunProtocol = pair.protocol
     transport = getattr(protocol, "transport", None)
+    if isinstance(transport, SharedTransport):  # the engine tells legs apart by address
+        transport = None if transport.is_closing() else transport.port.transport
     if not isinstance(transport, NativeTransport) or transport.is_closing() or dtls._ssl is None:
         return None
     keys = keys_from_dtls(dtls._ssl, dtls._role)

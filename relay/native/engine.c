@@ -77,13 +77,24 @@ typedef struct {
 
 typedef struct LegObject LegObject;
 
+/* The keyed legs of one socket, by remote address: open addressing with linear
+ * probing, a power-of-two capacity at most half full. A socket of its own per
+ * participant holds one leg; a shared port (conclave/shared_port.py) holds every
+ * participant's that ICE selected on it. */
+typedef struct {
+    LegObject **slots;          /* strong; NULL: empty */
+    size_t mask;                /* capacity - 1; 0 with no slots yet */
+    size_t count;
+} leg_table_t;
+
 /* One registered socket and its send queue. */
 typedef struct {
     PyObject_HEAD
     int fd;
     int open;                   /* 0 once removed: stop touching it */
-    PyObject *protocol;         /* aioice's StunProtocol (datagram_received) */
-    LegObject *leg;             /* the keyed leg on this socket, or NULL */
+    PyObject *protocol;         /* what gets datagram_received: aioice's StunProtocol,
+                                   or a shared port's demultiplexer */
+    leg_table_t legs;
     int queued;                 /* messages waiting in out[] */
     int dirty;                  /* on the engine's list of sockets to flush */
     struct mmsghdr out[BATCH];
@@ -130,6 +141,7 @@ struct LegObject {
     PyObject *on_rtp;           /* callable(bytes) */
     PyObject *on_rtcp;          /* callable(bytes) */
     int open;
+    int in_table;               /* in its socket's leg table (which holds a reference) */
     uint32_t rtcp_ssrc;         /* the relay's SSRC in the RTCP it sends this leg */
     binding_t bindings[MAX_BINDINGS];
     int binding_count;
@@ -226,6 +238,112 @@ static int same_address(const struct sockaddr_storage *a, const struct sockaddr_
             && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
     }
     return 0;
+}
+
+/* --- legs by remote address ----------------------------------------------- */
+
+static size_t address_hash(const struct sockaddr_storage *addr)
+{
+    uint64_t h;
+    if (addr->ss_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)addr;
+        h = (uint64_t)v4->sin_addr.s_addr << 16 | v4->sin_port;
+    } else {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)addr;
+        uint64_t parts[2];
+        memcpy(parts, &v6->sin6_addr, sizeof parts);
+        h = (parts[0] ^ parts[1] * 0x9E3779B97F4A7C15ULL) << 16 | v6->sin6_port;
+    }
+    h *= 0x9E3779B97F4A7C15ULL; /* Fibonacci hashing: the high bits are well mixed */
+    return (size_t)(h >> 32);
+}
+
+static LegObject *table_find(const leg_table_t *table, const struct sockaddr_storage *addr)
+{
+    if (table->count == 0) {
+        return NULL;
+    }
+    for (size_t i = address_hash(addr) & table->mask;; i = (i + 1) & table->mask) {
+        LegObject *leg = table->slots[i];
+        if (leg == NULL) {
+            return NULL;
+        }
+        if (same_address(&leg->remote, addr)) {
+            return leg;
+        }
+    }
+}
+
+static void table_place(leg_table_t *table, LegObject *leg)
+{
+    size_t i = address_hash(&leg->remote) & table->mask;
+    while (table->slots[i] != NULL) {
+        i = (i + 1) & table->mask;
+    }
+    table->slots[i] = leg;
+}
+
+/* Take a reference to `leg` under its remote address; -1 with an exception when
+ * the address has a leg already or memory runs out. */
+static int table_add(leg_table_t *table, LegObject *leg)
+{
+    if (table_find(table, &leg->remote) != NULL) {
+        PyErr_SetString(PyExc_ValueError, "the socket has a leg for that address already");
+        return -1;
+    }
+    if (2 * (table->count + 1) > table->mask + 1 || table->slots == NULL) {
+        size_t capacity = table->slots == NULL ? 4 : 2 * (table->mask + 1);
+        LegObject **old = table->slots;
+        size_t old_capacity = old == NULL ? 0 : table->mask + 1;
+        LegObject **grown = PyMem_Calloc(capacity, sizeof *grown);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        table->slots = grown;
+        table->mask = capacity - 1;
+        for (size_t i = 0; i < old_capacity; i++) {
+            if (old[i] != NULL) {
+                table_place(table, old[i]);
+            }
+        }
+        PyMem_Free(old);
+    }
+    Py_INCREF(leg);
+    table_place(table, leg);
+    table->count++;
+    leg->in_table = 1;
+    return 0;
+}
+
+/* Take `leg` out (the caller owns the table's reference from then on); the
+ * entries after it in its probe run move back to keep every run unbroken. */
+static void table_remove(leg_table_t *table, LegObject *leg)
+{
+    if (!leg->in_table || table->count == 0) {
+        return;
+    }
+    size_t i = address_hash(&leg->remote) & table->mask;
+    while (table->slots[i] != leg) {
+        if (table->slots[i] == NULL) {
+            return;
+        }
+        i = (i + 1) & table->mask;
+    }
+    table->slots[i] = NULL;
+    table->count--;
+    leg->in_table = 0;
+    for (size_t j = (i + 1) & table->mask; table->slots[j] != NULL; j = (j + 1) & table->mask) {
+        LegObject *moved = table->slots[j];
+        size_t home = address_hash(&moved->remote) & table->mask;
+        /* `moved` may go to the hole at i unless its home lies in (i, j] */
+        int stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            table->slots[i] = moved;
+            table->slots[j] = NULL;
+            i = j;
+        }
+    }
 }
 
 /* RFC 5761 §4: RTCP and RTP on one port are told apart by the second byte. */
@@ -563,9 +681,9 @@ static int receive_rtp(EngineObject *engine, LegObject *leg, const uint8_t *data
 static void dispatch(EngineObject *engine, SocketObject *sock, uint8_t *data, size_t len,
                      const struct sockaddr_storage *from)
 {
-    LegObject *leg = sock->leg;
-    if (leg != NULL && leg->open && len > 0 && data[0] >= 128 && data[0] <= 191
-        && same_address(from, &leg->remote)) {
+    LegObject *leg = len > 0 && data[0] >= 128 && data[0] <= 191
+        ? table_find(&sock->legs, from) : NULL;
+    if (leg != NULL && leg->open) {
         int rtcp = is_rtcp(data, len);
         size_t plain_len = len;
         if (native_srtp_unprotect(&leg->rx, data, &plain_len, rtcp) != 0) {
@@ -697,7 +815,7 @@ static PyObject *Engine_add_socket(EngineObject *self, PyObject *args)
     }
     sock->fd = fd;
     sock->open = 1;
-    sock->leg = NULL;
+    memset(&sock->legs, 0, sizeof sock->legs);
     sock->queued = 0;
     sock->dirty = 0;
     Py_INCREF(protocol);
@@ -707,6 +825,23 @@ static PyObject *Engine_add_socket(EngineObject *self, PyObject *args)
 }
 
 static void close_leg(LegObject *leg);
+
+/* Close every leg of the socket and let go of them and of the table. */
+static void release_legs(SocketObject *sock)
+{
+    leg_table_t *table = &sock->legs;
+    for (size_t i = 0; table->slots != NULL && i <= table->mask; i++) {
+        LegObject *leg = table->slots[i];
+        if (leg != NULL) {
+            table->slots[i] = NULL;
+            leg->in_table = 0;
+            close_leg(leg);
+            Py_DECREF(leg);
+        }
+    }
+    PyMem_Free(table->slots);
+    memset(table, 0, sizeof *table);
+}
 
 static PyObject *Engine_remove_socket(EngineObject *self, PyObject *arg)
 {
@@ -720,12 +855,7 @@ static PyObject *Engine_remove_socket(EngineObject *self, PyObject *arg)
     }
     self->by_fd[fd] = NULL;
     sock->open = 0; /* a batch still holding it stops; its queue is not sent */
-    if (sock->leg != NULL) {
-        LegObject *leg = sock->leg;
-        sock->leg = NULL;
-        close_leg(leg);
-        Py_DECREF(leg);
-    }
+    release_legs(sock);
     Py_DECREF(sock);
     Py_RETURN_NONE;
 }
@@ -785,10 +915,6 @@ static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *k
         PyErr_Format(PyExc_ValueError, "file descriptor %d is not registered", fd);
         goto done;
     }
-    if (sock->leg != NULL) {
-        PyErr_SetString(PyExc_ValueError, "the socket has a leg already");
-        goto done;
-    }
     if (!PyCallable_Check(on_rtp) || !PyCallable_Check(on_rtcp)) {
         PyErr_SetString(PyExc_TypeError, "on_rtp and on_rtcp must be callable");
         goto done;
@@ -800,6 +926,7 @@ static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *k
     memset(&leg->tx, 0, sizeof leg->tx);
     memset(&leg->rx, 0, sizeof leg->rx);
     leg->open = 0;
+    leg->in_table = 0;
     leg->rtcp_ssrc = 0;
     leg->binding_count = 0;
     leg->rtp_received = leg->rtcp_received = leg->sent = 0;
@@ -825,9 +952,11 @@ static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *k
         Py_CLEAR(leg);
         goto done;
     }
+    if (table_add(&sock->legs, leg) < 0) {
+        Py_CLEAR(leg);
+        goto done;
+    }
     leg->open = 1;
-    Py_INCREF(leg);
-    sock->leg = leg;
 done:
     PyBuffer_Release(&tx_key);
     PyBuffer_Release(&rx_key);
@@ -885,12 +1014,7 @@ static void Engine_dealloc(EngineObject *self)
         SocketObject *sock = self->by_fd[fd];
         if (sock != NULL) {
             sock->open = 0;
-            if (sock->leg != NULL) {
-                LegObject *leg = sock->leg;
-                sock->leg = NULL;
-                close_leg(leg);
-                Py_DECREF(leg);
-            }
+            release_legs(sock);
             Py_DECREF(sock);
         }
     }
@@ -994,7 +1118,7 @@ static PyTypeObject EngineType = {
 static void Socket_dealloc(SocketObject *self)
 {
     Py_XDECREF(self->protocol);
-    Py_XDECREF(self->leg);
+    release_legs(self);
     PyObject_Free(self);
 }
 
@@ -1023,9 +1147,9 @@ static PyObject *Leg_close(LegObject *self, PyObject *unused)
 {
     (void)unused;
     close_leg(self);
-    if (self->socket->leg == self) {
-        self->socket->leg = NULL;
-        Py_DECREF(self);
+    if (self->in_table) { /* the address is free for another leg */
+        table_remove(&self->socket->legs, self);
+        Py_DECREF(self); /* the table's reference; the caller still holds one */
     }
     Py_RETURN_NONE;
 }
@@ -1033,6 +1157,8 @@ static PyObject *Leg_close(LegObject *self, PyObject *unused)
 static void Leg_dealloc(LegObject *self)
 {
     close_leg(self);
+    native_srtp_close(&self->tx); /* a leg that never opened may hold one session */
+    native_srtp_close(&self->rx);
     Py_XDECREF(self->on_rtp);
     Py_XDECREF(self->on_rtcp);
     Py_XDECREF(self->socket);

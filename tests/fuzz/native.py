@@ -44,6 +44,7 @@ if __name__ == "__main__" and "--native" in sys.argv:
 
 # ruff: noqa: E402 -- the imports below must see the relay._native chosen above
 import argparse
+import contextlib
 import random
 import select
 import socket
@@ -359,7 +360,11 @@ def drain(sock: socket.socket) -> int:
 class EngineHarness:
     """One engine: socket A with the publisher's leg (its peer P), socket B with a
     subscriber's leg (peer Q), a stranger S; the publisher's SSRCs bound to tracks
-    whose subscribers mostly sit on leg B."""
+    whose subscribers mostly sit on leg B. Socket A is also a shared port: the
+    legs of EXTRA_PEERS more peers come and go on it (the engine's table of legs
+    by address grows, and loses entries in every order)."""
+
+    EXTRA_PEERS = 6
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
@@ -379,6 +384,9 @@ class EngineHarness:
                                        self.recorder.on_rtp, self.recorder.on_rtcp)  # fmt: skip
             self.legs.append(leg)
             self.senders.append(_native.Session(self.profile, rx, True))  # the peer's side
+        self.length = length
+        self.extra_peers = [udp_socket() for _ in range(self.EXTRA_PEERS)]
+        self.extra: list[tuple[_native.Leg, _native.Session] | None] = [None] * self.EXTRA_PEERS
         self.tracks = Tracks(rng, legs=[self.legs[1]])
         self.sources = {"audio": RtpSource(rng, "audio", AUDIO_PT),
                         "video": RtpSource(rng, "video", VIDEO_PT)}  # fmt: skip
@@ -401,6 +409,14 @@ class EngineHarness:
         rng = self.rng
         sender = self.peers[0] if rng.random() < 0.95 else self.stranger
         roll = rng.random()
+        if roll < 0.05:  # one of the shared port's other peers, keyed or not
+            index = rng.randrange(self.EXTRA_PEERS)
+            extra = self.extra[index]
+            plain = self.sources["audio"].next()
+            if extra is not None and rng.random() < 0.8:
+                with contextlib.suppress(*SRTP_ERRORS):
+                    plain = extra[1].protect(plain)
+            return plain, self.extra_peers[index]
         if roll < 0.1:
             return garbage(rng), sender
         kind = "video" if rng.random() < 0.7 else "audio"
@@ -456,6 +472,21 @@ class EngineHarness:
             leg.take_levels(source.ssrc)
             if rng.random() < 0.2:
                 leg.sender_report(source.ssrc, rng.getrandbits(64), now)
+        if rng.random() < 0.1:  # a leg of the shared port goes, or comes
+            index = rng.randrange(self.EXTRA_PEERS)
+            extra = self.extra[index]
+            if extra is not None:
+                extra[0].close()
+                self.extra[index] = None
+            else:
+                tx, rx = rng.randbytes(self.length), rng.randbytes(self.length)
+                leg = self.engine.open_leg(
+                    self.ours[0].fileno(), self.extra_peers[index].getsockname(), self.profile,
+                    tx, rx, self.recorder.on_rtp, self.recorder.on_rtcp,
+                )  # fmt: skip
+                self.extra[index] = (leg, _native.Session(self.profile, rx, True))
+        for extra_peer in self.extra_peers:
+            drain(extra_peer)
         if rng.random() < 0.01:
             source = rng.choice(list(self.sources.values()))
             leg.unbind(source.ssrc)
@@ -466,9 +497,9 @@ class EngineHarness:
     def close(self) -> None:
         for leg in self.legs:
             leg.close()
-        for sock in self.ours:
+        for sock in self.ours:  # the shared port's other legs are closed with it
             self.engine.remove_socket(sock.fileno())
-        for sock in [*self.ours, *self.peers, self.stranger]:
+        for sock in [*self.ours, *self.peers, self.stranger, *self.extra_peers]:
             sock.close()
 
 

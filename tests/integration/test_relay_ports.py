@@ -190,3 +190,39 @@ async def test_an_exhausted_range_fails_only_the_join_that_found_it(
     # Both left: their ports are free again for the next participants.
     offer = await first_offer(relay, minter.token(room, "p_dan", relay.node_id))
     assert all(low <= port <= high for _, port in host_candidates(offer["sdp"]))
+
+
+@pytest.mark.parametrize("forwarder", ["native", "python"])
+async def test_one_shared_port_carries_every_participant(
+    start_relay: Callable[..., Awaitable[PortRelay]], minter: GrantMinter, forwarder: str
+) -> None:
+    """`--udp-port`: every participant's candidates name the one port, the media of
+    three participants flows through it, and on the native path the engine forwards
+    it there (docs/operations.md, "One UDP port")."""
+    use_host_addresses(["127.0.0.1"])
+    port, _ = free_udp_range(1)
+    relay = await start_relay("--udp-port", str(port), "--forwarder", forwarder)
+    await relay.wait_for_log(f"ICE UDP port (shared by every participant): {port}")
+
+    room = await new_room(minter)
+    names = ("ann", "ben", "cat")
+    sessions = [
+        Session(minter.join_response(relay, room, f"p_{name}", name), name, ["video"])
+        for name in names
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for session in sessions:
+            await stack.enter_async_context(session)
+        for session in sessions:
+            for other in names:
+                if other != session.display_name:
+                    await wait_for_frames(session, other, 10)
+        for session in sessions:
+            assert session._pc is not None and session._pc.remoteDescription is not None
+            assert set(host_candidates(session._pc.remoteDescription.sdp)) == {("127.0.0.1", port)}
+            assert remote_ice_port(session) == port
+            assert not session.errors
+    if forwarder == "native":
+        forwarded = relay.metric("conclave_native_forwarded_total")
+        assert forwarded > 6 * 10  # each of the six directions' frames, in C
+        assert relay.metric('conclave_native_dropped_total{reason="srtp"}') == 0

@@ -28,6 +28,7 @@ def restore_aioice() -> Iterator[None]:
     yield
     ice.use_port_range(None)
     ice.advertise_address(None)
+    ice.use_shared_port(None)
     aioice.ice.get_host_addresses = host_addresses
     aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
 
@@ -199,3 +200,52 @@ def test_relay_flags_parse() -> None:
     defaults = parse_args(["--node-id", "n"])
     assert defaults.udp_ports is None and defaults.public_ip is None
     assert isinstance(defaults, argparse.Namespace)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--udp-port", "80"], "argument --udp-port: 80 must be 0 or 1024-65535"),
+        (["--udp-port", "x"], "argument --udp-port: 'x' is not a port number"),
+        (["--udp-port", "50000", "--udp-ports", "50000-50100"], "give one, or --udp-port 0"),
+    ],
+)
+def test_bad_shared_ports_are_refused_by_argparse(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--node-id", "n", *argv])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    args = parse_args(["--node-id", "n", "--udp-port", "0", "--udp-ports", "50000-50100"])
+    assert args.udp_port == 0 and args.udp_ports == PortRange(50000, 50100)
+    assert parse_args(["--node-id", "n"]).udp_port is None
+
+
+async def test_a_shared_port_in_use_stops_start_up_and_port_zero_takes_one_from_the_range() -> None:
+    ice.use_host_addresses(["127.0.0.1"])
+    port, _ = free_udp_range(1)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", port))
+    try:
+        ice.use_shared_port(port)
+        with pytest.raises(OSError, match=f"cannot bind UDP port {port} on 127.0.0.1"):
+            await ice.open_shared_ports()
+    finally:
+        holder.close()
+    assert await ice.open_shared_ports() == [("127.0.0.1", port)]
+
+    low, high = free_udp_range(5)
+    ice.use_port_range(PortRange(low, high))
+    ice.use_shared_port(0)
+    ((_, bound),) = await ice.open_shared_ports()
+    assert low <= bound <= high
+    pcs = [relay_pc() for _ in range(3)]
+    try:
+        for pc in pcs:
+            await pc.setLocalDescription(await pc.createOffer())
+        ports = {int(port) for pc in pcs for _, port in CANDIDATE.findall(pc.localDescription.sdp)}
+        assert ports == {bound}  # every connection on the one port
+    finally:
+        for pc in pcs:
+            await pc.close()

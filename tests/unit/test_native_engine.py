@@ -256,7 +256,7 @@ async def test_bad_arguments_are_refused_clearly(pair: Pair) -> None:
                         print, print)  # fmt: skip
     tx, rx, _, _ = srtp_pair()
     leg = open_leg(pair, tx, rx)
-    with pytest.raises(ValueError, match="has a leg already"):
+    with pytest.raises(ValueError, match="has a leg for that address already"):
         open_leg(pair, tx, rx)
     assert not leg.send(b"\x80" * 1501)
     assert engine.dropped["too_large"] == 1
@@ -271,3 +271,58 @@ def _readable(sock: socket.socket) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+async def test_one_socket_carries_many_legs_told_apart_by_address(pair: Pair) -> None:
+    """A shared port (conclave/shared_port.py): every participant's leg on one socket.
+    Each peer's SRTP reaches its own leg, what a leg sends goes to its own peer, and
+    closing legs (in an order that exercises the table's removal) frees exactly their
+    addresses, while the others keep working."""
+    engine = pair.engine
+    peers = [udp_socket() for _ in range(40)]
+    got: list[list[bytes]] = [[] for _ in peers]
+    legs, their_tx, their_rx = [], [], []
+    try:
+        for index, peer in enumerate(peers):
+            tx, rx, sender, receiver = srtp_pair()
+            legs.append(engine.open_leg(
+                pair.ours.fileno(), peer.getsockname(), PROFILE, tx, rx,
+                got[index].append, print,
+            ))  # fmt: skip
+            their_tx.append(sender)
+            their_rx.append(receiver)
+        for index, peer in enumerate(peers):
+            peer.sendto(their_tx[index].protect(rtp(1, ssrc=index + 1)), pair.ours_address)
+        await until(lambda: all(len(g) == 1 for g in got))
+        assert [g[0] for g in got] == [rtp(1, ssrc=i + 1) for i in range(len(peers))]
+
+        for index in range(0, len(peers), 3):
+            legs[index].close()
+        kept = [i for i in range(len(peers)) if i % 3]
+        for index in kept:
+            assert legs[index].send(rtp(7, ssrc=100 + index))
+        for index in kept:
+            await until(lambda: _readable(peers[index]))  # noqa: B023
+            data = peers[index].recv(2048)
+            assert their_rx[index].unprotect(data) == rtp(7, ssrc=100 + index)
+        # A closed leg's address is free: its SRTP goes up to the protocol as it is,
+        # and a new leg may take the address.
+        closed = peers[0]
+        protected = their_tx[0].protect(rtp(2, ssrc=1))
+        closed.sendto(protected, pair.ours_address)
+        await until(lambda: len(pair.recorder.datagrams) == 1)
+        assert pair.recorder.datagrams == [(protected, closed.getsockname())]
+        tx, rx, sender, _ = srtp_pair()
+        again: list[bytes] = []
+        engine.open_leg(pair.ours.fileno(), closed.getsockname(), PROFILE, tx, rx,
+                        again.append, print)  # fmt: skip
+        closed.sendto(sender.protect(rtp(3, ssrc=1)), pair.ours_address)
+        await until(lambda: len(again) == 1)
+        for index in kept:  # the others still reach their legs
+            peers[index].sendto(their_tx[index].protect(rtp(2, ssrc=index + 1)),
+                                pair.ours_address)  # fmt: skip
+        await until(lambda: all(len(got[i]) == 2 for i in kept))
+        assert engine.dropped["srtp"] == 0
+    finally:
+        for peer in peers:
+            peer.close()
