@@ -100,12 +100,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--udp-port",
         type=_udp_port,
-        default=None,
+        default=os.environ.get("CONCLAVE_UDP_PORT") or None,
         metavar="PORT",
         help="put every participant's ICE and media on this one UDP port per ICE address, "
         "told apart by ICE username and address (like LiveKit's rtc.udp_port; "
         "docs/operations.md); 0: a free port, inside --udp-ports if given; "
-        "default: a port per participant",
+        "default: $CONCLAVE_UDP_PORT, or a port per participant",
     )
     parser.add_argument(
         "--public-ip",
