@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import steer_receive
 import uvloop
 from cluster import HOST, Child, Cluster, child_env, spawn, stop_child  # bench/ is sys.path[0]
 from janus import JanusServer, create_room, destroy_room
@@ -555,17 +554,8 @@ def parse_args() -> argparse.Namespace:
         "subscribers, each system until it loses 1 %%",
     )
     parser.add_argument("--saturate-n", type=int, default=100, metavar="N")
-    parser.add_argument(
-        "--steer-receive",
-        action="store_true",
-        help="with --pin: run in a network namespace of its own whose loopback does the "
-        "receiving side's kernel work on the workers' CPUs, as a network would "
-        "(bench/steer_receive.py; needs root)",
-    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.steer_receive and not args.pin:
-        parser.error("--steer-receive needs --pin (received datagrams go to the workers' CPUs)")
     if not 1 <= args.seconds <= 60 or not 0 <= args.warmup <= 30:
         parser.error("--seconds 1..60, --warmup 0..30")
     if not set(args.systems) <= set(SYSTEMS):
@@ -576,9 +566,6 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    if args.steer_receive:
-        steer_receive.enter(sorted(os.sched_getaffinity(0) - {0}))
-        say("in a network namespace of its own; loopback receive work on the workers' CPUs")
     try:
         result = uvloop.run(amain(args))
     except KeyboardInterrupt:

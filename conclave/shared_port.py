@@ -31,6 +31,7 @@ import struct
 from typing import Any, cast
 
 from aioice.ice import Connection, StunProtocol
+from aioice.utils import random_string
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ class SharedPort(asyncio.DatagramProtocol):
     def attach(self, connection: Connection) -> StunProtocol:
         """A protocol for `connection` on this socket, as aioice would make one on
         a socket of its own."""
+        # aioice's ufrag has 24 bits of randomness: among a thousand connections on
+        # one port two may draw the same. Before anything has read it (gathering
+        # comes before the local description), a connection that would share one
+        # draws again, so a check's USERNAME always names one connection.
+        while connection.local_username in self.by_ufrag:
+            connection._local_username = random_string(len(connection.local_username))
         protocol = StunProtocol(connection)
         protocol.connection_made(SharedTransport(self, protocol))
         self.attached.add(protocol)

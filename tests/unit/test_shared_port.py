@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from aioice import stun
+from aioice.ice import Connection
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -186,3 +187,20 @@ async def test_connections_share_one_port_and_each_gets_its_own_media(
     finally:
         for pc in ends.relays + ends.clients:
             await pc.close()
+
+
+async def test_connections_that_drew_the_same_ufrag_are_told_apart() -> None:
+    """Two connections with one ufrag on a port: the second draws again, before
+    its ufrag is put into any description, and a check names each alone."""
+    port = SharedPort()
+    first = Connection(ice_controlling=False, local_username="abcd")
+    second = Connection(ice_controlling=False, local_username="abcd")
+    one, two = port.attach(first), port.attach(second)
+    assert first.local_username == "abcd" and second.local_username != "abcd"
+    assert len(second.local_username) == 4
+    assert port._receiver(binding_request("abcd:x"), ("127.0.0.1", 1)) is one
+    assert port._receiver(binding_request(f"{second.local_username}:x"), ("127.0.0.1", 2)) is two
+    one.transport.close()
+    assert port.by_ufrag == {second.local_username: two}
+    assert ("127.0.0.1", 1) not in port.by_address
+    await asyncio.sleep(0)  # connection_lost is called soon, as by asyncio's transports
