@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any, cast
 
 from aioice.ice import Connection, StunProtocol
@@ -164,6 +165,7 @@ class SharedTransport(asyncio.DatagramTransport):
         self.port = port
         self._protocol = protocol
         self.addresses: set[Address] = set()
+        self.on_close: list[Callable[[], object]] = []  # e.g. the engine's leg, closed too
         self._closing = False
 
     def sendto(self, data: Any, addr: Any = None) -> None:
@@ -187,6 +189,8 @@ class SharedTransport(asyncio.DatagramTransport):
             return
         self._closing = True
         self.port.detach(self._protocol, self.addresses)
+        for callback in self.on_close:
+            callback()
         self.port.loop.call_soon(self._protocol.connection_lost, None)
 
     def abort(self) -> None:

@@ -111,8 +111,9 @@ def take_over(
         return None
     protocol: StunProtocol = pair.protocol
     transport = getattr(protocol, "transport", None)
-    if isinstance(transport, SharedTransport):  # the engine tells legs apart by address
-        transport = None if transport.is_closing() else transport.port.transport
+    shared = transport if isinstance(transport, SharedTransport) else None
+    if shared is not None:  # the engine tells the socket's legs apart by address
+        transport = None if shared.is_closing() else shared.port.transport
     if not isinstance(transport, NativeTransport) or transport.is_closing() or dtls._ssl is None:
         return None
     keys = keys_from_dtls(dtls._ssl, dtls._role)
@@ -120,6 +121,8 @@ def take_over(
         transport.fd, pair.remote_addr, keys.profile, keys.tx_key_and_salt,
         keys.rx_key_and_salt, on_rtp, on_rtcp,
     )  # fmt: skip
+    if shared is not None:  # the socket stays: the leg goes with the connection
+        shared.on_close.append(leg.close)
 
     async def send_rtp(data: bytes) -> None:
         if not leg.open:

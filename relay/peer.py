@@ -735,6 +735,8 @@ class ParticipantPeer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._leg is not None:  # on a shared port the socket outlives the leg
+            self._leg.close()
         await self.pc.close()
 
 

@@ -126,6 +126,7 @@ typedef struct {
     unsigned long long rtp_forwarded;
     unsigned long long rtp_forwarded_bytes;
     unsigned long long nacks_sent;
+    unsigned long long legs_replaced;  /* a leg opened on an address that had one */
 } EngineObject;
 
 /* A participant's leg once DTLS is done: the socket, the selected remote
@@ -952,6 +953,16 @@ static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *k
         Py_CLEAR(leg);
         goto done;
     }
+    LegObject *previous = table_find(&sock->legs, &leg->remote);
+    if (previous != NULL) {
+        /* The newest handshake from an address wins: what comes from there now is
+         * keyed for this leg, so the one before it (a participant that went
+         * without its leg being closed) can never receive again. */
+        table_remove(&sock->legs, previous);
+        close_leg(previous);
+        Py_DECREF(previous);
+        self->legs_replaced++;
+    }
     if (table_add(&sock->legs, leg) < 0) {
         Py_CLEAR(leg);
         goto done;
@@ -1077,7 +1088,8 @@ static PyMethodDef Engine_methods[] = {
      "sendto(fd, data, addr) -> bool: one datagram as it is (STUN, DTLS)."},
     {"open_leg", (PyCFunction)(void (*)(void))Engine_open_leg, METH_VARARGS | METH_KEYWORDS,
      "open_leg(fd, remote, profile, tx_key, rx_key, on_rtp, on_rtcp) -> Leg: SRTP on the "
-     "socket from now on, with the remote address ICE selected."},
+     "socket from now on, with the remote address ICE selected (a leg the address had is "
+     "closed: legs_replaced)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1092,6 +1104,7 @@ static PyMemberDef Engine_members[] = {
     ENGINE_COUNTER(rtp_forwarded),
     ENGINE_COUNTER(rtp_forwarded_bytes),
     ENGINE_COUNTER(nacks_sent),
+    ENGINE_COUNTER(legs_replaced),
     {NULL, 0, 0, 0, NULL},
 };
 

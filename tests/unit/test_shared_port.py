@@ -180,6 +180,9 @@ async def test_connections_share_one_port_and_each_gets_its_own_media(
         await ends.clients[0].close()
         assert len(shared.attached) == 2
         assert not owned & shared.by_address.keys()
+        if native is not None:  # its leg went with it; the socket stays for the others
+            assert ends.legs[0] is not None and not ends.legs[0].open
+            assert all(leg is not None and leg.open for leg in ends.legs[1:])
         counts = [len(r) for r in ends.received]
         await until(lambda: all(len(ends.received[i]) > counts[i] + 5 for i in (1, 2)))
         assert all(relay.connectionState == "connected" for relay in ends.relays[1:])
