@@ -116,11 +116,18 @@ class SharedPort(asyncio.DatagramProtocol):
 
     def claim(self, address: Address, protocol: StunProtocol) -> None:
         """`address` belongs to `protocol` unless another connection owns it."""
-        owner = self.by_address.setdefault(address, protocol)
-        if owner is protocol:
-            transport = protocol.transport
-            assert isinstance(transport, SharedTransport)
-            transport.addresses.add(address)
+        if address not in self.by_address:
+            self._own(address, protocol)
+
+    def _own(self, address: Address, protocol: StunProtocol) -> None:
+        """`address` belongs to `protocol` from now on."""
+        previous = self.by_address.get(address)
+        if previous is protocol:
+            return
+        if previous is not None:
+            _shared(previous).addresses.discard(address)
+        self.by_address[address] = protocol
+        _shared(protocol).addresses.add(address)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         address: Address = (addr[0], addr[1])
@@ -137,16 +144,7 @@ class SharedPort(asyncio.DatagramProtocol):
             ufrag = local_ufrag(data)
             protocol = self.by_ufrag.get(ufrag) if ufrag is not None else None
             if protocol is not None:
-                previous = self.by_address.get(address)
-                if previous is not protocol:
-                    if previous is not None:
-                        previous_transport = previous.transport
-                        assert isinstance(previous_transport, SharedTransport)
-                        previous_transport.addresses.discard(address)
-                    self.by_address[address] = protocol
-                    transport = protocol.transport
-                    assert isinstance(transport, SharedTransport)
-                    transport.addresses.add(address)
+                self._own(address, protocol)
                 return protocol
         owner = self.by_address.get(address)
         if kind in (2, 3):
@@ -154,6 +152,12 @@ class SharedPort(asyncio.DatagramProtocol):
             if owner is None or transaction not in owner.transactions:
                 return next((p for p in self.attached if transaction in p.transactions), owner)
         return owner
+
+
+def _shared(protocol: StunProtocol) -> SharedTransport:
+    transport = protocol.transport
+    assert isinstance(transport, SharedTransport)
+    return transport
 
 
 class SharedTransport(asyncio.DatagramTransport):
