@@ -192,6 +192,11 @@ def use_shared_port(port: int | None) -> None:
     _install()
 
 
+def shared_port_unrouted() -> int:
+    """Datagrams the shared ports dropped for want of a connection to give them to."""
+    return sum(shared.unrouted for shared in _settings.shared.values())
+
+
 async def open_shared_ports() -> list[tuple[str, int]]:
     """Bind the shared port on every host address now, so that a port in use is
     an error at start-up rather than at the first join; (address, port) of each."""

@@ -292,6 +292,7 @@ async def serve(args: argparse.Namespace) -> None:
     configure_ice(args)
     if args.udp_port is not None:
         bound = await open_shared_ports()  # a port in use stops the relay here
+        metrics.watch_shared_port()
         ports = sorted({port for _, port in bound})
         log.info("ICE UDP port (shared by every participant): %s", ",".join(map(str, ports)))
     host = args.advertise_host or args.http_host

@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from conclave.ice import shared_port_unrouted
 from conclave.server_metrics import ServerMetrics
 from relay import _native
 
@@ -250,6 +251,31 @@ class NativeCollector(Collector):
         for reason in NATIVE_DROP_REASONS:
             dropped.add_metric([reason], counts.get(reason, 0))
         yield dropped
+        replaced = CounterMetricFamily(
+            "conclave_native_legs_replaced",
+            "Participant legs closed because a newer one was keyed on their address "
+            "(a shared port; the kernel or a NAT gave a departed participant's port to another)",
+        )
+        replaced.add_metric([], self.engine.legs_replaced)
+        yield replaced
+
+
+class SharedPortCollector(Collector):
+    """What the shared UDP port (`--udp-port`) could not give to any connection."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        unrouted = CounterMetricFamily(
+            "conclave_shared_port_unrouted",
+            "Datagrams on the shared UDP port from an address no participant's connection "
+            "owns, dropped (scans, strays, participants already gone)",
+        )
+        unrouted.add_metric([], shared_port_unrouted())
+        yield unrouted
+
+
+def watch_shared_port() -> None:
+    """Export the shared port's counter (once per process, with --udp-port)."""
+    REGISTRY.register(SharedPortCollector())
 
 
 _native_engine: _native.Engine | None = None

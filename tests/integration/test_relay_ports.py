@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import re
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -226,3 +227,12 @@ async def test_one_shared_port_carries_every_participant(
         forwarded = relay.metric("conclave_native_forwarded_total")
         assert forwarded > 6 * 10  # each of the six directions' frames, in C
         assert relay.metric('conclave_native_dropped_total{reason="srtp"}') == 0
+        assert relay.metric("conclave_native_legs_replaced_total") == 0
+
+    # A datagram from an address no participant owns is dropped and counted.
+    unrouted = relay.metric("conclave_shared_port_unrouted_total")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.sendto(b"\x16\xfe\xfd" + bytes(40), ("127.0.0.1", port))
+        async with asyncio.timeout(10):
+            while relay.metric("conclave_shared_port_unrouted_total") < unrouted + 1:
+                await asyncio.sleep(0.1)

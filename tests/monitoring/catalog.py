@@ -55,8 +55,8 @@ _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 def exported_names() -> set[str]:
     """Series names a relay and a control-plane replica can expose: the relay's
     module-level metrics in the default registry, its native engine's (collected
-    from an engine of its own here), and a control-plane replica's registry built
-    as the replica builds it (nothing is connected)."""
+    from an engine of its own here) and its shared port's, and a control-plane
+    replica's registry built as the replica builds it (nothing is connected)."""
     from prometheus_client import REGISTRY, CollectorRegistry
 
     import conclave.server_metrics  # noqa: F401  (the shared gRPC/etcd metrics)
@@ -71,6 +71,7 @@ def exported_names() -> set[str]:
     control_plane = ControlPlaneMetrics(AttemptLimiter(store), NodeRegistry(store))
     native = CollectorRegistry()
     native.register(relay.metrics.NativeCollector(_native.Engine()))
+    native.register(relay.metrics.SharedPortCollector())
     return sample_names([REGISTRY, native, control_plane.registry])
 
 
