@@ -106,11 +106,12 @@ class SharedPort(asyncio.DatagramProtocol):
         self.by_ufrag[connection.local_username] = protocol
         return protocol
 
-    def detach(self, protocol: StunProtocol, addresses: set[Address]) -> None:
+    def detach(self, protocol: StunProtocol) -> None:
+        """Forget `protocol`, its ufrag and the addresses it owns."""
         self.attached.discard(protocol)
         if self.by_ufrag.get(protocol.receiver.local_username) is protocol:
             del self.by_ufrag[protocol.receiver.local_username]
-        for address in addresses:
+        for address in _shared(protocol).addresses:
             if self.by_address.get(address) is protocol:
                 del self.by_address[address]
 
@@ -192,7 +193,7 @@ class SharedTransport(asyncio.DatagramTransport):
         if self._closing:
             return
         self._closing = True
-        self.port.detach(self._protocol, self.addresses)
+        self.port.detach(self._protocol)
         for callback in self.on_close:
             callback()
         self.port.loop.call_soon(self._protocol.connection_lost, None)

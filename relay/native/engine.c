@@ -284,14 +284,10 @@ static void table_place(leg_table_t *table, LegObject *leg)
     table->slots[i] = leg;
 }
 
-/* Take a reference to `leg` under its remote address; -1 with an exception when
- * the address has a leg already or memory runs out. */
+/* Take a reference to `leg` under its remote address, which has no leg (the
+ * caller closed any); -1 with an exception when memory runs out. */
 static int table_add(leg_table_t *table, LegObject *leg)
 {
-    if (table_find(table, &leg->remote) != NULL) {
-        PyErr_SetString(PyExc_ValueError, "the socket has a leg for that address already");
-        return -1;
-    }
     if (2 * (table->count + 1) > table->mask + 1 || table->slots == NULL) {
         size_t capacity = table->slots == NULL ? 4 : 2 * (table->mask + 1);
         LegObject **old = table->slots;
@@ -958,9 +954,7 @@ static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *k
         /* The newest handshake from an address wins: what comes from there now is
          * keyed for this leg, so the one before it (a participant that went
          * without its leg being closed) can never receive again. */
-        table_remove(&sock->legs, previous);
         close_leg(previous);
-        Py_DECREF(previous);
         self->legs_replaced++;
     }
     if (table_add(&sock->legs, leg) < 0) {
@@ -974,6 +968,7 @@ done:
     return (PyObject *)leg;
 }
 
+/* Close the leg's SRTP and bindings, and take it out of its socket's table. */
 static void close_leg(LegObject *leg)
 {
     if (!leg->open) {
@@ -986,6 +981,10 @@ static void close_leg(LegObject *leg)
         release_binding(&leg->bindings[i]);
     }
     leg->binding_count = 0;
+    if (leg->in_table) { /* its address is free for another leg */
+        table_remove(&leg->socket->legs, leg);
+        Py_DECREF(leg); /* the table's reference, last: it may have been the only one */
+    }
 }
 
 static PyObject *Engine_dropped(EngineObject *self, void *closure)
@@ -1160,10 +1159,6 @@ static PyObject *Leg_close(LegObject *self, PyObject *unused)
 {
     (void)unused;
     close_leg(self);
-    if (self->in_table) { /* the address is free for another leg */
-        table_remove(&self->socket->legs, self);
-        Py_DECREF(self); /* the table's reference; the caller still holds one */
-    }
     Py_RETURN_NONE;
 }
 
