@@ -12,6 +12,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from aioice import stun
@@ -21,7 +22,13 @@ from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from conclave import ice
-from conclave.shared_port import SharedPort, SharedTransport, local_ufrag, stun_class
+from conclave.shared_port import (
+    Address,
+    SharedPort,
+    SharedTransport,
+    local_ufrag,
+    stun_class,
+)
 from relay import _native
 from relay.native_io import NativeSockets, take_over
 
@@ -207,3 +214,30 @@ async def test_connections_that_drew_the_same_ufrag_are_told_apart() -> None:
     assert port.by_ufrag == {second.local_username: two}
     assert ("127.0.0.1", 1) not in port.by_address
     await asyncio.sleep(0)  # connection_lost is called soon, as by asyncio's transports
+
+
+async def test_a_response_goes_to_the_connection_whose_transaction_it_answers() -> None:
+    """Two connections asked one server (a STUN server, say) from the shared port:
+    the first to send owns its address, yet the response to the second's request
+    reaches the second."""
+    port = SharedPort()
+    sent: list[tuple[bytes, Address]] = []
+
+    class Socket(asyncio.DatagramTransport):  # stands in for the shared socket
+        def sendto(self, data: Any, addr: Any = None) -> None:
+            sent.append((bytes(data), addr))
+
+    port.connection_made(Socket())
+    first, second = (port.attach(Connection(ice_controlling=True)) for _ in range(2))
+    server = ("127.0.0.1", 3478)
+    first.transport.sendto(binding_request(None), server)  # claims the address
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    second.transactions[request.transaction_id] = None  # type: ignore[assignment]
+    second.transport.sendto(bytes(request), server)
+    assert port.by_address[server] is first and len(sent) == 2
+    response = stun.Message(
+        stun.Method.BINDING, stun.Class.RESPONSE, transaction_id=request.transaction_id
+    )
+    assert port._receiver(bytes(response), server) is second
+    other = bytes(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE))
+    assert port._receiver(other, server) is first  # no one's transaction: the owner's
