@@ -200,6 +200,7 @@ class ParticipantPeer:
         self._answer: asyncio.Future[str] | None = None
         self._task: asyncio.Task[None] | None = None
         self._rtcp_task: asyncio.Task[None] | None = None
+        self._publishing = asyncio.Event()  # set while `incoming` has a stream
         self.failed = asyncio.Event()
 
     # -- session changes -------------------------------------------------
@@ -619,6 +620,7 @@ class ParticipantPeer:
             self.publish_ssrc.get(stale.source, {}).pop(stale.rid, None)
         ssrcs[rid] = header.ssrc
         stream = self.incoming[header.ssrc] = IncomingStream(header.ssrc, source, rid, layer)
+        self._publishing.set()
         return stream
 
     async def _handle_rtcp(self, data: bytes) -> None:
@@ -694,9 +696,12 @@ class ParticipantPeer:
         """Receiver reports (and REMB) to this participant about what it publishes:
         aiortc's receivers would have sent them, but the relay bypasses those."""
         while True:
+            await self._publishing.wait()  # a subscriber-only participant costs no timer
             await asyncio.sleep(RTCP_INTERVAL_S * (0.5 + random.random()))
             if self.incoming:
                 await self.send_rtp(self.receiver_reports(asyncio.get_running_loop().time()))
+            else:
+                self._publishing.clear()
 
     def receiver_reports(self, now: float) -> bytes:
         """RR with one block per incoming SSRC, every simulcast layer included (at

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from types import SimpleNamespace
 from typing import Any
@@ -205,4 +206,35 @@ async def test_without_simulcast_one_stream_follows_the_ssrc() -> None:
         assert peer.publish_ssrc["camera"] == {"": 0x22}
         assert list(peer.incoming) == [0x22] and peer.layer_rids("camera") == [""]
     finally:
+        await peer.close()
+
+
+async def test_receiver_reports_only_while_the_participant_publishes(monkeypatch: Any) -> None:
+    """The report loop of a participant that publishes nothing waits without a timer
+    (in a meeting of hundreds of viewers, one wake-up per viewer per second adds up);
+    it reports once a stream arrives and goes back to waiting when none is left."""
+    monkeypatch.setattr("relay.peer.RTCP_INTERVAL_S", 0.01)
+    peer, _, sent = await make_peer(None)
+    rounds: list[int] = []  # each round of the loop draws its jitter once
+
+    def jitter() -> float:
+        rounds.append(1)
+        return 0.5
+
+    monkeypatch.setattr("relay.peer.random", SimpleNamespace(random=jitter))
+    try:
+        peer._rtcp_task = asyncio.create_task(peer._report_forever())
+        await asyncio.sleep(0.05)
+        assert not rounds and not sent.packets
+        await peer._handle_rtp(video_packet(0x11, 100, None), 0)
+        await asyncio.sleep(0.05)
+        reports = [p for p in sent.packets if isinstance(RtcpPacket.parse(p)[0], RtcpRrPacket)]
+        assert reports, "no receiver report while publishing"
+        peer.incoming.clear()  # the stream went away
+        await asyncio.sleep(0.03)
+        waiting = len(rounds)
+        await asyncio.sleep(0.05)
+        assert len(rounds) == waiting and not peer._publishing.is_set()
+    finally:
+        peer._transport = None
         await peer.close()
