@@ -130,15 +130,23 @@ async def test_advertised_address_without_port_range_binds_any_port() -> None:
         await pc.close()
 
 
-def test_aioice_is_restored_when_both_settings_are_off() -> None:
-    original = aioice.ice.Connection.get_component_candidates
-    ice.use_port_range(PortRange(50000, 50010))
-    ice.advertise_address("192.0.2.1")
-    assert aioice.ice.Connection.get_component_candidates is not original
-    ice.use_port_range(None)
-    assert aioice.ice.Connection.get_component_candidates is not original
-    ice.advertise_address(None)
-    assert aioice.ice.Connection.get_component_candidates is original
+@pytest.mark.parametrize("shared", [False, True], ids=["own-port", "shared-port"])
+async def test_ice_sockets_never_fragment(shared: bool) -> None:
+    """Every ICE socket the relay binds sends with DF and a zero IP id
+    (IP_PMTUDISC_PROBE), with no port setting at all as with them."""
+    ice.use_host_addresses(["127.0.0.1"])
+    ice.use_port_range(None)  # what relay/main.py's configure_ice does by default
+    ice.use_shared_port(0 if shared else None)
+    pc = relay_pc()
+    try:
+        await offer_candidates(pc)
+        transport = pc.getTransceivers()[0].receiver.transport.transport
+        for protocol in transport.iceGatherer._connection._protocols:
+            inner = getattr(protocol.transport, "port", None)  # a shared port's socket
+            sock = (inner.transport if inner else protocol.transport).get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_IP, 10) == 3  # IP_MTU_DISCOVER: PROBE
+    finally:
+        await pc.close()
 
 
 @pytest.mark.parametrize(
