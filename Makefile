@@ -79,7 +79,7 @@ $(ASAN_SO): $(NATIVE_SOURCES) | native-deps $(STAMP)
 	mkdir -p $(ASAN_DIR)
 	gcc -std=c11 -O1 -g -Wall -Wextra $(SANITIZE) -fPIC -shared \
 		-I"$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['include'])")" \
-		relay/native/module.c relay/native/srtp.c relay/native/crypto.c relay/native/engine.c \
+		relay/native/module.c relay/native/srtp.c relay/native/srtp_send.c relay/native/crypto.c relay/native/engine.c \
 		relay/native/forward.c relay/native/reception.c -lsrtp2 -lcrypto -lm -o $@
 
 fuzz-native: $(TEST_STAMP) $(ASAN_SO)

@@ -14,6 +14,7 @@ setup(
             [
                 "relay/native/module.c",
                 "relay/native/srtp.c",
+                "relay/native/srtp_send.c",
                 "relay/native/crypto.c",
                 "relay/native/engine.c",
                 "relay/native/forward.c",

@@ -101,6 +101,14 @@ int native_srtp_open(native_srtp_t *s, int profile, const uint8_t *key_and_salt,
     if (status != srtp_err_status_ok) {
         return (int)status;
     }
+    if (outbound && (profile == NATIVE_SRTP_AEAD_AES_128_GCM ||
+                     profile == NATIVE_SRTP_AEAD_AES_256_GCM)) {
+        s->send = native_srtp_send_new(key_and_salt, key_and_salt_len);
+        if (s->send == NULL) {
+            srtp_dealloc(session);
+            return srtp_err_status_init_fail;
+        }
+    }
     s->session = session;
     s->profile = profile;
     s->outbound = outbound ? 1 : 0;
@@ -115,6 +123,8 @@ void native_srtp_close(native_srtp_t *s)
         srtp_dealloc(s->session);
         s->session = NULL;
     }
+    native_srtp_send_free(s->send);
+    s->send = NULL;
 }
 
 /* Length of the RTP header (fixed part, CSRCs, extension) if all of it lies
@@ -177,6 +187,9 @@ int native_srtp_protect(native_srtp_t *s, uint8_t *buf, size_t *len, size_t capa
 {
     if (refusal(s, buf, *len, capacity, 1, rtcp) != NULL) {
         return srtp_err_status_bad_param;
+    }
+    if (!rtcp && s->send != NULL) {
+        return native_srtp_send_protect(s->send, buf, len, rtp_header_length(buf, *len));
     }
     int n = (int)*len; /* <= NATIVE_SRTP_MAX_PACKET, fits */
     srtp_err_status_t status =

@@ -19,6 +19,8 @@
 
 #include <srtp2/srtp.h>
 
+#include "srtp_send.h"
+
 /* The profiles aiortc negotiates (libsrtp's srtp_profile_t numbers). */
 #define NATIVE_SRTP_AES128_CM_SHA1_80 1
 #define NATIVE_SRTP_AEAD_AES_128_GCM 7
@@ -42,6 +44,7 @@ typedef struct native_srtp {
     int outbound;            /* 1: protect only; 0: unprotect only */
     size_t rtp_trailer;      /* bytes protect adds to RTP (the tag) */
     size_t rtcp_trailer;     /* bytes protect adds to RTCP (E flag + index, tag) */
+    native_srtp_send_t *send; /* outbound RTP on the GCM profiles: srtp_send.h */
 } native_srtp_t;
 
 /* srtp_init() for the process; safe to call more than once. */

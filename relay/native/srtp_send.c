@@ -1,0 +1,195 @@
+/* Outbound SRTP on the AEAD GCM profiles; see srtp_send.h. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <srtp2/srtp.h>
+
+#include "srtp_send.h"
+
+#define SALT_LEN 12   /* RFC 7714 8.1: the session salt */
+#define TAG_LEN 16    /* AEAD_AES_128_GCM and AEAD_AES_256_GCM */
+#define WINDOW 1024   /* packets, as the relay's policy (srtp.c) */
+#define SEQ_MEDIAN 0x8000
+#define SEQ_MAX 0x10000
+
+/* One SSRC's packet index: the highest sent (rollover counter << 16 |
+ * sequence number), as libsrtp's srtp_rdbx_t keeps it. libsrtp also keeps a
+ * bitmap of the window, but a sender that may repeat an index (the relay's
+ * policy, srtp.c) never reads it: only "older than the window" refuses. */
+typedef struct {
+    uint32_t ssrc;
+    uint64_t index;
+} send_stream_t;
+
+struct native_srtp_send {
+    EVP_CIPHER_CTX *ctx; /* the session key set, restarted per packet */
+    uint8_t salt[SALT_LEN];
+    send_stream_t *streams;
+    size_t count, size;
+    size_t last; /* the stream of the previous packet, looked at first */
+};
+
+static void wipe(void *p, size_t n)
+{
+    volatile uint8_t *v = p;
+    while (n--) {
+        *v++ = 0;
+    }
+}
+
+/* RFC 3711 4.3.1 with libsrtp's AES-CM PRF: `out_len` bytes of the keystream
+ * of `master_key` from the counter block (master salt, padded to 14 bytes
+ * with zeros, its byte 7 XOR `label`) || 0x0000. */
+static int derive(const EVP_CIPHER *ctr, const uint8_t *master_key, const uint8_t *master_salt,
+                  uint8_t label, uint8_t *out, int out_len)
+{
+    uint8_t counter[16] = {0};
+    memcpy(counter, master_salt, SALT_LEN);
+    counter[7] ^= label;
+    uint8_t zeros[32] = {0};
+    int n = 0;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int ok = ctx != NULL && out_len <= (int)sizeof zeros &&
+             EVP_EncryptInit_ex(ctx, ctr, NULL, master_key, counter) &&
+             EVP_EncryptUpdate(ctx, out, &n, zeros, out_len) && n == out_len;
+    EVP_CIPHER_CTX_free(ctx);
+    return ok;
+}
+
+native_srtp_send_t *native_srtp_send_new(const uint8_t *key_and_salt, size_t key_and_salt_len)
+{
+    int key_len = (int)key_and_salt_len - SALT_LEN;
+    if (key_len != 16 && key_len != 32) {
+        return NULL;
+    }
+    const EVP_CIPHER *ctr = key_len == 16 ? EVP_aes_128_ctr() : EVP_aes_256_ctr();
+    const EVP_CIPHER *gcm = key_len == 16 ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
+    native_srtp_send_t *send = calloc(1, sizeof *send);
+    if (send == NULL) {
+        return NULL;
+    }
+    uint8_t session_key[32];
+    const uint8_t *master_salt = key_and_salt + key_len;
+    send->ctx = EVP_CIPHER_CTX_new();
+    int ok = send->ctx != NULL &&
+             derive(ctr, key_and_salt, master_salt, 0x00, session_key, key_len) &&
+             derive(ctr, key_and_salt, master_salt, 0x02, send->salt, SALT_LEN) &&
+             EVP_EncryptInit_ex(send->ctx, gcm, NULL, session_key, NULL);
+    wipe(session_key, sizeof session_key);
+    if (!ok) {
+        native_srtp_send_free(send);
+        return NULL;
+    }
+    return send;
+}
+
+void native_srtp_send_free(native_srtp_send_t *send)
+{
+    if (send == NULL) {
+        return;
+    }
+    EVP_CIPHER_CTX_free(send->ctx); /* wipes the key schedule */
+    wipe(send->salt, sizeof send->salt);
+    free(send->streams);
+    free(send);
+}
+
+/* The stream of `ssrc`, new (as libsrtp clones its template) the first time;
+ * NULL only when memory runs out. */
+static send_stream_t *stream_of(native_srtp_send_t *send, uint32_t ssrc)
+{
+    if (send->last < send->count && send->streams[send->last].ssrc == ssrc) {
+        return &send->streams[send->last];
+    }
+    for (size_t i = 0; i < send->count; i++) {
+        if (send->streams[i].ssrc == ssrc) {
+            send->last = i;
+            return &send->streams[i];
+        }
+    }
+    if (send->count == send->size) {
+        size_t size = send->size ? 2 * send->size : 4;
+        send_stream_t *grown = realloc(send->streams, size * sizeof *grown);
+        if (grown == NULL) {
+            return NULL;
+        }
+        send->streams = grown;
+        send->size = size;
+    }
+    send_stream_t *stream = &send->streams[send->count];
+    stream->ssrc = ssrc;
+    stream->index = 0;
+    send->last = send->count++;
+    return stream;
+}
+
+/* libsrtp's srtp_rdbx_estimate_index: the index of sequence number `seq`
+ * relative to the highest sent, and how far ahead of it (negative: behind). */
+static int32_t estimate(const send_stream_t *stream, uint16_t seq, uint64_t *guess)
+{
+    if (stream->index <= SEQ_MEDIAN) {
+        *guess = seq;
+        return (int32_t)((uint64_t)seq - stream->index);
+    }
+    uint32_t roc = (uint32_t)(stream->index >> 16);
+    int local = (int)(uint16_t)stream->index;
+    int s = seq;
+    int32_t difference;
+    if (local < SEQ_MEDIAN) {
+        if (s - local > SEQ_MEDIAN) {
+            roc--;
+            difference = s - local - SEQ_MAX;
+        } else {
+            difference = s - local;
+        }
+    } else if (local - SEQ_MEDIAN > s) {
+        roc++;
+        difference = s - local + SEQ_MAX;
+    } else {
+        difference = s - local;
+    }
+    *guess = (uint64_t)roc << 16 | seq;
+    return difference;
+}
+
+int native_srtp_send_protect(native_srtp_send_t *send, uint8_t *buf, size_t *len,
+                             size_t header_len)
+{
+    uint32_t ssrc = (uint32_t)buf[8] << 24 | (uint32_t)buf[9] << 16 | (uint32_t)buf[10] << 8 |
+                    buf[11];
+    uint16_t seq = (uint16_t)(buf[2] << 8 | buf[3]);
+    send_stream_t *stream = stream_of(send, ssrc);
+    if (stream == NULL) {
+        return srtp_err_status_alloc_fail;
+    }
+    uint64_t index;
+    int32_t delta = estimate(stream, seq, &index);
+    if (delta <= -WINDOW) {
+        return srtp_err_status_replay_old;
+    }
+    if (delta > 0) {
+        stream->index += (uint16_t)delta; /* libsrtp's srtp_index_advance */
+    }
+
+    /* RFC 7714 8.1: 0x0000 || SSRC || ROC || SEQ, XOR the session salt. */
+    uint32_t roc = (uint32_t)(index >> 16);
+    uint8_t iv[SALT_LEN] = {0, 0, buf[8], buf[9], buf[10], buf[11], (uint8_t)(roc >> 24),
+                            (uint8_t)(roc >> 16), (uint8_t)(roc >> 8), (uint8_t)roc, buf[2],
+                            buf[3]};
+    for (int i = 0; i < SALT_LEN; i++) {
+        iv[i] ^= send->salt[i];
+    }
+    int out = 0;
+    int payload_len = (int)(*len - header_len);
+    if (!EVP_EncryptInit_ex(send->ctx, NULL, NULL, NULL, iv) ||
+        !EVP_EncryptUpdate(send->ctx, NULL, &out, buf, (int)header_len) ||
+        (payload_len > 0 &&
+         !EVP_EncryptUpdate(send->ctx, buf + header_len, &out, buf + header_len, payload_len)) ||
+        !EVP_EncryptFinal_ex(send->ctx, buf + *len, &out) ||
+        !EVP_CIPHER_CTX_ctrl(send->ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, buf + *len)) {
+        return srtp_err_status_cipher_fail;
+    }
+    *len += TAG_LEN;
+    return srtp_err_status_ok;
+}
