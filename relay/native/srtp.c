@@ -101,9 +101,9 @@ int native_srtp_open(native_srtp_t *s, int profile, const uint8_t *key_and_salt,
     if (status != srtp_err_status_ok) {
         return (int)status;
     }
-    if (outbound && (profile == NATIVE_SRTP_AEAD_AES_128_GCM ||
-                     profile == NATIVE_SRTP_AEAD_AES_256_GCM)) {
-        s->send = native_srtp_send_new(key_and_salt, key_and_salt_len);
+    if (outbound) {
+        s->send = native_srtp_send_new(profile == NATIVE_SRTP_AES128_CM_SHA1_80, key_and_salt,
+                                       key_and_salt_len);
         if (s->send == NULL) {
             srtp_dealloc(session);
             return srtp_err_status_init_fail;

@@ -1,14 +1,20 @@
-/* Outbound SRTP on the AEAD GCM profiles; see srtp_send.h. */
+/* Outbound SRTP of RTP; see srtp_send.h. */
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 #include <srtp2/srtp.h>
 
 #include "srtp_send.h"
 
-#define SALT_LEN 12   /* RFC 7714 8.1: the session salt */
-#define TAG_LEN 16    /* AEAD_AES_128_GCM and AEAD_AES_256_GCM */
+#define GCM_SALT_LEN 12 /* RFC 7714 8.1: the session salt */
+#define GCM_TAG_LEN 16  /* AEAD_AES_128_GCM and AEAD_AES_256_GCM */
+#define CM_SALT_LEN 14  /* RFC 3711 4.1.1 */
+#define CM_AUTH_KEY_LEN 20
+#define CM_TAG_LEN 10   /* HMAC-SHA1 truncated to 80 bits */
+#define SHA1_LEN 20
 #define WINDOW 1024   /* packets, as the relay's policy (srtp.c) */
 #define SEQ_MEDIAN 0x8000
 #define SEQ_MAX 0x10000
@@ -23,8 +29,10 @@ typedef struct {
 } send_stream_t;
 
 struct native_srtp_send {
+    int aes_cm;          /* AES128_CM_SHA1_80; else a GCM profile */
     EVP_CIPHER_CTX *ctx; /* the session key set, restarted per packet */
-    uint8_t salt[SALT_LEN];
+    EVP_MAC_CTX *mac;    /* AES-CM: HMAC-SHA1 with the session auth key */
+    uint8_t salt[CM_SALT_LEN]; /* GCM uses the first 12 */
     send_stream_t *streams;
     size_t count, size;
     size_t last; /* the stream of the previous packet, looked at first */
@@ -39,13 +47,13 @@ static void wipe(void *p, size_t n)
 }
 
 /* RFC 3711 4.3.1 with libsrtp's AES-CM PRF: `out_len` bytes of the keystream
- * of `master_key` from the counter block (master salt, padded to 14 bytes
- * with zeros, its byte 7 XOR `label`) || 0x0000. */
+ * of `master_key` from the counter block (master salt of `salt_len` bytes,
+ * padded to 14 with zeros, its byte 7 XOR `label`) || 0x0000. */
 static int derive(const EVP_CIPHER *ctr, const uint8_t *master_key, const uint8_t *master_salt,
-                  uint8_t label, uint8_t *out, int out_len)
+                  size_t salt_len, uint8_t label, uint8_t *out, int out_len)
 {
     uint8_t counter[16] = {0};
-    memcpy(counter, master_salt, SALT_LEN);
+    memcpy(counter, master_salt, salt_len);
     counter[7] ^= label;
     uint8_t zeros[32] = {0};
     int n = 0;
@@ -57,10 +65,12 @@ static int derive(const EVP_CIPHER *ctr, const uint8_t *master_key, const uint8_
     return ok;
 }
 
-native_srtp_send_t *native_srtp_send_new(const uint8_t *key_and_salt, size_t key_and_salt_len)
+native_srtp_send_t *native_srtp_send_new(int aes_cm, const uint8_t *key_and_salt,
+                                         size_t key_and_salt_len)
 {
-    int key_len = (int)key_and_salt_len - SALT_LEN;
-    if (key_len != 16 && key_len != 32) {
+    size_t salt_len = aes_cm ? CM_SALT_LEN : GCM_SALT_LEN;
+    int key_len = (int)key_and_salt_len - (int)salt_len;
+    if (aes_cm ? key_len != 16 : key_len != 16 && key_len != 32) {
         return NULL;
     }
     const EVP_CIPHER *ctr = key_len == 16 ? EVP_aes_128_ctr() : EVP_aes_256_ctr();
@@ -69,14 +79,29 @@ native_srtp_send_t *native_srtp_send_new(const uint8_t *key_and_salt, size_t key
     if (send == NULL) {
         return NULL;
     }
-    uint8_t session_key[32];
+    send->aes_cm = aes_cm;
+    uint8_t session_key[32], auth_key[CM_AUTH_KEY_LEN];
     const uint8_t *master_salt = key_and_salt + key_len;
     send->ctx = EVP_CIPHER_CTX_new();
     int ok = send->ctx != NULL &&
-             derive(ctr, key_and_salt, master_salt, 0x00, session_key, key_len) &&
-             derive(ctr, key_and_salt, master_salt, 0x02, send->salt, SALT_LEN) &&
-             EVP_EncryptInit_ex(send->ctx, gcm, NULL, session_key, NULL);
+             derive(ctr, key_and_salt, master_salt, salt_len, 0x00, session_key, key_len) &&
+             derive(ctr, key_and_salt, master_salt, salt_len, 0x02, send->salt, (int)salt_len) &&
+             EVP_EncryptInit_ex(send->ctx, aes_cm ? ctr : gcm, NULL, session_key, NULL);
+    if (ok && aes_cm) {
+        char digest[] = "SHA1";
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+            OSSL_PARAM_construct_end(),
+        };
+        EVP_MAC *hmac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
+        send->mac = hmac != NULL ? EVP_MAC_CTX_new(hmac) : NULL;
+        EVP_MAC_free(hmac); /* the context keeps its own reference */
+        ok = send->mac != NULL &&
+             derive(ctr, key_and_salt, master_salt, salt_len, 0x01, auth_key, CM_AUTH_KEY_LEN) &&
+             EVP_MAC_init(send->mac, auth_key, CM_AUTH_KEY_LEN, params);
+    }
     wipe(session_key, sizeof session_key);
+    wipe(auth_key, sizeof auth_key);
     if (!ok) {
         native_srtp_send_free(send);
         return NULL;
@@ -90,6 +115,7 @@ void native_srtp_send_free(native_srtp_send_t *send)
         return;
     }
     EVP_CIPHER_CTX_free(send->ctx); /* wipes the key schedule */
+    EVP_MAC_CTX_free(send->mac);    /* and the auth key */
     wipe(send->salt, sizeof send->salt);
     free(send->streams);
     free(send);
@@ -153,6 +179,65 @@ static int32_t estimate(const send_stream_t *stream, uint16_t seq, uint64_t *gue
     return difference;
 }
 
+/* RFC 7714 8: IV (0x0000 || SSRC || ROC || SEQ) XOR the session salt, the
+ * header as AAD, the tag after the encrypted payload. */
+static int protect_gcm(native_srtp_send_t *send, uint8_t *buf, size_t *len, size_t header_len,
+                       uint64_t index)
+{
+    uint32_t roc = (uint32_t)(index >> 16);
+    uint8_t iv[GCM_SALT_LEN] = {0, 0, buf[8], buf[9], buf[10], buf[11], (uint8_t)(roc >> 24),
+                                (uint8_t)(roc >> 16), (uint8_t)(roc >> 8), (uint8_t)roc, buf[2],
+                                buf[3]};
+    for (int i = 0; i < GCM_SALT_LEN; i++) {
+        iv[i] ^= send->salt[i];
+    }
+    int out = 0;
+    int payload_len = (int)(*len - header_len);
+    if (!EVP_EncryptInit_ex(send->ctx, NULL, NULL, NULL, iv) ||
+        !EVP_EncryptUpdate(send->ctx, NULL, &out, buf, (int)header_len) ||
+        (payload_len > 0 &&
+         !EVP_EncryptUpdate(send->ctx, buf + header_len, &out, buf + header_len, payload_len)) ||
+        !EVP_EncryptFinal_ex(send->ctx, buf + *len, &out) ||
+        !EVP_CIPHER_CTX_ctrl(send->ctx, EVP_CTRL_GCM_GET_TAG, GCM_TAG_LEN, buf + *len)) {
+        return srtp_err_status_cipher_fail;
+    }
+    *len += GCM_TAG_LEN;
+    return srtp_err_status_ok;
+}
+
+/* RFC 3711 4.1.1 and 4.2: the payload XOR AES-CM keystream from (SSRC << 64 |
+ * index << 16) XOR the salt, then HMAC-SHA1 of the packet and the ROC, its
+ * first 80 bits appended. */
+static int protect_cm(native_srtp_send_t *send, uint8_t *buf, size_t *len, size_t header_len,
+                      uint64_t index)
+{
+    uint8_t iv[16] = {0, 0, 0, 0, buf[8], buf[9], buf[10], buf[11], (uint8_t)(index >> 40),
+                      (uint8_t)(index >> 32), (uint8_t)(index >> 24), (uint8_t)(index >> 16),
+                      (uint8_t)(index >> 8), (uint8_t)index, 0, 0};
+    for (int i = 0; i < CM_SALT_LEN; i++) {
+        iv[i] ^= send->salt[i];
+    }
+    uint32_t roc = (uint32_t)(index >> 16);
+    uint8_t roc_bytes[4] = {(uint8_t)(roc >> 24), (uint8_t)(roc >> 16), (uint8_t)(roc >> 8),
+                            (uint8_t)roc};
+    uint8_t digest[SHA1_LEN];
+    size_t digest_len = 0;
+    int out = 0;
+    int payload_len = (int)(*len - header_len);
+    if (!EVP_EncryptInit_ex(send->ctx, NULL, NULL, NULL, iv) ||
+        (payload_len > 0 &&
+         !EVP_EncryptUpdate(send->ctx, buf + header_len, &out, buf + header_len, payload_len)) ||
+        !EVP_MAC_init(send->mac, NULL, 0, NULL) || /* starts over with its key */
+        !EVP_MAC_update(send->mac, buf, *len) ||
+        !EVP_MAC_update(send->mac, roc_bytes, sizeof roc_bytes) ||
+        !EVP_MAC_final(send->mac, digest, &digest_len, sizeof digest) || digest_len != SHA1_LEN) {
+        return srtp_err_status_cipher_fail;
+    }
+    memcpy(buf + *len, digest, CM_TAG_LEN);
+    *len += CM_TAG_LEN;
+    return srtp_err_status_ok;
+}
+
 int native_srtp_send_protect(native_srtp_send_t *send, uint8_t *buf, size_t *len,
                              size_t header_len)
 {
@@ -172,24 +257,6 @@ int native_srtp_send_protect(native_srtp_send_t *send, uint8_t *buf, size_t *len
         stream->index += (uint16_t)delta; /* libsrtp's srtp_index_advance */
     }
 
-    /* RFC 7714 8.1: 0x0000 || SSRC || ROC || SEQ, XOR the session salt. */
-    uint32_t roc = (uint32_t)(index >> 16);
-    uint8_t iv[SALT_LEN] = {0, 0, buf[8], buf[9], buf[10], buf[11], (uint8_t)(roc >> 24),
-                            (uint8_t)(roc >> 16), (uint8_t)(roc >> 8), (uint8_t)roc, buf[2],
-                            buf[3]};
-    for (int i = 0; i < SALT_LEN; i++) {
-        iv[i] ^= send->salt[i];
-    }
-    int out = 0;
-    int payload_len = (int)(*len - header_len);
-    if (!EVP_EncryptInit_ex(send->ctx, NULL, NULL, NULL, iv) ||
-        !EVP_EncryptUpdate(send->ctx, NULL, &out, buf, (int)header_len) ||
-        (payload_len > 0 &&
-         !EVP_EncryptUpdate(send->ctx, buf + header_len, &out, buf + header_len, payload_len)) ||
-        !EVP_EncryptFinal_ex(send->ctx, buf + *len, &out) ||
-        !EVP_CIPHER_CTX_ctrl(send->ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, buf + *len)) {
-        return srtp_err_status_cipher_fail;
-    }
-    *len += TAG_LEN;
-    return srtp_err_status_ok;
+    return send->aes_cm ? protect_cm(send, buf, len, header_len, index)
+                        : protect_gcm(send, buf, len, header_len, index);
 }

@@ -171,7 +171,7 @@ def test_sender_index_and_window_match_libsrtp(profile: int) -> None:
     number, and its 1024-packet window (a repeat allowed, anything older refused):
     random walks with wraps both ways, jumps of half the sequence space, steps
     back inside and beyond the window, several SSRCs, from every kind of start.
-    On the GCM profiles the relay's outbound RTP is srtp_send.c's, not libsrtp's."""
+    The relay's outbound RTP is srtp_send.c's, not libsrtp's, on every profile."""
     key = key_for(profile)
     rng = random.Random(1000 + profile)
     outcomes: list[Outcome] = []
