@@ -39,6 +39,7 @@ import aioice.turn
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
+from conclave.consent import ConsentProtocol
 from conclave.shared_port import SharedPort
 
 log = logging.getLogger(__name__)
@@ -380,7 +381,7 @@ async def _get_component_candidates(
                 sock.setsockopt(
                     socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE
                 )
-                protocol = await _serve(sock, lambda: StunProtocol(self))
+                protocol = await _serve(sock, lambda: ConsentProtocol(self))
             except BaseException:
                 sock.close()
                 raise

@@ -34,6 +34,8 @@ from typing import Any, cast
 from aioice.ice import Connection, StunProtocol
 from aioice.utils import random_string
 
+from conclave.consent import ConsentProtocol
+
 log = logging.getLogger(__name__)
 
 _MAGIC_COOKIE = b"\x21\x12\xa4\x42"
@@ -100,7 +102,7 @@ class SharedPort(asyncio.DatagramProtocol):
         # draws again, so a check's USERNAME always names one connection.
         while connection.local_username in self.by_ufrag:
             connection._local_username = random_string(len(connection.local_username))
-        protocol = StunProtocol(connection)
+        protocol = ConsentProtocol(connection)
         protocol.connection_made(SharedTransport(self, protocol))
         self.attached.add(protocol)
         self.by_ufrag[connection.local_username] = protocol

@@ -1,0 +1,224 @@
+"""conclave/consent.py answers a connected pair's consent checks exactly as aioice
+would, and leaves every other datagram to aioice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import struct
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aioice.ice
+import pytest
+from aioice import stun
+from aioice.ice import Connection, StunProtocol
+
+from conclave import ice
+from conclave.consent import ConsentProtocol, binding_success
+
+
+class Recorder:
+    """Stands in for a protocol's transport: keeps what is sent, passes the rest."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.sent.append((data, addr))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+@pytest.fixture(autouse=True)
+def our_candidates() -> Iterator[None]:
+    """Our candidate gathering (ConsentProtocol on every socket), then aioice's own."""
+    host_addresses = aioice.ice.get_host_addresses
+    get_component_candidates = aioice.ice.Connection.get_component_candidates
+    ice.use_host_addresses(["127.0.0.1"])
+    ice.use_port_range(None)
+    yield
+    aioice.ice.get_host_addresses = host_addresses
+    aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+
+
+async def connect_two() -> tuple[Connection, Connection]:
+    """Two connected aioice agents on loopback: `a` controlling, `b` controlled."""
+    a = Connection(ice_controlling=True, components=1)
+    b = Connection(ice_controlling=False, components=1)
+    await asyncio.gather(a.gather_candidates(), b.gather_candidates())
+    for x, y in ((a, b), (b, a)):
+        for candidate in y.local_candidates:
+            await x.add_remote_candidate(candidate)
+        await x.add_remote_candidate(None)
+        x.remote_username, x.remote_password = y.local_username, y.local_password
+    await asyncio.gather(a.connect(), b.connect())
+    return a, b
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Connection, Connection]]:
+    """`b` is the agent under test."""
+    a, b = await connect_two()
+    yield a, b
+    await asyncio.gather(a.close(), b.close())
+
+
+def consent_check(a: Connection, b: Connection, *, nominate: bool = False) -> bytes:
+    """What `a` sends `b` to check consent, as aioice builds it."""
+    request = a.build_request(a._nominated[1], nominate=nominate)
+    request.add_message_integrity(b.local_password.encode("utf8"))
+    return bytes(request)
+
+
+def under_test(b: Connection) -> tuple[ConsentProtocol, tuple[str, int], Recorder]:
+    nominated = b._nominated[1]
+    protocol = nominated.protocol
+    assert isinstance(protocol, ConsentProtocol)
+    recorder = Recorder(protocol.transport)
+    protocol.transport = recorder  # type: ignore[assignment]
+    return protocol, nominated.remote_addr, recorder
+
+
+async def test_a_consent_check_gets_aioices_answer_byte_for_byte(
+    pair: tuple[Connection, Connection],
+) -> None:
+    a, b = pair
+    protocol, addr, recorder = under_test(b)
+    for _ in range(3):
+        data = consent_check(a, b)
+        assert protocol._answer_consent(data, addr)
+        StunProtocol.datagram_received(protocol, data, addr)  # aioice's own answer
+        (ours, to_ours), (theirs, to_theirs) = recorder.sent
+        assert ours == theirs and to_ours == to_theirs == addr
+        recorder.sent.clear()
+    protocol.datagram_received(consent_check(a, b), (*addr, 0, 0))  # IPv6-style tuple
+    assert len(recorder.sent) == 1
+
+
+def test_binding_success_for_ipv6_is_aioices() -> None:
+    transaction_id, key = os.urandom(12), b"some-password-of-22-ch"
+    response = stun.Message(
+        message_method=stun.Method.BINDING,
+        message_class=stun.Class.RESPONSE,
+        transaction_id=transaction_id,
+    )
+    for addr in (("2001:db8::1", 50000), ("127.0.0.1", 1)):
+        response.attributes = {"XOR-MAPPED-ADDRESS": addr}
+        response.add_message_integrity(key)
+        assert binding_success(transaction_id, addr, key) == bytes(response)
+
+
+def _with_length(data: bytes) -> bytes:
+    return data[:2] + (len(data) - 20).to_bytes(2, "big") + data[4:]
+
+
+def _with_attribute(data: bytes, kind: int, value: bytes, key: bytes) -> bytes:
+    """`data` with one more attribute before MESSAGE-INTEGRITY, signed again."""
+    message = stun.parse_message(data)
+    del message.attributes["MESSAGE-INTEGRITY"], message.attributes["FINGERPRINT"]
+    extra = struct.pack("!HH", kind, len(value)) + value + bytes(-len(value) % 4)
+    unsigned = _with_length(bytes(message) + extra)
+    mac = stun.message_integrity(unsigned, key)
+    signed = _with_length(unsigned + struct.pack("!HH", 0x0008, 20) + mac)
+    fingerprint = stun.message_fingerprint(signed)
+    return _with_length(signed + struct.pack("!HHI", 0x8028, 4, fingerprint))
+
+
+async def test_everything_else_is_left_to_aioice(pair: tuple[Connection, Connection]) -> None:
+    a, b = pair
+    protocol, addr, _ = under_test(b)
+    key = b.local_password.encode("utf8")
+    good = consent_check(a, b)
+    assert protocol._answer_consent(good, addr)
+    # A re-signed copy with one more optional attribute is still a consent check.
+    assert protocol._answer_consent(_with_attribute(good, 0xC057, b"\x00\x01\x00\x00", key), addr)
+    wrong_password = a.build_request(a._nominated[1], nominate=False)
+    wrong_password.add_message_integrity(b"not-the-password")
+    conflict = a.build_request(a._nominated[1], nominate=False)
+    del conflict.attributes["ICE-CONTROLLING"]
+    conflict.attributes["ICE-CONTROLLED"] = 1
+    conflict.add_message_integrity(key)
+    stranger = b.remote_username
+    others = {
+        "nomination": consent_check(a, b, nominate=True),
+        "wrong password": bytes(wrong_password),
+        "role conflict": bytes(conflict),
+        "unknown required attribute": _with_attribute(good, 0x0030, b"\x00" * 4, key),
+        "bad fingerprint": good[:-1] + bytes([good[-1] ^ 1]),
+        "truncated": good[:-4],
+        "a response": bytes([0x01, good[1]]) + good[2:],
+        "not STUN": b"\x80" + good[1:],
+    }
+    for name, data in others.items():
+        assert not protocol._answer_consent(data, addr), name
+    assert not protocol._answer_consent(good, ("127.0.0.1", 9)), "from another address"
+    b._nominated.clear()
+    assert not protocol._answer_consent(good, addr), "no nominated pair"
+    assert stranger  # the pair really was connected
+
+
+async def test_garbage_and_mutations_are_never_answered(
+    pair: tuple[Connection, Connection],
+) -> None:
+    a, b = pair
+    protocol, addr, recorder = under_test(b)
+    rng = random.Random(7)
+    good = consent_check(a, b)
+    for _ in range(3000):
+        data = bytearray(good)
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        cut = rng.choice((len(data), rng.randrange(len(data))))
+        if bytes(data[:cut]) == good:
+            continue  # the flips undid each other
+        assert not protocol._answer_consent(bytes(data[:cut]), addr)
+        assert not protocol._answer_consent(rng.randbytes(rng.randrange(64)), addr)
+    assert not recorder.sent
+
+
+async def test_consent_keeps_a_connection_alive_on_our_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """End to end, aioice's consent freshness (RFC 7675) on both agents, every 50 ms
+    instead of every 5 s: each side's checks are answered by the other's
+    ConsentProtocol, and aioice accepts every answer (six unanswered checks in a
+    row would close the connection)."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.05)
+    answered: list[bool] = []
+    original = ConsentProtocol._answer_consent
+
+    def counting(self: ConsentProtocol, data: bytes, addr: tuple[Any, ...]) -> bool:
+        result = original(self, data, addr)
+        answered.append(result)
+        return result
+
+    monkeypatch.setattr(ConsentProtocol, "_answer_consent", counting)
+    outcomes: list[str] = []  # of each agent's own consent checks
+    request = ConsentProtocol.request
+
+    async def recording(self: ConsentProtocol, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = await request(self, *args, **kwargs)
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+            raise
+        outcomes.append("answered")
+        return response
+
+    monkeypatch.setattr(ConsentProtocol, "request", recording)
+    a, b = await connect_two()
+    try:
+        answered.clear()  # the handshake's checks went to aioice
+        outcomes.clear()
+        await asyncio.sleep(1.5)
+        assert answered.count(True) >= 20, answered
+        assert outcomes.count("answered") >= 20 and set(outcomes) == {"answered"}, outcomes
+        assert a._nominated and b._nominated and not a._closing and not b._closing
+        await a.send(b"still connected")
+        assert await asyncio.wait_for(b.recv(), 2) == b"still connected"
+    finally:
+        await asyncio.gather(a.close(), b.close())
