@@ -1,4 +1,5 @@
-/* SRTP for one participant leg, on libsrtp2 (docs/native.md, step 2).
+/* SRTP for one participant leg, on libsrtp2 (docs/native.md, step 2), except
+ * outbound RTP, which srtp_send.c protects (docs/native.md, "SRTP").
  *
  * A native_srtp_t is one direction of a leg: outbound (protect) or inbound
  * (unprotect), with the policy aiortc builds in RTCDtlsTransport._setup_srtp:
