@@ -24,13 +24,14 @@ import binascii
 import hmac
 import ipaddress
 import struct
-from typing import Any
+from typing import Any, cast
 
 from aioice.ice import StunProtocol
 
 COOKIE = 0x2112A442
 _COOKIE_BYTES = COOKIE.to_bytes(4, "big")
 _FINGERPRINT_XOR = 0x5354554E
+_BINDING_REQUEST = b"\x00\x01"
 _BINDING_SUCCESS = 0x0101
 
 # Attribute types (RFC 8489 18.3, RFC 8445 16.1).
@@ -48,13 +49,15 @@ class ConsentProtocol(StunProtocol):
     a connected pair's consent checks answered here."""
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
-        if not (isinstance(data, bytes) and self._answer_consent(data, addr)):
-            super().datagram_received(data, addr)
+        # Media comes here too on a socket of the Python path: one slice tells it apart.
+        if data[:2] == _BINDING_REQUEST and self._answer_consent(cast(bytes, data), addr):
+            return
+        super().datagram_received(data, addr)
 
     def _answer_consent(self, data: bytes, addr: tuple[Any, ...]) -> bool:
         """Answer `data` if it is a consent check on the nominated pair: True when
         answered, False to leave it to aioice."""
-        if len(data) < 20 or data[0] != 0 or data[1] != 1 or data[4:8] != _COOKIE_BYTES:
+        if len(data) < 20 or data[:2] != _BINDING_REQUEST or data[4:8] != _COOKIE_BYTES:
             return False
         if int.from_bytes(data[2:4], "big") + 20 != len(data):
             return False

@@ -200,7 +200,7 @@ class ParticipantPeer:
         self._answer: asyncio.Future[str] | None = None
         self._task: asyncio.Task[None] | None = None
         self._rtcp_task: asyncio.Task[None] | None = None
-        self._publishing = asyncio.Event()  # set while `incoming` has a stream
+        self._publishing = asyncio.Event()  # set by a first stream, cleared when none is left
         self.failed = asyncio.Event()
 
     # -- session changes -------------------------------------------------

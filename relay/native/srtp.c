@@ -102,9 +102,9 @@ int native_srtp_open(native_srtp_t *s, int profile, const uint8_t *key_and_salt,
         return (int)status;
     }
     if (outbound) {
-        s->send = native_srtp_send_new(profile == NATIVE_SRTP_AES128_CM_SHA1_80, key_and_salt,
+        s->sender = native_srtp_send_new(profile == NATIVE_SRTP_AES128_CM_SHA1_80, key_and_salt,
                                        key_and_salt_len);
-        if (s->send == NULL) {
+        if (s->sender == NULL) {
             srtp_dealloc(session);
             return srtp_err_status_init_fail;
         }
@@ -123,8 +123,8 @@ void native_srtp_close(native_srtp_t *s)
         srtp_dealloc(s->session);
         s->session = NULL;
     }
-    native_srtp_send_free(s->send);
-    s->send = NULL;
+    native_srtp_send_free(s->sender);
+    s->sender = NULL;
 }
 
 /* Length of the RTP header (fixed part, CSRCs, extension) if all of it lies
@@ -188,8 +188,8 @@ int native_srtp_protect(native_srtp_t *s, uint8_t *buf, size_t *len, size_t capa
     if (refusal(s, buf, *len, capacity, 1, rtcp) != NULL) {
         return srtp_err_status_bad_param;
     }
-    if (!rtcp && s->send != NULL) {
-        return native_srtp_send_protect(s->send, buf, len, rtp_header_length(buf, *len));
+    if (!rtcp && s->sender != NULL) {
+        return native_srtp_send_protect(s->sender, buf, len, rtp_header_length(buf, *len));
     }
     int n = (int)*len; /* <= NATIVE_SRTP_MAX_PACKET, fits */
     srtp_err_status_t status =

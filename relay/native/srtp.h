@@ -45,7 +45,7 @@ typedef struct native_srtp {
     int outbound;            /* 1: protect only; 0: unprotect only */
     size_t rtp_trailer;      /* bytes protect adds to RTP (the tag) */
     size_t rtcp_trailer;     /* bytes protect adds to RTCP (E flag + index, tag) */
-    native_srtp_send_t *send; /* outbound RTP: srtp_send.h, not libsrtp */
+    native_srtp_send_t *sender; /* outbound RTP: srtp_send.h, not libsrtp */
 } native_srtp_t;
 
 /* srtp_init() for the process; safe to call more than once. */

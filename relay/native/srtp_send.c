@@ -75,18 +75,18 @@ native_srtp_send_t *native_srtp_send_new(int aes_cm, const uint8_t *key_and_salt
     }
     const EVP_CIPHER *ctr = key_len == 16 ? EVP_aes_128_ctr() : EVP_aes_256_ctr();
     const EVP_CIPHER *gcm = key_len == 16 ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
-    native_srtp_send_t *send = calloc(1, sizeof *send);
-    if (send == NULL) {
+    native_srtp_send_t *sender = calloc(1, sizeof *sender);
+    if (sender == NULL) {
         return NULL;
     }
-    send->aes_cm = aes_cm;
+    sender->aes_cm = aes_cm;
     uint8_t session_key[32], auth_key[CM_AUTH_KEY_LEN];
     const uint8_t *master_salt = key_and_salt + key_len;
-    send->ctx = EVP_CIPHER_CTX_new();
-    int ok = send->ctx != NULL &&
+    sender->ctx = EVP_CIPHER_CTX_new();
+    int ok = sender->ctx != NULL &&
              derive(ctr, key_and_salt, master_salt, salt_len, 0x00, session_key, key_len) &&
-             derive(ctr, key_and_salt, master_salt, salt_len, 0x02, send->salt, (int)salt_len) &&
-             EVP_EncryptInit_ex(send->ctx, aes_cm ? ctr : gcm, NULL, session_key, NULL);
+             derive(ctr, key_and_salt, master_salt, salt_len, 0x02, sender->salt, (int)salt_len) &&
+             EVP_EncryptInit_ex(sender->ctx, aes_cm ? ctr : gcm, NULL, session_key, NULL);
     if (ok && aes_cm) {
         char digest[] = "SHA1";
         OSSL_PARAM params[] = {
@@ -94,59 +94,59 @@ native_srtp_send_t *native_srtp_send_new(int aes_cm, const uint8_t *key_and_salt
             OSSL_PARAM_construct_end(),
         };
         EVP_MAC *hmac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
-        send->mac = hmac != NULL ? EVP_MAC_CTX_new(hmac) : NULL;
+        sender->mac = hmac != NULL ? EVP_MAC_CTX_new(hmac) : NULL;
         EVP_MAC_free(hmac); /* the context keeps its own reference */
-        ok = send->mac != NULL &&
+        ok = sender->mac != NULL &&
              derive(ctr, key_and_salt, master_salt, salt_len, 0x01, auth_key, CM_AUTH_KEY_LEN) &&
-             EVP_MAC_init(send->mac, auth_key, CM_AUTH_KEY_LEN, params);
+             EVP_MAC_init(sender->mac, auth_key, CM_AUTH_KEY_LEN, params);
     }
     wipe(session_key, sizeof session_key);
     wipe(auth_key, sizeof auth_key);
     if (!ok) {
-        native_srtp_send_free(send);
+        native_srtp_send_free(sender);
         return NULL;
     }
-    return send;
+    return sender;
 }
 
-void native_srtp_send_free(native_srtp_send_t *send)
+void native_srtp_send_free(native_srtp_send_t *sender)
 {
-    if (send == NULL) {
+    if (sender == NULL) {
         return;
     }
-    EVP_CIPHER_CTX_free(send->ctx); /* wipes the key schedule */
-    EVP_MAC_CTX_free(send->mac);    /* and the auth key */
-    wipe(send->salt, sizeof send->salt);
-    free(send->streams);
-    free(send);
+    EVP_CIPHER_CTX_free(sender->ctx); /* wipes the key schedule */
+    EVP_MAC_CTX_free(sender->mac);    /* and the auth key */
+    wipe(sender->salt, sizeof sender->salt);
+    free(sender->streams);
+    free(sender);
 }
 
 /* The stream of `ssrc`, new (as libsrtp clones its template) the first time;
  * NULL only when memory runs out. */
-static send_stream_t *stream_of(native_srtp_send_t *send, uint32_t ssrc)
+static send_stream_t *stream_of(native_srtp_send_t *sender, uint32_t ssrc)
 {
-    if (send->last < send->count && send->streams[send->last].ssrc == ssrc) {
-        return &send->streams[send->last];
+    if (sender->last < sender->count && sender->streams[sender->last].ssrc == ssrc) {
+        return &sender->streams[sender->last];
     }
-    for (size_t i = 0; i < send->count; i++) {
-        if (send->streams[i].ssrc == ssrc) {
-            send->last = i;
-            return &send->streams[i];
+    for (size_t i = 0; i < sender->count; i++) {
+        if (sender->streams[i].ssrc == ssrc) {
+            sender->last = i;
+            return &sender->streams[i];
         }
     }
-    if (send->count == send->size) {
-        size_t size = send->size ? 2 * send->size : 4;
-        send_stream_t *grown = realloc(send->streams, size * sizeof *grown);
+    if (sender->count == sender->size) {
+        size_t size = sender->size ? 2 * sender->size : 4;
+        send_stream_t *grown = realloc(sender->streams, size * sizeof *grown);
         if (grown == NULL) {
             return NULL;
         }
-        send->streams = grown;
-        send->size = size;
+        sender->streams = grown;
+        sender->size = size;
     }
-    send_stream_t *stream = &send->streams[send->count];
+    send_stream_t *stream = &sender->streams[sender->count];
     stream->ssrc = ssrc;
     stream->index = 0;
-    send->last = send->count++;
+    sender->last = sender->count++;
     return stream;
 }
 
@@ -181,7 +181,7 @@ static int32_t estimate(const send_stream_t *stream, uint16_t seq, uint64_t *gue
 
 /* RFC 7714 8: IV (0x0000 || SSRC || ROC || SEQ) XOR the session salt, the
  * header as AAD, the tag after the encrypted payload. */
-static int protect_gcm(native_srtp_send_t *send, uint8_t *buf, size_t *len, size_t header_len,
+static int protect_gcm(native_srtp_send_t *sender, uint8_t *buf, size_t *len, size_t header_len,
                        uint64_t index)
 {
     uint32_t roc = (uint32_t)(index >> 16);
@@ -189,16 +189,16 @@ static int protect_gcm(native_srtp_send_t *send, uint8_t *buf, size_t *len, size
                                 (uint8_t)(roc >> 16), (uint8_t)(roc >> 8), (uint8_t)roc, buf[2],
                                 buf[3]};
     for (int i = 0; i < GCM_SALT_LEN; i++) {
-        iv[i] ^= send->salt[i];
+        iv[i] ^= sender->salt[i];
     }
     int out = 0;
     int payload_len = (int)(*len - header_len);
-    if (!EVP_EncryptInit_ex(send->ctx, NULL, NULL, NULL, iv) ||
-        !EVP_EncryptUpdate(send->ctx, NULL, &out, buf, (int)header_len) ||
+    if (!EVP_EncryptInit_ex(sender->ctx, NULL, NULL, NULL, iv) ||
+        !EVP_EncryptUpdate(sender->ctx, NULL, &out, buf, (int)header_len) ||
         (payload_len > 0 &&
-         !EVP_EncryptUpdate(send->ctx, buf + header_len, &out, buf + header_len, payload_len)) ||
-        !EVP_EncryptFinal_ex(send->ctx, buf + *len, &out) ||
-        !EVP_CIPHER_CTX_ctrl(send->ctx, EVP_CTRL_GCM_GET_TAG, GCM_TAG_LEN, buf + *len)) {
+         !EVP_EncryptUpdate(sender->ctx, buf + header_len, &out, buf + header_len, payload_len)) ||
+        !EVP_EncryptFinal_ex(sender->ctx, buf + *len, &out) ||
+        !EVP_CIPHER_CTX_ctrl(sender->ctx, EVP_CTRL_GCM_GET_TAG, GCM_TAG_LEN, buf + *len)) {
         return srtp_err_status_cipher_fail;
     }
     *len += GCM_TAG_LEN;
@@ -208,14 +208,14 @@ static int protect_gcm(native_srtp_send_t *send, uint8_t *buf, size_t *len, size
 /* RFC 3711 4.1.1 and 4.2: the payload XOR AES-CM keystream from (SSRC << 64 |
  * index << 16) XOR the salt, then HMAC-SHA1 of the packet and the ROC, its
  * first 80 bits appended. */
-static int protect_cm(native_srtp_send_t *send, uint8_t *buf, size_t *len, size_t header_len,
+static int protect_cm(native_srtp_send_t *sender, uint8_t *buf, size_t *len, size_t header_len,
                       uint64_t index)
 {
     uint8_t iv[16] = {0, 0, 0, 0, buf[8], buf[9], buf[10], buf[11], (uint8_t)(index >> 40),
                       (uint8_t)(index >> 32), (uint8_t)(index >> 24), (uint8_t)(index >> 16),
                       (uint8_t)(index >> 8), (uint8_t)index, 0, 0};
     for (int i = 0; i < CM_SALT_LEN; i++) {
-        iv[i] ^= send->salt[i];
+        iv[i] ^= sender->salt[i];
     }
     uint32_t roc = (uint32_t)(index >> 16);
     uint8_t roc_bytes[4] = {(uint8_t)(roc >> 24), (uint8_t)(roc >> 16), (uint8_t)(roc >> 8),
@@ -224,13 +224,13 @@ static int protect_cm(native_srtp_send_t *send, uint8_t *buf, size_t *len, size_
     size_t digest_len = 0;
     int out = 0;
     int payload_len = (int)(*len - header_len);
-    if (!EVP_EncryptInit_ex(send->ctx, NULL, NULL, NULL, iv) ||
+    if (!EVP_EncryptInit_ex(sender->ctx, NULL, NULL, NULL, iv) ||
         (payload_len > 0 &&
-         !EVP_EncryptUpdate(send->ctx, buf + header_len, &out, buf + header_len, payload_len)) ||
-        !EVP_MAC_init(send->mac, NULL, 0, NULL) || /* starts over with its key */
-        !EVP_MAC_update(send->mac, buf, *len) ||
-        !EVP_MAC_update(send->mac, roc_bytes, sizeof roc_bytes) ||
-        !EVP_MAC_final(send->mac, digest, &digest_len, sizeof digest) || digest_len != SHA1_LEN) {
+         !EVP_EncryptUpdate(sender->ctx, buf + header_len, &out, buf + header_len, payload_len)) ||
+        !EVP_MAC_init(sender->mac, NULL, 0, NULL) || /* starts over with its key */
+        !EVP_MAC_update(sender->mac, buf, *len) ||
+        !EVP_MAC_update(sender->mac, roc_bytes, sizeof roc_bytes) ||
+        !EVP_MAC_final(sender->mac, digest, &digest_len, sizeof digest) || digest_len != SHA1_LEN) {
         return srtp_err_status_cipher_fail;
     }
     memcpy(buf + *len, digest, CM_TAG_LEN);
@@ -238,13 +238,13 @@ static int protect_cm(native_srtp_send_t *send, uint8_t *buf, size_t *len, size_
     return srtp_err_status_ok;
 }
 
-int native_srtp_send_protect(native_srtp_send_t *send, uint8_t *buf, size_t *len,
+int native_srtp_send_protect(native_srtp_send_t *sender, uint8_t *buf, size_t *len,
                              size_t header_len)
 {
     uint32_t ssrc = (uint32_t)buf[8] << 24 | (uint32_t)buf[9] << 16 | (uint32_t)buf[10] << 8 |
                     buf[11];
     uint16_t seq = (uint16_t)(buf[2] << 8 | buf[3]);
-    send_stream_t *stream = stream_of(send, ssrc);
+    send_stream_t *stream = stream_of(sender, ssrc);
     if (stream == NULL) {
         return srtp_err_status_alloc_fail;
     }
@@ -257,6 +257,6 @@ int native_srtp_send_protect(native_srtp_send_t *send, uint8_t *buf, size_t *len
         stream->index += (uint16_t)delta; /* libsrtp's srtp_index_advance */
     }
 
-    return send->aes_cm ? protect_cm(send, buf, len, header_len, index)
-                        : protect_gcm(send, buf, len, header_len, index);
+    return sender->aes_cm ? protect_cm(sender, buf, len, header_len, index)
+                        : protect_gcm(sender, buf, len, header_len, index);
 }

@@ -5,7 +5,8 @@
  * Every copy the relay forwards is protected once per subscriber, so this is
  * the relay's most frequent piece of cryptography. libsrtp's own work around
  * the cipher (stream lookup, key-usage limit, replay bookkeeping through
- * several layers of calls) cost as much as a third of the AES-GCM itself.
+ * several layers of calls) was 6-8 % of the relay's CPU in a profile, against
+ * 9 % for the AES-GCM itself.
  * This does the same, in the same order, with the same results: session keys
  * derived as RFC 3711 4.3 and libsrtp derive them, the packet index estimated
  * per SSRC as libsrtp estimates it (a repeated index is allowed, one older
@@ -28,14 +29,14 @@ typedef struct native_srtp_send native_srtp_send_t;
 native_srtp_send_t *native_srtp_send_new(int aes_cm, const uint8_t *key_and_salt,
                                          size_t key_and_salt_len);
 
-void native_srtp_send_free(native_srtp_send_t *send);
+void native_srtp_send_free(native_srtp_send_t *sender);
 
 /* Protect the RTP packet of *len bytes in `buf`, whose header (fixed part,
  * CSRCs, extension) is `header_len` bytes, in place: the payload encrypted
  * and the tag appended (16 bytes on GCM, 10 on AES-CM; the caller guarantees
  * the room). A libsrtp status: 0, srtp_err_status_replay_old,
  * srtp_err_status_alloc_fail or srtp_err_status_cipher_fail. */
-int native_srtp_send_protect(native_srtp_send_t *send, uint8_t *buf, size_t *len,
+int native_srtp_send_protect(native_srtp_send_t *sender, uint8_t *buf, size_t *len,
                              size_t header_len);
 
 #endif
