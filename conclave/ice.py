@@ -13,7 +13,8 @@ address, so both are done by replacing `aioice.ice.Connection
 .get_component_candidates` with a version that binds inside the range and names
 the advertised address. It is installed by the first setting, and stays: it
 also binds every socket so that its datagrams are never fragmented
-(`_never_fragment`). See docs/operations.md.
+(`_never_fragment`), with `ConsentProtocol` on it, and replaces
+`Connection.query_consent` with conclave/consent.py's. See docs/operations.md.
 
 A relay may instead put every connection on one UDP port per address
 (`use_shared_port`, conclave/shared_port.py), like LiveKit's `rtc.udp_port`.
@@ -39,6 +40,7 @@ import aioice.turn
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
+from conclave import consent
 from conclave.consent import ConsentProtocol
 from conclave.shared_port import SharedPort
 
@@ -257,6 +259,7 @@ def _install() -> None:
     aioice.ice.Connection.get_component_candidates = (  # type: ignore[method-assign]
         _get_component_candidates
     )
+    aioice.ice.Connection.query_consent = consent.query_consent  # type: ignore[method-assign,assignment]
 
 
 async def _bind(address: str, port: int | None = None) -> socket.socket:
