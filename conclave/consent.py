@@ -35,10 +35,12 @@ import asyncio
 import binascii
 import hmac
 import logging
+import math
 import os
 import random
 import socket
 import struct
+import weakref
 from typing import Any, cast
 
 import aioice.ice
@@ -242,7 +244,7 @@ async def query_consent(connection: Connection) -> None:
     failures = 0
     while True:
         interval = aioice.ice.CONSENT_INTERVAL
-        await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+        await _ticks().sleep(interval * (0.8 + 0.4 * random.random()), interval / _TICKS)
         pairs = list(connection._nominated.values())
         unanswered = [
             p for p in pairs if cast(ConsentProtocol, p.protocol).consent_sent is not None
@@ -256,6 +258,49 @@ async def query_consent(connection: Connection) -> None:
             return
         for pair in pairs:
             cast(ConsentProtocol, pair.protocol).send_consent_check(connection, pair)
+
+
+_TICKS = 10  # instants per consent interval that checks are sent at
+
+
+class _Ticks:
+    """Wakes the consent checks of every connection on one grid of instants on the
+    loop's clock: the checks due at an instant go out in one loop iteration, on
+    one timer, instead of each waking the relay on its own (with 200 participants,
+    40 wake-ups a second). The randomised interval keeps its spread, in steps of
+    a tenth."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[int, list[asyncio.Future[None]]] = {}
+
+    async def sleep(self, delay: float, tick: float) -> None:
+        instant = math.ceil((self._loop.time() + delay) / tick)
+        waiting = self._due.get(instant)
+        if waiting is None:
+            waiting = self._due[instant] = []
+            self._loop.call_at(instant * tick, self._wake, instant)
+        future = self._loop.create_future()
+        waiting.append(future)
+        await future
+
+    def _wake(self, instant: int) -> None:
+        for future in self._due.pop(instant, ()):
+            if not future.done():  # its task was cancelled: the connection closed
+                future.set_result(None)
+
+
+_ticks_of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticks] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _ticks() -> _Ticks:
+    loop = asyncio.get_running_loop()
+    ticks = _ticks_of.get(loop)
+    if ticks is None:
+        ticks = _ticks_of[loop] = _Ticks(loop)
+    return ticks
 
 
 def binding_success(transaction_id: bytes, addr: tuple[str, int], key: bytes) -> bytes:

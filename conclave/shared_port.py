@@ -152,9 +152,17 @@ class SharedPort(asyncio.DatagramProtocol):
         owner = self.by_address.get(address)
         if kind in (2, 3):
             transaction = data[8:_HEADER]
-            if owner is None or transaction not in owner.transactions:
-                return next((p for p in self.attached if transaction in p.transactions), owner)
+            if owner is None or not _awaits(owner, transaction):
+                return next((p for p in self.attached if _awaits(p, transaction)), owner)
         return owner
+
+
+def _awaits(protocol: StunProtocol, transaction: bytes) -> bool:
+    """Whether `protocol` waits for the answer to `transaction`: one of aioice's
+    transactions, or the last consent check of its own (conclave/consent.py)."""
+    return transaction in protocol.transactions or (
+        isinstance(protocol, ConsentProtocol) and transaction == protocol.consent_sent
+    )
 
 
 def _shared(protocol: StunProtocol) -> SharedTransport:

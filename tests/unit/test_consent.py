@@ -355,3 +355,38 @@ async def test_a_stun_attribute_too_short_for_its_type_is_dropped(
         stun.parse_message(short_priority)
     protocol.datagram_received(short_priority, addr)
     assert not recorder.sent and not b._closing
+
+
+async def test_consent_checks_of_many_connections_share_their_wake_ups() -> None:
+    """Forty sleepers with randomised delays wake at no more than six instants of
+    the grid (one timer each), none early and none later than a tick late; a
+    cancelled one (its connection closed) leaves the others be."""
+    loop = asyncio.get_running_loop()
+    ticks, tick = consent._ticks(), 0.02
+    assert consent._ticks() is ticks
+    timers: list[Any] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any) -> Any:
+        timers.append(when)
+        return call_at(when, callback, *args)
+
+    loop.call_at = counting  # type: ignore[method-assign,assignment]
+    try:
+        woke: list[tuple[float, float]] = []
+
+        async def sleeper(delay: float) -> None:
+            start = loop.time()
+            await ticks.sleep(delay, tick)
+            woke.append((loop.time() - start, delay))
+
+        rng = random.Random(5)
+        tasks = [asyncio.create_task(sleeper(0.1 * (0.8 + 0.4 * rng.random()))) for _ in range(40)]
+        await asyncio.sleep(0)
+        tasks[0].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        del loop.call_at
+    assert len(woke) == 39 and len(timers) <= 6
+    assert all(delay - 0.002 <= slept <= delay + tick + 0.05 for slept, delay in woke), woke
+    assert not ticks._due

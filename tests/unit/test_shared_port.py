@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from conclave import ice
+from conclave.consent import ConsentProtocol
 from conclave.shared_port import (
     Address,
     SharedPort,
@@ -241,3 +243,11 @@ async def test_a_response_goes_to_the_connection_whose_transaction_it_answers() 
     assert port._receiver(bytes(response), server) is second
     other = bytes(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE))
     assert port._receiver(other, server) is first  # no one's transaction: the owner's
+    # The answers to consent checks (conclave/consent.py, no aioice transaction).
+    for protocol in (second, first):
+        assert isinstance(protocol, ConsentProtocol)
+        protocol.consent_sent = os.urandom(12)
+        answer = stun.Message(
+            stun.Method.BINDING, stun.Class.RESPONSE, transaction_id=protocol.consent_sent
+        )
+        assert port._receiver(bytes(answer), server) is protocol
