@@ -54,7 +54,6 @@ CODECS = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
 RTCP_INTERVAL_S = 1.0
 # Sender reports remembered per participant for RTT: a few seconds' worth for
 # each of its subscriptions, with room to spare.
-_REPORTS_REMEMBERED = 64
 CNAME = b"conclave-relay"
 
 Signal = Callable[[dict[str, Any]], Awaitable[None]]
@@ -98,6 +97,10 @@ class PeerEvents(Protocol):
 
     async def on_sender_report(self, peer: ParticipantPeer, source: str,
                                report: rtcp.SenderReport, layer: int) -> None: ...  # fmt: skip
+
+    def sender_report_sent_at(self, lsr: int) -> float | None:
+        """When the room sent subscribers the sender reports whose NTP time has
+        middle 32 bits `lsr` (what a receiver report names), if it remembers."""
 
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         """What to ask this participant to send at most (REMB), if known."""
@@ -189,8 +192,6 @@ class ParticipantPeer:
         self._mid_extension_ids: set[int] = set()
         self.publish_codec: dict[str, str] = {}  # source -> MIME type of the latest packet
         self._by_output_ssrc: dict[int, Subscription] = {}
-        # (output SSRC, middle 32 bits of its NTP time) -> when the SR was sent
-        self._reports_sent: dict[tuple[int, int], float] = {}
         self._transport: RTCDtlsTransport | None = None
         # The native engine's leg (docs/native.md), once DTLS is done, and the
         # incoming SSRCs whose books it keeps (bind_native).
@@ -655,19 +656,12 @@ class ParticipantPeer:
         if started is not None:
             metrics.JOIN_DURATION.observe(max(time.time() * 1000 - started, 0) / 1000)
 
-    def sender_report_sent(self, ssrc: int, ntp: int, now: float) -> None:
-        """Remember when a sender report went out on `ssrc`: the receiver report
-        that answers it names it (LSR), which gives the round-trip time."""
-        self._reports_sent[(ssrc, (ntp >> 16) & 0xFFFFFFFF)] = now
-        if len(self._reports_sent) > _REPORTS_REMEMBERED:
-            del self._reports_sent[next(iter(self._reports_sent))]
-
     def _report_block(self, block: rtcp.ReportBlock) -> None:
         """Loss and round-trip time this subscriber reports about what we send it."""
         if block.ssrc not in self._by_output_ssrc:
             return  # about an SSRC of someone else's, or forged
         metrics.SUBSCRIBER_LOSS.observe(block.fraction_lost / 256)
-        sent = self._reports_sent.get((block.ssrc, block.lsr)) if block.lsr else None
+        sent = self._events.sender_report_sent_at(block.lsr) if block.lsr else None
         if sent is not None:
             rtt = asyncio.get_running_loop().time() - sent - block.dlsr / 65536
             if rtt >= 0:

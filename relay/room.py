@@ -40,6 +40,9 @@ MIN_UPSTREAM_BITRATE = 100_000  # never throttle a publisher below this (bit/s)
 # the relay's receiver reports still slows it down.
 SIMULCAST_UPSTREAM_BITRATE = 4_000_000
 LAYERS_INTERVAL_S = 0.5  # how often layer choices and dynacast are revisited
+# Sender reports whose send time the room keeps for round-trip times: receiver
+# reports answer within a few seconds, and each published stream sends about one a second.
+REPORTS_REMEMBERED = 1024
 MEDIA_KINDS = ("audio", "video")
 MODERATORS = ("host", "cohost")  # the roles that may admit, mute, remove, lock
 ROLES = (*MODERATORS, "participant")
@@ -262,6 +265,8 @@ class Room:
         self._local_tracks: dict[int, PublishedTrack] = {}  # by index
         self._next_index = 0
         self._last_binding_at = 0
+        # middle 32 bits of a sender report's NTP time -> when subscribers were sent it
+        self._reports_sent: dict[int, float] = {}
 
     @property
     def empty(self) -> bool:
@@ -1044,12 +1049,19 @@ class Room:
             for link, wants in track.links.items():
                 if layer in wants:
                     link.send_media(track.index, layer, pair, KIND_SENDER_REPORT)
+        sent = False
         for output in list(track.forwarder.receivers(layer)):
             translated = track.forwarder.sender_report(output, report.ntp, report.rtp_timestamp)
             if translated is not None:
                 await output.sink.send_rtp(translated + sdes_cname(output.ssrc, CNAME))
-                sent_at = asyncio.get_running_loop().time()
-                output.sink.sender_report_sent(output.ssrc, report.ntp, sent_at)
+                sent = True
+        if sent:  # one entry for every subscriber: their receiver reports name the same LSR
+            self._reports_sent[(report.ntp >> 16) & 0xFFFFFFFF] = asyncio.get_running_loop().time()
+            if len(self._reports_sent) > REPORTS_REMEMBERED:
+                del self._reports_sent[next(iter(self._reports_sent))]
+
+    def sender_report_sent_at(self, lsr: int) -> float | None:
+        return self._reports_sent.get(lsr)
 
     def _send_keyframe_request(self, track_id: str, layer: int) -> None:
         track = self.tracks.get(track_id)

@@ -1072,6 +1072,11 @@ class FuzzRoom:
             self.harness.sender_report(output, report.ntp, report.rtp_timestamp)
         self.counts["on_sender_report"] += 1
 
+    def sender_report_sent_at(self, lsr: int) -> float | None:
+        assert 0 < lsr <= 0xFFFFFFFF, lsr  # a receiver report's LSR, never 0 (none sent)
+        self.counts["sender_report_sent_at"] += 1
+        return None
+
     def upstream_bitrate(self, peer: ParticipantPeer) -> int | None:
         return None
 

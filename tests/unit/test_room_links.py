@@ -93,9 +93,6 @@ class Sink:
     def media_flowing(self) -> None:
         pass
 
-    def sender_report_sent(self, ssrc: int, ntp: int, now: float) -> None:
-        pass
-
 
 @pytest.fixture
 async def room() -> AsyncIterator[Room]:
