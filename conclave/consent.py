@@ -272,19 +272,19 @@ class _Ticks:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._due: dict[int, list[asyncio.Future[None]]] = {}
+        self._due: dict[float, list[asyncio.Future[None]]] = {}  # by instant
 
     async def sleep(self, delay: float, tick: float) -> None:
-        instant = math.ceil((self._loop.time() + delay) / tick)
+        instant = math.ceil((self._loop.time() + delay) / tick) * tick
         waiting = self._due.get(instant)
         if waiting is None:
             waiting = self._due[instant] = []
-            self._loop.call_at(instant * tick, self._wake, instant)
+            self._loop.call_at(instant, self._wake, instant)
         future = self._loop.create_future()
         waiting.append(future)
         await future
 
-    def _wake(self, instant: int) -> None:
+    def _wake(self, instant: float) -> None:
         for future in self._due.pop(instant, ()):
             if not future.done():  # its task was cancelled: the connection closed
                 future.set_result(None)

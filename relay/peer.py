@@ -52,8 +52,6 @@ CONNECT_TIMEOUT_S = 20.0
 CODECS = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
 
 RTCP_INTERVAL_S = 1.0
-# Sender reports remembered per participant for RTT: a few seconds' worth for
-# each of its subscriptions, with room to spare.
 CNAME = b"conclave-relay"
 
 Signal = Callable[[dict[str, Any]], Awaitable[None]]

@@ -1055,7 +1055,9 @@ class Room:
             if translated is not None:
                 await output.sink.send_rtp(translated + sdes_cname(output.ssrc, CNAME))
                 sent = True
-        if sent:  # one entry for every subscriber: their receiver reports name the same LSR
+        # One entry for every subscriber (their receiver reports name the same LSR),
+        # timed after the loop: the engine sends what it queued at the end of its batch.
+        if sent:
             self._reports_sent[(report.ntp >> 16) & 0xFFFFFFFF] = asyncio.get_running_loop().time()
             if len(self._reports_sent) > REPORTS_REMEMBERED:
                 del self._reports_sent[next(iter(self._reports_sent))]
