@@ -60,6 +60,11 @@ class Engine:
     ) -> list[tuple[Subscriber, bytes]]:
         """Track.forward, with the copies for subscribers that have a leg sent by
         the engine; the pairs for the others are returned."""
+    def sender_reports(
+        self, track: Track, layer: int, ntp: int, rtp_timestamp: int, cname: _Bytes, /
+    ) -> list[tuple[Subscriber, bytes]]:
+        """Track.sender_reports, with the reports for subscribers that have a leg
+        sent by the engine; the pairs for the others are returned."""
     def open_leg(
         self,
         fd: int,
@@ -234,6 +239,9 @@ class Track:
     def sender_report(
         self, output: Subscriber, ntp: int, rtp_timestamp: int, /
     ) -> bytes | None: ...
+    def sender_reports(
+        self, layer: int, ntp: int, rtp_timestamp: int, cname: _Bytes, /
+    ) -> list[tuple[Subscriber, bytes]]: ...
     def receivers(self, layer: int, /) -> list[Subscriber]: ...
     def joining(self, layer: int, /) -> list[Subscriber]: ...
     def layer_stats(self, layer: int, /) -> LayerStats: ...

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from relay.rtcp import sender_report
+from relay.rtcp import sdes_cname, sender_report
 from relay.rtp import (
     FIXED_HEADER,
     RtpHeader,
@@ -459,6 +459,18 @@ class TrackForwarder:
             return None
         return sender_report(sub.ssrc, ntp, (rtp_timestamp + sub.ts_offset) & 0xFFFFFFFF,
                              sub.packets, sub.octets)  # fmt: skip
+
+    def sender_reports(
+        self, layer: int, ntp: int, rtp_timestamp: int, cname: bytes
+    ) -> list[tuple[SubscriberOutput, bytes]]:
+        """Each receiver of `layer` that has been sent anything: its sender report
+        followed by an SDES CNAME (RFC 3550 §6.5), one compound packet."""
+        reports = []
+        for sub in self.receivers(layer):
+            report = self.sender_report(sub, ntp, rtp_timestamp)
+            if report is not None:
+                reports.append((sub, report + sdes_cname(sub.ssrc, cname)))
+        return reports
 
 
 def _segment_of(sub: SubscriberOutput, out_sequence: int) -> tuple[int, int, int, int] | None:

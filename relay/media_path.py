@@ -94,6 +94,11 @@ class Forwarder(Protocol):
 
     def retransmit(self, sub: Any, lost: list[int]) -> list[bytes]: ...
     def sender_report(self, sub: Any, ntp: int, rtp_timestamp: int) -> bytes | None: ...
+    def sender_reports(
+        self, layer: int, ntp: int, rtp_timestamp: int, cname: bytes
+    ) -> Sequence[tuple[Any, bytes]]:
+        """The (output, SR + SDES) pairs the caller sends to the receivers of
+        `layer`; on the native path the engine has sent those with a leg already."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,13 @@ class NativeForwarder:
 
     def sender_report(self, sub: _native.Subscriber, ntp: int, rtp_timestamp: int) -> bytes | None:
         return self.track.sender_report(sub, ntp, rtp_timestamp)
+
+    def sender_reports(
+        self, layer: int, ntp: int, rtp_timestamp: int, cname: bytes
+    ) -> list[tuple[_native.Subscriber, bytes]]:
+        if _engine is None:
+            return self.track.sender_reports(layer, ntp, rtp_timestamp, cname)
+        return _engine.sender_reports(self.track, layer, ntp, rtp_timestamp, cname)
 
 
 def new_forwarder(kind: str, request_keyframe: Callable[[int], None]) -> Forwarder:

@@ -27,7 +27,7 @@ from relay.link import KIND_SENDER_REPORT, MeetingLink
 from relay.media_path import Forwarder, NativeForwarder, Output, new_forwarder
 from relay.peer import CNAME, ParticipantPeer, Signal, Subscription
 from relay.remote import RemotePeer
-from relay.rtcp import SenderReport, pli, sdes_cname
+from relay.rtcp import SenderReport, pli
 from relay.rtp import RtpHeader
 from relay.speaker import INTERVAL_S, SpeakerDetector, VoiceLevel
 
@@ -1049,18 +1049,15 @@ class Room:
             for link, wants in track.links.items():
                 if layer in wants:
                     link.send_media(track.index, layer, pair, KIND_SENDER_REPORT)
-        sent = False
-        for output in list(track.forwarder.receivers(layer)):
-            translated = track.forwarder.sender_report(output, report.ntp, report.rtp_timestamp)
-            if translated is not None:
-                await output.sink.send_rtp(translated + sdes_cname(output.ssrc, CNAME))
-                sent = True
+        # On the native path the engine sends the reports of subscribers with a leg.
+        pending = track.forwarder.sender_reports(layer, report.ntp, report.rtp_timestamp, CNAME)
+        for output, compound in pending:
+            await output.sink.send_rtp(compound)
         # One entry for every subscriber (their receiver reports name the same LSR),
-        # timed after the loop: the engine sends what it queued at the end of its batch.
-        if sent:
-            self._reports_sent[(report.ntp >> 16) & 0xFFFFFFFF] = asyncio.get_running_loop().time()
-            if len(self._reports_sent) > REPORTS_REMEMBERED:
-                del self._reports_sent[next(iter(self._reports_sent))]
+        # timed after the sends: the engine sends what it queued at the end of its batch.
+        self._reports_sent[(report.ntp >> 16) & 0xFFFFFFFF] = asyncio.get_running_loop().time()
+        if len(self._reports_sent) > REPORTS_REMEMBERED:
+            del self._reports_sent[next(iter(self._reports_sent))]
 
     def sender_report_sent_at(self, lsr: int) -> float | None:
         return self._reports_sent.get(lsr)

@@ -1072,10 +1072,60 @@ static PyObject *Engine_forward(EngineObject *self, PyObject *args)
     return mixed.rest;
 }
 
+/* A sender report for a subscriber (native_report_fn): out on its leg when it
+ * has one (protected as SRTCP), else appended to the list `context` for Python. */
+static int report_to_leg_or_list(void *context, PyObject *subscriber, const uint8_t *report,
+                                 size_t length)
+{
+    LegObject *leg = (LegObject *)native_subscriber_leg(subscriber);
+    if (leg == NULL) {
+        return native_report_to_list(context, subscriber, report, length);
+    }
+    leg_send(leg, report, length); /* one it cannot send is dropped and counted */
+    return 0;
+}
+
+/* Track.sender_reports, with the reports of subscribers that have a leg sent
+ * from here: a publisher's SR reaches its subscribers without a Python call
+ * per subscriber. */
+static PyObject *Engine_sender_reports(EngineObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *track = PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0) : NULL;
+    if (track == NULL || !native_is_track(track)) {
+        PyErr_SetString(PyExc_TypeError, "track must be a relay._native.Track");
+        return NULL;
+    }
+    PyObject *rest_args = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+    if (rest_args == NULL) {
+        return NULL;
+    }
+    int layer;
+    unsigned long long ntp, rtp_timestamp;
+    Py_buffer cname;
+    int parsed = native_report_arguments(rest_args, &layer, &ntp, &rtp_timestamp, &cname);
+    Py_DECREF(rest_args);
+    if (parsed < 0) {
+        return NULL;
+    }
+    PyObject *rest = PyList_New(0);
+    if (rest != NULL &&
+        native_track_sender_reports(track, layer, ntp, (uint32_t)rtp_timestamp, cname.buf,
+                                    (size_t)cname.len, report_to_leg_or_list, rest) < 0) {
+        Py_CLEAR(rest);
+    }
+    PyBuffer_Release(&cname);
+    return rest;
+}
+
 static PyMethodDef Engine_methods[] = {
     {"forward", (PyCFunction)Engine_forward, METH_VARARGS,
      "forward(track, data, layer, now) -> [(subscriber, bytes)]: Track.forward, with the "
      "copies for subscribers that have a leg sent from here; the others are returned."},
+    {"sender_reports", (PyCFunction)Engine_sender_reports, METH_VARARGS,
+     "sender_reports(track, layer, ntp, rtp_timestamp, cname) -> [(subscriber, bytes)]: "
+     "Track.sender_reports, with the reports for subscribers that have a leg sent from here; "
+     "the others are returned."},
     {"add_socket", (PyCFunction)Engine_add_socket, METH_VARARGS,
      "add_socket(fd, protocol): receive on the socket; what is not media goes to "
      "protocol.datagram_received(data, addr)."},

@@ -32,6 +32,7 @@ enum {
     SEGMENTS_KEPT = 4,  /* layer switches remembered per subscriber, for NACKs */
     SKIP_WINDOW = 1 << 14,
     MAX_BLOCK_WORDS = 0xFFFF,  /* the extension header's length field */
+    SR_LENGTH = 28,  /* an RTCP SR without report blocks */
 };
 
 static const char MID_URI[] = "urn:ietf:params:rtp-hdrext:sdes:mid";
@@ -1785,7 +1786,22 @@ done:
 }
 
 /* An RTCP SR (RFC 3550 §6.4.1) with the publisher's NTP/RTP pair in the
- * subscriber's timestamp space; None before anything was sent. */
+ * subscriber's timestamp space, written into `report`. */
+static void write_sender_report(const SubscriberObject *sub, uint64_t ntp, uint32_t rtp_timestamp,
+                                uint8_t report[SR_LENGTH])
+{
+    report[0] = 0x80;
+    report[1] = 200;  /* SR */
+    write16(report + 2, 6);  /* length in words, less one */
+    write32(report + 4, sub->ssrc);
+    write32(report + 8, (uint32_t)(ntp >> 32));
+    write32(report + 12, (uint32_t)ntp);
+    write32(report + 16, rtp_timestamp + sub->ts_offset);
+    write32(report + 20, (uint32_t)sub->packets);
+    write32(report + 24, (uint32_t)sub->octets);
+}
+
+/* The SR, None before anything was sent. */
 static PyObject *Track_sender_report(TrackObject *self, PyObject *args)
 {
     (void)self;
@@ -1800,17 +1816,101 @@ static PyObject *Track_sender_report(TrackObject *self, PyObject *args)
     unsigned long long rtp_timestamp = PyLong_AsUnsignedLongLongMask(rtp_object);
     if (PyErr_Occurred())
         return NULL;
-    uint8_t report[28];
-    report[0] = 0x80;
-    report[1] = 200;  /* SR */
-    write16(report + 2, 6);  /* length in words, less one */
-    write32(report + 4, sub->ssrc);
-    write32(report + 8, (uint32_t)(ntp >> 32));
-    write32(report + 12, (uint32_t)ntp);
-    write32(report + 16, (uint32_t)rtp_timestamp + sub->ts_offset);
-    write32(report + 20, (uint32_t)sub->packets);
-    write32(report + 24, (uint32_t)sub->octets);
+    uint8_t report[SR_LENGTH];
+    write_sender_report(sub, ntp, (uint32_t)rtp_timestamp, report);
     return PyBytes_FromStringAndSize((const char *)report, sizeof report);
+}
+
+int native_track_sender_reports(PyObject *track, int layer, uint64_t ntp, uint32_t rtp_timestamp,
+                                const uint8_t *cname, size_t cname_length,
+                                native_report_fn emit, void *context)
+{
+    TrackObject *self = (TrackObject *)track;
+    if (layer < 0 || layer >= self->layer_count) {
+        PyErr_SetString(PyExc_IndexError, "no such layer");
+        return -1;
+    }
+    if (cname_length > 255) {
+        PyErr_SetString(PyExc_ValueError, "a CNAME has at most 255 bytes");
+        return -1;
+    }
+    /* SDES (RFC 3550 §6.5): one chunk, SSRC then CNAME item then a null item,
+     * padded to 32 bits. */
+    size_t chunk = (4 + 2 + cname_length + 1 + 3) & ~(size_t)3;
+    size_t length = SR_LENGTH + 4 + chunk;
+    uint8_t compound[SR_LENGTH + 4 + 264];
+    uint8_t *sdes = compound + SR_LENGTH;
+    memset(sdes, 0, 4 + chunk);
+    sdes[0] = 0x81;  /* one chunk */
+    sdes[1] = 202;   /* SDES */
+    write16(sdes + 2, (uint16_t)(chunk / 4));
+    sdes[8] = 1;     /* CNAME */
+    sdes[9] = (uint8_t)cname_length;
+    memcpy(sdes + 10, cname, cname_length);
+    const SubList *receivers = &self->layers[layer].receivers;
+    for (size_t i = 0; i < receivers->count; i++) {
+        SubscriberObject *sub = receivers->items[i];
+        if (sub->layer < 0)
+            continue;
+        write_sender_report(sub, ntp, rtp_timestamp, compound);
+        write32(sdes + 4, sub->ssrc);
+        if (emit(context, (PyObject *)sub, compound, length) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Track.sender_reports' emit: (subscriber, bytes) appended to a list. */
+int native_report_to_list(void *context, PyObject *subscriber, const uint8_t *report, size_t length)
+{
+    PyObject *pair = Py_BuildValue("(Oy#)", subscriber, report, (Py_ssize_t)length);
+    if (!pair || PyList_Append((PyObject *)context, pair) < 0) {
+        Py_XDECREF(pair);
+        return -1;
+    }
+    Py_DECREF(pair);
+    return 0;
+}
+
+static int report_arguments(PyObject *args, int *layer, unsigned long long *ntp,
+                            unsigned long long *rtp_timestamp, Py_buffer *cname)
+{
+    PyObject *ntp_object, *rtp_object;
+    if (!PyArg_ParseTuple(args, "iO!O!y*", layer, &PyLong_Type, &ntp_object, &PyLong_Type,
+                          &rtp_object, cname))
+        return -1;
+    *ntp = PyLong_AsUnsignedLongLongMask(ntp_object);
+    *rtp_timestamp = PyLong_AsUnsignedLongLongMask(rtp_object);
+    if (PyErr_Occurred()) {
+        PyBuffer_Release(cname);
+        return -1;
+    }
+    return 0;
+}
+
+/* The SR of every receiver of a layer, each followed by an SDES CNAME: a list
+ * of (subscriber, bytes). */
+static PyObject *Track_sender_reports(TrackObject *self, PyObject *args)
+{
+    int layer;
+    unsigned long long ntp, rtp_timestamp;
+    Py_buffer cname;
+    if (report_arguments(args, &layer, &ntp, &rtp_timestamp, &cname) < 0)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out && native_track_sender_reports((PyObject *)self, layer, ntp, (uint32_t)rtp_timestamp,
+                                           cname.buf, (size_t)cname.len, native_report_to_list,
+                                           out) < 0) {
+        Py_CLEAR(out);
+    }
+    PyBuffer_Release(&cname);
+    return out;
+}
+
+int native_report_arguments(PyObject *args, int *layer, unsigned long long *ntp,
+                            unsigned long long *rtp_timestamp, Py_buffer *cname)
+{
+    return report_arguments(args, layer, ntp, rtp_timestamp, cname);
 }
 
 static bool layer_index(TrackObject *self, PyObject *arg, int *index)
@@ -2014,6 +2114,8 @@ static PyMethodDef Track_methods[] = {
      "retransmit(subscriber, lost) -> packets answering a NACK."},
     {"sender_report", (PyCFunction)Track_sender_report, METH_VARARGS,
      "sender_report(subscriber, ntp, rtp_timestamp) -> SR bytes, or None."},
+    {"sender_reports", (PyCFunction)Track_sender_reports, METH_VARARGS,
+     "sender_reports(layer, ntp, rtp_timestamp, cname) -> [(subscriber, SR + SDES bytes)]."},
     {"receivers", (PyCFunction)Track_receivers, METH_O, "The subscribers receiving a layer."},
     {"joining", (PyCFunction)Track_joining, METH_O,
      "The subscribers waiting for a layer's next key frame."},

@@ -54,6 +54,28 @@ int native_emit_to_list(void *context, PyObject *subscriber, const OutPacket *pa
 size_t native_write_packet(PyObject *subscriber, const OutPacket *packet, uint8_t *buf,
                            size_t capacity);
 
+/* One RTCP compound for one subscriber (native_track_sender_reports): 0 when
+ * taken, -1 with a Python error set. */
+typedef int (*native_report_fn)(void *context, PyObject *subscriber, const uint8_t *report,
+                                size_t length);
+
+/* Track.sender_reports' work: every receiver of `layer` that has been sent
+ * anything gets an SR (the publisher's NTP/RTP pair in its timestamp space)
+ * followed by an SDES CNAME `cname`, through `emit`; 0, or -1 with a Python
+ * error set. */
+int native_track_sender_reports(PyObject *track, int layer, uint64_t ntp, uint32_t rtp_timestamp,
+                                const uint8_t *cname, size_t cname_length,
+                                native_report_fn emit, void *context);
+
+/* Track.sender_reports' emit: (subscriber, bytes) appended to the list `context`. */
+int native_report_to_list(void *context, PyObject *subscriber, const uint8_t *report,
+                          size_t length);
+
+/* sender_reports' arguments (layer, ntp, rtp_timestamp, cname); `cname` to be
+ * released by the caller on success. 0, or -1 with a Python error set. */
+int native_report_arguments(PyObject *args, int *layer, unsigned long long *ntp,
+                            unsigned long long *rtp_timestamp, Py_buffer *cname);
+
 /* The Leg a subscriber's packets go out on (Subscriber.leg), borrowed; NULL
  * when it has none (its packets go up to Python). */
 PyObject *native_subscriber_leg(PyObject *subscriber);

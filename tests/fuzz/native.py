@@ -306,6 +306,15 @@ class Tracks:
         report = track.sender_report(sub, rng.getrandbits(64), rng.getrandbits(32))
         if report is not None:
             counts["sender_reports"] += 1
+        layer = rng.choice((0, 0, 1, 2, 3)) if kind == "video" else rng.choice((0, 1))
+        cname = rng.randbytes(rng.choice((0, 14, 255, 256, rng.randrange(300))))
+        try:
+            for _, compound in track.sender_reports(layer, rng.getrandbits(64),
+                                                    rng.getrandbits(32), cname):  # fmt: skip
+                assert len(compound) % 4 == 0 and compound[1] == 200, compound.hex()
+                counts["sender_report_fanouts"] += 1
+        except (ValueError, OverflowError, IndexError):
+            counts["refused"] += 1
         if rng.random() < 0.05 and kind == "video":
             track.set_target(sub, rng.choice((0, 1, 2)))
         if rng.random() < 0.01:  # churn: a subscriber leaves and another comes
@@ -750,6 +759,14 @@ class Fuzzer:
             layer = self.rng.choice((0, 0, 1, 2)) if kind == "video" else 0
             for _, packet in self.engine.engine.forward(track, self.packet(), layer, self.now):
                 check_output(packet, "engine forward")
+        if self.rng.random() < 0.01:  # a publisher's sender report, fanned out in C
+            kind = self.rng.choice(("audio", "video"))
+            track = self.engine.tracks.tracks[kind]
+            ntp, rtp_timestamp = self.rng.getrandbits(64), self.rng.getrandbits(32)
+            cname = self.rng.randbytes(self.rng.randrange(40))
+            for _, compound in self.engine.engine.sender_reports(track, 0, ntp, rtp_timestamp,
+                                                                 cname):  # fmt: skip
+                assert compound[1] == 200, compound.hex()
         if self.engine.pending >= BATCH:
             self.engine.flush(self.result.counts, self.now)
             if self.rng.random() < 0.2:

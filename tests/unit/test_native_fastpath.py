@@ -259,3 +259,48 @@ def test_the_engine_nacks_a_gap_itself(engine: Engine) -> None:
     assert publisher.leg.reception(PUBLISHER_SSRC)[:2] == (3, 5)
     with pytest.raises(KeyError):
         publisher.leg.reception(PUBLISHER_SSRC + 1)
+
+
+def test_sender_reports_go_out_from_the_engine_to_subscribers_with_a_leg(
+    engine: Engine,
+) -> None:
+    """A publisher's SR reaches every subscriber of its layer as SR + SDES CNAME in
+    the subscriber's own SSRC and timestamp space: over SRTCP from C for those with
+    a leg, returned to Python for the one without; the bytes are Track.sender_reports'
+    (which the differential test holds to relay/forwarder.py's)."""
+    publisher = engine.end()
+    ends = [engine.end(), engine.end()]
+    track = _native.Track("audio", lambda layer: None)
+    outputs = []
+    for index in range(3):
+        output = _native.Subscriber(0x5000 + index, 111, b"", next_sequence=index,
+                                    timestamp_base=1000 * index, rtx_sequence=0)  # fmt: skip
+        if index < len(ends):
+            output.leg = ends[index].leg
+        track.add_subscriber(output)
+        outputs.append(output)
+    assert publisher.leg.bind(PUBLISHER_SSRC, track, 0, 111, 48000, LEVEL_ID)
+    wire(engine, publisher, [audio(1)])  # goes up: a subscriber without a leg
+    for output, packet in engine.native.forward(track, audio(1), 0, 0.0):
+        assert output is outputs[2] and packet
+    for end in ends:
+        end.received()
+    expected = dict(track.sender_reports(0, 0x1122334455667788, 4242, b"conclave-relay"))
+    assert len(expected) == 3
+
+    rest = engine.native.sender_reports(track, 0, 0x1122334455667788, 4242, b"conclave-relay")
+
+    assert rest == [(outputs[2], expected[outputs[2]])]
+    for end, output in zip(ends, outputs, strict=False):
+        (datagram,) = end.received()
+        compound = end.far_rx.unprotect_rtcp(datagram)
+        assert compound == expected[output]
+        sr, sdes = rtcp.parse(compound)[0], compound[28:]
+        assert isinstance(sr, rtcp.SenderReport) and sr.ssrc == output.ssrc
+        assert sdes == rtcp.sdes_cname(output.ssrc, b"conclave-relay")
+    with pytest.raises(ValueError):
+        engine.native.sender_reports(track, 0, 1, 2, bytes(256))
+    with pytest.raises(IndexError):
+        engine.native.sender_reports(track, 1, 1, 2, b"x")
+    with pytest.raises(TypeError):
+        engine.native.sender_reports(object(), 0, 1, 2, b"x")  # type: ignore[arg-type]

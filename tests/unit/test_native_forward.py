@@ -300,6 +300,14 @@ class Pair:
         c = self.c.sender_report(self.c_subs[index], ntp, rtp_timestamp)
         assert c == py
 
+    def sender_reports(self, layer: int, ntp: int, rtp_timestamp: int, cname: bytes) -> None:
+        """Every receiver's SR + SDES of a layer (the engine's fan-out), alike."""
+        py = self.py.sender_reports(layer, ntp, rtp_timestamp, cname)
+        c = self.c.sender_reports(layer, ntp, rtp_timestamp, cname)
+        assert [(self.index_of(self.c_subs, s), b) for s, b in c] == [
+            (self.index_of(self.py_subs, s), b) for s, b in py
+        ]
+
     @staticmethod
     def index_of(subs: list[SubscriberOutput] | list[nf.Subscriber], sub: object) -> int:
         return next(i for i, s in enumerate(subs) if s is sub)
@@ -401,6 +409,9 @@ def test_simulcast_switches_with_nacks_across_them() -> None:
     for index in (a, b):
         pair.retransmit(index, pair.sent[index] + [4242, 1, 65535] + pair.sent[index][:3])
         pair.sender_report(index, 0x1122334455667788, 77777)
+    for layer in range(3):
+        for cname in (b"", b"x", b"conclave-relay", bytes(range(255))):
+            pair.sender_reports(layer, 0x1122334455667788, 77777, cname)
     assert pair.c.switches >= 3
 
 
@@ -975,6 +986,12 @@ def test_generated_sequences_agree(data: st.DataObject) -> None:
                 data.draw(st.integers(0, (1 << 64) - 1)),
                 data.draw(st.integers(0, 0xFFFFFFFF)),
             )
+            pair.sender_reports(
+                data.draw(st.integers(0, pair.c.layer_count - 1)),
+                data.draw(st.integers(0, (1 << 64) - 1)),
+                data.draw(st.integers(0, 0xFFFFFFFF)),
+                data.draw(st.binary(max_size=255)),
+            )
         elif action == "codec":
             pair.codec(data.draw(st.sampled_from([*CODECS, "audio/opus", "video/av1"])))
         else:
@@ -984,6 +1001,8 @@ def test_generated_sequences_agree(data: st.DataObject) -> None:
     for index in range(len(pair.py_subs)):
         retransmitted += len(pair.retransmit(index, pair.sent[index][-CACHE_TAIL:]))
         pair.sender_report(index, 1 << 63, 123456)
+    for layer in range(pair.c.layer_count):
+        pair.sender_reports(layer, 1 << 63, 123456, b"conclave-relay")
     # What the run reached (pytest --hypothesis-show-statistics).
     stats = [pair.c.layer_stats(i) for i in range(pair.c.layer_count)]
     event(f"switches: {min(pair.c.switches, 2)}")
