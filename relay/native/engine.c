@@ -1081,6 +1081,10 @@ static int report_to_leg_or_list(void *context, PyObject *subscriber, const uint
     if (leg == NULL) {
         return native_report_to_list(context, subscriber, report, length);
     }
+    if (!leg->open || !leg->socket->open) {
+        leg->engine->dropped[DROP_NO_LEG]++;
+        return 0;
+    }
     leg_send(leg, report, length); /* one it cannot send is dropped and counted */
     return 0;
 }

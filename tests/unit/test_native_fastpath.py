@@ -11,6 +11,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from unittest.mock import ANY
 
 import pylibsrtp
 import pytest
@@ -298,6 +299,11 @@ def test_sender_reports_go_out_from_the_engine_to_subscribers_with_a_leg(
         sr, sdes = rtcp.parse(compound)[0], compound[28:]
         assert isinstance(sr, rtcp.SenderReport) and sr.ssrc == output.ssrc
         assert sdes == rtcp.sdes_cname(output.ssrc, b"conclave-relay")
+    ends[0].leg.close()  # its participant left: the report is dropped and counted
+    dropped = engine.native.dropped["no_leg"]
+    assert engine.native.sender_reports(track, 0, 1, 2, b"x") == [(outputs[2], ANY)]
+    assert engine.native.dropped["no_leg"] == dropped + 1
+    assert len(ends[1].received()) == 1 and not ends[0].received()
     with pytest.raises(ValueError):
         engine.native.sender_reports(track, 0, 1, 2, bytes(256))
     with pytest.raises(IndexError):
