@@ -246,18 +246,16 @@ async def query_consent(connection: Connection) -> None:
         interval = aioice.ice.CONSENT_INTERVAL
         await _ticks().sleep(interval * (0.8 + 0.4 * random.random()), interval / _TICKS)
         pairs = list(connection._nominated.values())
-        unanswered = [
-            p for p in pairs if cast(ConsentProtocol, p.protocol).consent_sent is not None
-            and not cast(ConsentProtocol, p.protocol).consent_answered
-        ]  # fmt: skip
+        protocols = [cast(ConsentProtocol, p.protocol) for p in pairs]
+        unanswered = any(p.consent_sent is not None and not p.consent_answered for p in protocols)
         failures = failures + 1 if unanswered else 0
         if failures >= aioice.ice.CONSENT_FAILURES:
             log.info("ICE consent to send expired")
             connection._query_consent_task = None
             await connection.close()
             return
-        for pair in pairs:
-            cast(ConsentProtocol, pair.protocol).send_consent_check(connection, pair)
+        for pair, protocol in zip(pairs, protocols, strict=True):
+            protocol.send_consent_check(connection, pair)
 
 
 _TICKS = 10  # instants per consent interval that checks are sent at

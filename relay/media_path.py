@@ -93,7 +93,6 @@ class Forwarder(Protocol):
         engine has sent the copies for subscribers with a leg already."""
 
     def retransmit(self, sub: Any, lost: list[int]) -> list[bytes]: ...
-    def sender_report(self, sub: Any, ntp: int, rtp_timestamp: int) -> bytes | None: ...
     def sender_reports(
         self, layer: int, ntp: int, rtp_timestamp: int, cname: bytes
     ) -> Sequence[tuple[Any, bytes]]:
@@ -187,9 +186,6 @@ class NativeForwarder:
 
     def retransmit(self, sub: _native.Subscriber, lost: list[int]) -> list[bytes]:
         return self.track.retransmit(sub, lost)
-
-    def sender_report(self, sub: _native.Subscriber, ntp: int, rtp_timestamp: int) -> bytes | None:
-        return self.track.sender_report(sub, ntp, rtp_timestamp)
 
     def sender_reports(
         self, layer: int, ntp: int, rtp_timestamp: int, cname: bytes

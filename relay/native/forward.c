@@ -1872,7 +1872,7 @@ int native_report_to_list(void *context, PyObject *subscriber, const uint8_t *re
     return 0;
 }
 
-static int report_arguments(PyObject *args, int *layer, unsigned long long *ntp,
+int native_report_arguments(PyObject *args, int *layer, unsigned long long *ntp,
                             unsigned long long *rtp_timestamp, Py_buffer *cname)
 {
     PyObject *ntp_object, *rtp_object;
@@ -1895,7 +1895,7 @@ static PyObject *Track_sender_reports(TrackObject *self, PyObject *args)
     int layer;
     unsigned long long ntp, rtp_timestamp;
     Py_buffer cname;
-    if (report_arguments(args, &layer, &ntp, &rtp_timestamp, &cname) < 0)
+    if (native_report_arguments(args, &layer, &ntp, &rtp_timestamp, &cname) < 0)
         return NULL;
     PyObject *out = PyList_New(0);
     if (out && native_track_sender_reports((PyObject *)self, layer, ntp, (uint32_t)rtp_timestamp,
@@ -1905,12 +1905,6 @@ static PyObject *Track_sender_reports(TrackObject *self, PyObject *args)
     }
     PyBuffer_Release(&cname);
     return out;
-}
-
-int native_report_arguments(PyObject *args, int *layer, unsigned long long *ntp,
-                            unsigned long long *rtp_timestamp, Py_buffer *cname)
-{
-    return report_arguments(args, layer, ntp, rtp_timestamp, cname);
 }
 
 static bool layer_index(TrackObject *self, PyObject *arg, int *index)

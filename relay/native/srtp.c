@@ -103,7 +103,7 @@ int native_srtp_open(native_srtp_t *s, int profile, const uint8_t *key_and_salt,
     }
     if (outbound) {
         s->sender = native_srtp_send_new(profile == NATIVE_SRTP_AES128_CM_SHA1_80, key_and_salt,
-                                       key_and_salt_len);
+                                         key_and_salt_len);
         if (s->sender == NULL) {
             srtp_dealloc(session);
             return srtp_err_status_init_fail;
