@@ -117,9 +117,11 @@ def take_over(
     if not isinstance(transport, NativeTransport) or transport.is_closing() or dtls._ssl is None:
         return None
     keys = keys_from_dtls(dtls._ssl, dtls._role)
+    # A socket of the participant's own is connected to the selected address: the
+    # kernel routes it once, not per datagram (docs/native.md).
     leg = transport.sockets.engine.open_leg(
         transport.fd, pair.remote_addr, keys.profile, keys.tx_key_and_salt,
-        keys.rx_key_and_salt, on_rtp, on_rtcp,
+        keys.rx_key_and_salt, on_rtp, on_rtcp, connect=shared is None,
     )  # fmt: skip
     if shared is not None:  # the socket stays: the leg goes with the connection
         shared.on_close.append(leg.close)

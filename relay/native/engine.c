@@ -95,6 +95,9 @@ typedef struct {
     PyObject *protocol;         /* what gets datagram_received: aioice's StunProtocol,
                                    or a shared port's demultiplexer */
     leg_table_t legs;
+    int connected;              /* connect()ed to `peer` by open_leg; never undone: a
+                                   socket bound to port 0 would lose its port */
+    struct sockaddr_storage peer;
     int queued;                 /* messages waiting in out[] */
     int dirty;                  /* on the engine's list of sockets to flush */
     struct mmsghdr out[BATCH];
@@ -143,6 +146,8 @@ struct LegObject {
     PyObject *on_rtcp;          /* callable(bytes) */
     int open;
     int in_table;               /* in its socket's leg table (which holds a reference) */
+    int connected;              /* its socket is connect()ed to `remote` (open_leg): sends
+                                   name no address, and the kernel keeps the route */
     uint32_t rtcp_ssrc;         /* the relay's SSRC in the RTCP it sends this leg */
     binding_t bindings[MAX_BINDINGS];
     int binding_count;
@@ -474,9 +479,11 @@ static int queue_slot(LegObject *leg, int slot, size_t len, int rtcp)
     sock->out_iov[slot].iov_len = out_len;
     struct msghdr *header = &sock->out[slot].msg_hdr;
     memset(header, 0, sizeof *header);
-    sock->out_addr[slot] = leg->remote;
-    header->msg_name = &sock->out_addr[slot];
-    header->msg_namelen = leg->remote_len;
+    if (!leg->connected) { /* each message names the address, and the kernel routes it */
+        sock->out_addr[slot] = leg->remote;
+        header->msg_name = &sock->out_addr[slot];
+        header->msg_namelen = leg->remote_len;
+    }
     header->msg_iov = &sock->out_iov[slot];
     header->msg_iovlen = 1;
     sock->queued++;
@@ -813,6 +820,7 @@ static PyObject *Engine_add_socket(EngineObject *self, PyObject *args)
     sock->fd = fd;
     sock->open = 1;
     memset(&sock->legs, 0, sizeof sock->legs);
+    sock->connected = 0;
     sock->queued = 0;
     sock->dirty = 0;
     Py_INCREF(protocol);
@@ -898,12 +906,13 @@ static PyObject *Engine_sendto(EngineObject *self, PyObject *args)
 static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"fd", "remote", "profile", "tx_key", "rx_key", "on_rtp", "on_rtcp",
-                            NULL};
-    int fd, profile;
+                            "connect", NULL};
+    int fd, profile, want_connect = 0;
     PyObject *remote, *on_rtp, *on_rtcp;
     Py_buffer tx_key, rx_key;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOiy*y*OO:open_leg", names, &fd, &remote,
-                                     &profile, &tx_key, &rx_key, &on_rtp, &on_rtcp)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOiy*y*OO|$p:open_leg", names, &fd, &remote,
+                                     &profile, &tx_key, &rx_key, &on_rtp, &on_rtcp,
+                                     &want_connect)) {
         return NULL;
     }
     LegObject *leg = NULL;
@@ -924,6 +933,7 @@ static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *k
     memset(&leg->rx, 0, sizeof leg->rx);
     leg->open = 0;
     leg->in_table = 0;
+    leg->connected = 0;
     leg->rtcp_ssrc = 0;
     leg->binding_count = 0;
     leg->rtp_received = leg->rtcp_received = leg->sent = 0;
@@ -949,6 +959,13 @@ static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *k
         Py_CLEAR(leg);
         goto done;
     }
+    if (sock->connected && !same_address(&sock->peer, &leg->remote)
+        && !(want_connect && sock->legs.count == 0)) {
+        PyErr_SetString(PyExc_ValueError, "the socket is connected to another address: "
+                        "it serves one participant (open_leg(connect=True))");
+        Py_CLEAR(leg);
+        goto done;
+    }
     LegObject *previous = table_find(&sock->legs, &leg->remote);
     if (previous != NULL) {
         /* The newest handshake from an address wins: what comes from there now is
@@ -962,6 +979,18 @@ static PyObject *Engine_open_leg(EngineObject *self, PyObject *args, PyObject *k
         goto done;
     }
     leg->open = 1;
+    /* A socket of the leg's own (not a shared port's): connected, the kernel
+     * looks the route up once instead of per datagram (docs/native.md). What
+     * comes from elsewhere is no longer delivered: ICE has selected its pair.
+     * If the kernel refuses, the leg sends naming the address, as before. */
+    int connected_here = sock->connected && same_address(&sock->peer, &leg->remote);
+    if (want_connect && sock->legs.count == 1 && !connected_here
+        && connect(fd, (struct sockaddr *)&leg->remote, leg->remote_len) == 0) {
+        sock->connected = 1;
+        sock->peer = leg->remote;
+        connected_here = 1;
+    }
+    leg->connected = connected_here;
 done:
     PyBuffer_Release(&tx_key);
     PyBuffer_Release(&rx_key);
@@ -1140,9 +1169,10 @@ static PyMethodDef Engine_methods[] = {
     {"sendto", (PyCFunction)Engine_sendto, METH_VARARGS,
      "sendto(fd, data, addr) -> bool: one datagram as it is (STUN, DTLS)."},
     {"open_leg", (PyCFunction)(void (*)(void))Engine_open_leg, METH_VARARGS | METH_KEYWORDS,
-     "open_leg(fd, remote, profile, tx_key, rx_key, on_rtp, on_rtcp) -> Leg: SRTP on the "
-     "socket from now on, with the remote address ICE selected (a leg the address had is "
-     "closed: legs_replaced)."},
+     "open_leg(fd, remote, profile, tx_key, rx_key, on_rtp, on_rtcp, *, connect=False) -> "
+     "Leg: SRTP on the socket from now on, with the remote address ICE selected (a leg the "
+     "address had is closed: legs_replaced); connect: connect the socket to that address "
+     "when it holds no other leg (sends skip the route lookup)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1232,6 +1262,12 @@ static PyObject *Leg_get_remote(LegObject *self, void *closure)
 {
     (void)closure;
     return address_tuple(&self->remote);
+}
+
+static PyObject *Leg_get_connected(LegObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->connected);
 }
 
 static PyObject *Leg_get_open(LegObject *self, void *closure)
@@ -1456,6 +1492,8 @@ static PyGetSetDef Leg_getset[] = {
     {"bound", (getter)Leg_get_bound, NULL, "the SSRCs bound, in no order", NULL},
     {"remote", (getter)Leg_get_remote, NULL, NULL, NULL},
     {"open", (getter)Leg_get_open, NULL, NULL, NULL},
+    {"connected", (getter)Leg_get_connected, NULL,
+     "its socket is connected to the remote address (open_leg(connect=True))", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

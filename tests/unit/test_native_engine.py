@@ -343,3 +343,53 @@ async def test_a_new_leg_on_an_address_closes_the_one_before(pair: Pair) -> None
     pair.peer.sendto(old_sender.protect(rtp(2)), pair.ours_address)  # the old keys: refused
     await until(lambda: engine.dropped["srtp"] == 1)
     assert pair.recorder.rtp == [rtp(1)]
+
+
+async def test_a_leg_on_a_socket_of_its_own_connects_it(pair: Pair) -> None:
+    """open_leg(connect=True): the socket is connected to the participant (the
+    kernel routes once, not per datagram), so its media still flows both ways,
+    aioice's sends that name an address still leave, and a stranger's datagrams
+    are no longer delivered. The socket keeps its port and stays connected (undoing
+    it would unbind a port-0 socket), so a leg from elsewhere is refused on it while
+    the first is open and takes it over after."""
+    tx, rx, their_tx, their_rx = srtp_pair()
+    port = pair.ours_address
+    leg = pair.engine.open_leg(
+        pair.ours.fileno(), pair.peer_address, PROFILE, tx, rx,
+        pair.recorder.rtp.append, pair.recorder.rtcp.append, connect=True,
+    )  # fmt: skip
+    assert leg.connected
+    assert pair.ours.getpeername() == pair.peer_address
+    assert leg.send(rtp(7, ssrc=0xABCD))
+    assert pair.engine.sendto(pair.ours.fileno(), b"consent", pair.peer_address)
+    await until(lambda: _readable(pair.peer))
+    assert their_rx.unprotect(pair.peer.recv(2048)) == rtp(7, ssrc=0xABCD)
+    await until(lambda: _readable(pair.peer))
+    assert pair.peer.recv(2048) == b"consent"
+
+    stranger = udp_socket()
+    try:
+        assert pair.engine.sendto(pair.ours.fileno(), b"to elsewhere", stranger.getsockname())
+        await until(lambda: _readable(stranger))
+        assert stranger.recvfrom(2048) == (b"to elsewhere", port)
+        stranger.sendto(b"\x00\x01\x00\x00stranger", port)
+        pair.peer.sendto(their_tx.protect(rtp(1)), port)
+        await until(lambda: len(pair.recorder.rtp) == 1)
+        await asyncio.sleep(0.05)
+        assert pair.recorder.datagrams == []  # filtered by the kernel
+
+        with pytest.raises(ValueError, match="connected to another address"):
+            pair.engine.open_leg(pair.ours.fileno(), stranger.getsockname(), PROFILE, tx, rx,
+                                 print, print, connect=True)  # fmt: skip
+        assert leg.open and leg.connected
+        leg.close()
+        again = pair.engine.open_leg(pair.ours.fileno(), stranger.getsockname(), PROFILE, tx,
+                                     rx, print, print, connect=True)  # fmt: skip
+        assert again.connected and pair.ours.getpeername() == stranger.getsockname()
+        assert pair.ours_address == port
+        with pytest.raises(ValueError, match="connected to another address"):
+            pair.engine.open_leg(pair.ours.fileno(), pair.peer_address, PROFILE, tx, rx,
+                                 print, print)  # fmt: skip
+        again.close()
+    finally:
+        stranger.close()

@@ -69,6 +69,8 @@ async def test_a_leg_handshakes_through_the_engine_and_then_the_engine_does_srtp
         assert isinstance(transport, NativeTransport)
         (leg,) = legs
         assert leg is not None and leg.open
+        # The socket is the participant's alone: connected to the selected address.
+        assert leg.connected and transport.sock.getpeername() == leg.remote
         assert sockets.engine.upcalls > 0  # ICE and DTLS went up to Python
 
         # What the client's aiortc sends arrives unprotected by the engine.

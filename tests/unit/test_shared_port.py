@@ -168,6 +168,7 @@ async def test_connections_share_one_port_and_each_gets_its_own_media(
         assert [ssrcs(i) for i in range(3)] == [{ssrc} for ssrc in expected]
         if native is not None:
             assert all(leg is not None and leg.open for leg in ends.legs)
+            assert not any(leg is not None and leg.connected for leg in ends.legs)
             assert native.engine.dropped["srtp"] == 0
 
         # A datagram from an address that no connection owns reaches none of them.
