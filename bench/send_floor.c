@@ -6,6 +6,8 @@
  *   C  1 sender socket, sendmmsg with 200 messages (one per receiver)
  *   D  1 sender socket, sendmmsg with 32 messages to one receiver
  *      (the receiver changes from call to call, so all 200 are fed alike)
+ *   E  as A, each sender socket connect()ed to its receiver: no address per
+ *      message, the route kept by the socket (the native engine's legs)
  *
  * 200 receiver sockets on 127.0.0.1 are drained by a forked child (epoll +
  * recvmmsg). The sender never runs more than WINDOW datagrams ahead of what
@@ -130,8 +132,8 @@ static void receive(const int *fds, int stop, int out, volatile unsigned long *r
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 || strlen(argv[1]) != 1 || strchr("ABCD", argv[1][0]) == NULL) {
-        fprintf(stderr, "usage: %s A|B|C|D DATAGRAMS MAX_SECONDS\n", argv[0]);
+    if (argc != 4 || strlen(argv[1]) != 1 || strchr("ABCDE", argv[1][0]) == NULL) {
+        fprintf(stderr, "usage: %s A|B|C|D|E DATAGRAMS MAX_SECONDS\n", argv[0]);
         return 2;
     }
     char pattern = argv[1][0];
@@ -147,11 +149,14 @@ int main(int argc, char **argv)
             setsockopt(rx[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
         }
     }
-    int senders = pattern == 'A' || pattern == 'B' ? PEERS : 1;
+    int senders = pattern == 'A' || pattern == 'B' || pattern == 'E' ? PEERS : 1;
     int tx[PEERS];
     for (int i = 0; i < senders; i++) {
         struct sockaddr_in unused;
         tx[i] = udp_socket(&unused);
+        if (pattern == 'E' && connect(tx[i], (struct sockaddr *)&rx_addr[i], sizeof rx_addr[i]) < 0) {
+            die("connect");
+        }
     }
 
     volatile unsigned long *received = mmap(NULL, sizeof *received, PROT_READ | PROT_WRITE,
@@ -187,6 +192,12 @@ int main(int argc, char **argv)
                                                .msg_iov = &iov,
                                                .msg_iovlen = 1}};
     }
+    struct mmsghdr unnamed[PEERS]; /* pattern E: the socket is connected */
+    for (int i = 0; i < PEERS; i++) {
+        unnamed[i] = msgs[i];
+        unnamed[i].msg_hdr.msg_name = NULL;
+        unnamed[i].msg_hdr.msg_namelen = 0;
+    }
     struct mmsghdr batch[BATCH_D];
     for (int i = 0; i < BATCH_D; i++) {
         batch[i] = msgs[0];
@@ -218,6 +229,9 @@ int main(int argc, char **argv)
             break;
         case 'C':
             n = sendmmsg(tx[0], msgs, PEERS, MSG_DONTWAIT);
+            break;
+        case 'E':
+            n = sendmmsg(tx[peer], &unnamed[peer], 1, MSG_DONTWAIT);
             break;
         default:
             for (int i = 0; i < BATCH_D; i++) {

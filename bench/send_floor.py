@@ -2,7 +2,8 @@
 
 Why: the native relay forwards each incoming packet to N subscribers, each behind
 its own relay socket (one per participant, as aioice does), so it makes one
-`sendmmsg` per subscriber socket carrying one message. This measures what the
+`sendmmsg` per subscriber socket carrying one message (connected to the
+subscriber since pattern E was measured). This measures what the
 kernel alone charges per datagram in that pattern and in the alternatives, to
 tell how cheap a relay's per-delivered-packet cost could ever be:
 
@@ -10,6 +11,8 @@ tell how cheap a relay's per-delivered-packet cost could ever be:
   B  the same with sendto()
   C  1 sender socket, one sendmmsg carrying 200 messages, one per receiver
   D  1 sender socket, sendmmsg with 32 messages to one receiver per call
+  E  as A, each sender socket connected to its receiver (no address per message;
+     what the native engine does with a participant's own socket)
 
 The work is done by bench/send_floor.c, compiled here with `cc -O2` into a temp
 dir. A forked child drains the 200 receiver sockets (epoll + recvmmsg) and the
@@ -38,6 +41,7 @@ PATTERNS = {
     "B": "per-socket sendto",
     "C": "shared sendmmsg x200",
     "D": "shared sendmmsg x32",
+    "E": "connected sendmmsg x1",
 }
 
 
