@@ -368,8 +368,8 @@ def drain(sock: socket.socket) -> int:
 
 class EngineHarness:
     """One engine: socket A with the publisher's leg (its peer P), socket B with a
-    subscriber's leg (peer Q), a stranger S; the publisher's SSRCs bound to tracks
-    whose subscribers mostly sit on leg B. Socket A is also a shared port: the
+    subscriber's leg (peer Q, B connected to it), a stranger S; the publisher's
+    SSRCs bound to tracks whose subscribers mostly sit on leg B. Socket A is also a shared port: the
     legs of EXTRA_PEERS more peers come and go on it (the engine's table of legs
     by address grows, and loses entries in every order)."""
 
@@ -389,8 +389,10 @@ class EngineHarness:
         for ours, peer in zip(self.ours, self.peers, strict=True):
             self.engine.add_socket(ours.fileno(), self.recorder)
             tx, rx = rng.randbytes(length), rng.randbytes(length)
+            # B is the subscriber's own socket: connected, as the relay's are (A is shared)
             leg = self.engine.open_leg(ours.fileno(), peer.getsockname(), self.profile, tx, rx,
-                                       self.recorder.on_rtp, self.recorder.on_rtcp)  # fmt: skip
+                                       self.recorder.on_rtp, self.recorder.on_rtcp,
+                                       connect=ours is self.ours[1])  # fmt: skip
             self.legs.append(leg)
             self.senders.append(_native.Session(self.profile, rx, True))  # the peer's side
         self.length = length
