@@ -30,6 +30,7 @@ class NativeSockets:
 
     def __init__(self) -> None:
         self.engine = _native.Engine()
+        self._watched = False
 
     def endpoint(self, sock: socket.socket, make: Callable[[], P]) -> P:
         """Serve a protocol `make` makes from the bound, non-blocking `sock`, as
@@ -38,8 +39,11 @@ class NativeSockets:
         protocol = make()
         transport = NativeTransport(self, sock, protocol)
         self.engine.add_socket(sock.fileno(), protocol)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(sock.fileno(), self.engine.readable, sock.fileno())
+        if not self._watched:  # the loop watches the engine's epoll, never a socket:
+            # uvloop drops the reader of a socket that reports an error (an ICMP
+            # port unreachable on a connected one), and this descriptor never does
+            asyncio.get_running_loop().add_reader(self.engine.fileno, self.engine.poll)
+            self._watched = True
         protocol.connection_made(transport)
         return protocol
 
@@ -78,11 +82,9 @@ class NativeTransport(asyncio.DatagramTransport):
         if self._closing:
             return
         self._closing = True
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self.fd)
         self.sockets.engine.remove_socket(self.fd)
         self.sock.close()
-        loop.call_soon(self._protocol.connection_lost, None)
+        asyncio.get_running_loop().call_soon(self._protocol.connection_lost, None)
 
     def abort(self) -> None:
         self.close()

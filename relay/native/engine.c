@@ -3,9 +3,10 @@
  * to Python.
  *
  * Python owns each socket (it binds it, conclave/ice.py) and registers it
- * here with the aioice protocol that answers ICE. The event loop calls
- * Engine.readable(fd) when the socket is readable; that drains it with
- * recvmmsg, a batch per system call:
+ * here with the aioice protocol that answers ICE. The engine watches its
+ * sockets with an epoll descriptor of its own (Engine.fileno), and the event
+ * loop calls Engine.poll() when that is readable; each ready socket is drained
+ * with recvmmsg, a batch per system call:
  *
  *   - SRTP/SRTCP (first byte 128-191) from a keyed leg's remote address is
  *     unprotected here; RTCP goes up to the leg's on_rtcp, RTP to its on_rtp;
@@ -31,8 +32,10 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "forward.h"
 #include "module.h"
@@ -114,6 +117,7 @@ typedef struct {
     int to_flush_count;
     int to_flush_size;
     int receiving;              /* >0 while readable() runs: sends are queued */
+    int epoll_fd;               /* every registered socket; the loop watches only this */
     /* the receive batch, shared by every socket */
     struct mmsghdr in[BATCH];
     struct iovec in_iov[BATCH];
@@ -731,16 +735,10 @@ static SocketObject *socket_of(EngineObject *engine, int fd)
     return engine->by_fd[fd];
 }
 
-static PyObject *Engine_readable(EngineObject *self, PyObject *arg)
+/* Drain one socket in batches (its budget spent, or nothing left to read). */
+static void read_socket(EngineObject *self, SocketObject *sock)
 {
-    int fd = as_fd(arg);
-    if (fd < 0) {
-        return NULL;
-    }
-    SocketObject *sock = socket_of(self, fd);
-    if (sock == NULL) {
-        Py_RETURN_NONE; /* removed since the loop saw it readable */
-    }
+    int fd = sock->fd;
     Py_INCREF(sock);
     self->receiving++;
     int budget = READ_BUDGET;
@@ -760,7 +758,13 @@ static PyObject *Engine_readable(EngineObject *self, PyObject *arg)
             if (errno == EINTR) {
                 continue;
             }
-            break; /* EAGAIN: drained; or an ICMP error reported: nothing to read */
+            /* EAGAIN: drained. Or the error an ICMP message left on a connected
+             * socket (ECONNREFUSED): reading it clears it, so read on. */
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                break;
+            }
+            budget--;
+            continue;
         }
         if (got == 0) {
             break;
@@ -783,7 +787,51 @@ static PyObject *Engine_readable(EngineObject *self, PyObject *arg)
         flush_all(self);
     }
     Py_DECREF(sock);
+}
+
+static PyObject *Engine_readable(EngineObject *self, PyObject *arg)
+{
+    int fd = as_fd(arg);
+    if (fd < 0) {
+        return NULL;
+    }
+    SocketObject *sock = socket_of(self, fd);
+    if (sock != NULL) { /* else removed since the loop saw it readable */
+        read_socket(self, sock);
+    }
     Py_RETURN_NONE;
+}
+
+/* The loop watches the engine's epoll descriptor, never a socket: an epoll
+ * descriptor is only ever readable, where a socket with an error pending (an
+ * ICMP port unreachable on a connected socket) makes uvloop drop its reader.
+ * Every socket ready now is drained, and the queues flushed once at the end. */
+static PyObject *Engine_poll(EngineObject *self, PyObject *unused)
+{
+    (void)unused;
+    struct epoll_event events[64];
+    int ready = epoll_wait(self->epoll_fd, events, 64, 0);
+    if (ready <= 0) {
+        Py_RETURN_NONE; /* EINTR, or taken by an earlier call */
+    }
+    self->receiving++;
+    for (int i = 0; i < ready; i++) {
+        SocketObject *sock = socket_of(self, events[i].data.fd);
+        if (sock != NULL) { /* else removed by an upcall of this call */
+            read_socket(self, sock);
+        }
+    }
+    self->receiving--;
+    if (self->receiving == 0) {
+        flush_all(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_get_fileno(EngineObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(self->epoll_fd);
 }
 
 /* --- Engine: sockets ------------------------------------------------------ */
@@ -825,6 +873,12 @@ static PyObject *Engine_add_socket(EngineObject *self, PyObject *args)
     sock->dirty = 0;
     Py_INCREF(protocol);
     sock->protocol = protocol;
+    struct epoll_event watch = {.events = EPOLLIN, .data.fd = fd};
+    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, fd, &watch) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(sock);
+        return NULL;
+    }
     self->by_fd[fd] = sock;
     Py_RETURN_NONE;
 }
@@ -859,6 +913,7 @@ static PyObject *Engine_remove_socket(EngineObject *self, PyObject *arg)
         Py_RETURN_NONE;
     }
     self->by_fd[fd] = NULL;
+    (void)epoll_ctl(self->epoll_fd, EPOLL_CTL_DEL, fd, NULL); /* before Python closes it */
     sock->open = 0; /* a batch still holding it stops; its queue is not sent */
     release_legs(sock);
     Py_DECREF(sock);
@@ -1044,7 +1099,16 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         return NULL;
     }
     EngineObject *self = (EngineObject *)type->tp_alloc(type, 0);
-    return (PyObject *)self; /* tp_alloc zeroes: no sockets, no counts */
+    if (self == NULL) {
+        return NULL; /* tp_alloc zeroes the rest: no sockets, no counts */
+    }
+    self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epoll_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
 }
 
 static void Engine_dealloc(EngineObject *self)
@@ -1062,6 +1126,9 @@ static void Engine_dealloc(EngineObject *self)
         Py_DECREF(self->to_flush[i]);
     }
     PyMem_Free(self->to_flush);
+    if (self->epoll_fd >= 0) {
+        close(self->epoll_fd);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1164,8 +1231,11 @@ static PyMethodDef Engine_methods[] = {
      "protocol.datagram_received(data, addr)."},
     {"remove_socket", (PyCFunction)Engine_remove_socket, METH_O,
      "remove_socket(fd): forget the socket and close its leg (the fd stays open)."},
+    {"poll", (PyCFunction)Engine_poll, METH_NOARGS,
+     "poll(): drain every registered socket that is ready (the loop calls it when "
+     "fileno is readable)."},
     {"readable", (PyCFunction)Engine_readable, METH_O,
-     "readable(fd): drain the socket (the event loop's reader callback)."},
+     "readable(fd): drain one socket now (poll does it for every ready one)."},
     {"sendto", (PyCFunction)Engine_sendto, METH_VARARGS,
      "sendto(fd, data, addr) -> bool: one datagram as it is (STUN, DTLS)."},
     {"open_leg", (PyCFunction)(void (*)(void))Engine_open_leg, METH_VARARGS | METH_KEYWORDS,
@@ -1192,6 +1262,8 @@ static PyMemberDef Engine_members[] = {
 };
 
 static PyGetSetDef Engine_getset[] = {
+    {"fileno", (getter)Engine_get_fileno, NULL,
+     "the epoll descriptor of every registered socket: what the loop watches", NULL},
     {"dropped", (getter)Engine_dropped, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

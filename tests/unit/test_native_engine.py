@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -68,11 +69,11 @@ async def pair() -> AsyncIterator[Pair]:
     recorder = Recorder()
     engine.add_socket(ours.fileno(), recorder)
     loop = asyncio.get_running_loop()
-    loop.add_reader(ours.fileno(), engine.readable, ours.fileno())
+    loop.add_reader(engine.fileno, engine.poll)  # as relay/native_io.py does
     try:
         yield Pair(engine, ours, peer, recorder)
     finally:
-        loop.remove_reader(ours.fileno())
+        loop.remove_reader(engine.fileno)
         engine.remove_socket(ours.fileno())
         ours.close()
         peer.close()
@@ -393,3 +394,35 @@ async def test_a_leg_on_a_socket_of_its_own_connects_it(pair: Pair) -> None:
         again.close()
     finally:
         stranger.close()
+
+
+async def test_a_connected_leg_whose_participant_vanished_harms_nothing(pair: Pair) -> None:
+    """On a connected socket the kernel reports the ICMP port-unreachable that a
+    send to a closed port brings back, to the next read (nothing to read) or the
+    next send (that datagram counted send_error). Neither raises nor keeps the loop
+    busy, and a participant that comes back on that address is heard again."""
+    tx, rx, their_tx, _ = srtp_pair()
+    leg = pair.engine.open_leg(
+        pair.ours.fileno(), pair.peer_address, PROFILE, tx, rx,
+        pair.recorder.rtp.append, pair.recorder.rtcp.append, connect=True,
+    )  # fmt: skip
+    address = pair.peer_address
+    pair.peer.close()
+    for sequence in range(20):
+        leg.send(rtp(sequence, ssrc=0xABCD))  # each send flushes: nothing is being read
+        await asyncio.sleep(0.005)
+    assert leg.open and leg.sent == 20
+    assert pair.engine.dropped["send_error"] < 20  # most errors went to reads
+    cpu = time.process_time()
+    await asyncio.sleep(0.3)
+    assert time.process_time() - cpu < 0.15  # no readiness left spinning
+
+    back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pair.peer = back  # the fixture closes it
+    try:
+        back.bind(address)
+    except OSError as exc:
+        pytest.skip(f"the vanished participant's port was taken in between: {exc}")
+    back.sendto(their_tx.protect(rtp(1)), pair.ours_address)
+    await until(lambda: len(pair.recorder.rtp) == 1)
+    assert pair.recorder.rtp == [rtp(1)]
