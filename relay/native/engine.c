@@ -43,7 +43,8 @@
 #include "srtp.h"
 
 #define BATCH 32           /* datagrams per recvmmsg / sendmmsg call */
-#define READ_BUDGET 512    /* datagrams per readable() call: the loop has others */
+#define READ_BUDGET 512    /* datagrams read from one socket per drain: the loop has others */
+#define POLL_EVENTS 64     /* ready sockets one poll() call takes */
 #define SLOT_SIZE NATIVE_SRTP_BUFFER_SIZE
 
 /* What a datagram that is dropped here was; indexes of Engine.dropped. */
@@ -116,7 +117,7 @@ typedef struct {
     SocketObject **to_flush;    /* sockets with queued messages (dirty) */
     int to_flush_count;
     int to_flush_size;
-    int receiving;              /* >0 while readable() runs: sends are queued */
+    int receiving;              /* >0 while poll() or readable() runs: sends are queued */
     int epoll_fd;               /* every registered socket; the loop watches only this */
     /* the receive batch, shared by every socket */
     struct mmsghdr in[BATCH];
@@ -809,8 +810,8 @@ static PyObject *Engine_readable(EngineObject *self, PyObject *arg)
 static PyObject *Engine_poll(EngineObject *self, PyObject *unused)
 {
     (void)unused;
-    struct epoll_event events[64];
-    int ready = epoll_wait(self->epoll_fd, events, 64, 0);
+    struct epoll_event events[POLL_EVENTS];
+    int ready = epoll_wait(self->epoll_fd, events, POLL_EVENTS, 0);
     if (ready <= 0) {
         Py_RETURN_NONE; /* EINTR, or taken by an earlier call */
     }
@@ -1098,9 +1099,10 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         }
         return NULL;
     }
-    EngineObject *self = (EngineObject *)type->tp_alloc(type, 0);
+    EngineObject *self = (EngineObject *)type->tp_alloc(type, 0); /* zeroed: no sockets,
+                                                                     no counts */
     if (self == NULL) {
-        return NULL; /* tp_alloc zeroes the rest: no sockets, no counts */
+        return NULL;
     }
     self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (self->epoll_fd < 0) {
