@@ -86,6 +86,7 @@ export class Meeting {
       },
     });
     this.conn = conn;
+    this.changed(); // the page's hooks name the new relay before the old connection closes
     conn.open();
   }
 
