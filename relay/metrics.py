@@ -215,6 +215,27 @@ NATIVE_DIRECTIONS = ("received", "sent")
 NATIVE_DROP_REASONS = ("srtp", "send_full", "send_error", "too_large", "protect")
 
 
+# The engine's unlabelled counters: (metric, help, Engine attribute).
+NATIVE_COUNTERS = (
+    ("conclave_native_datagrams_segmented",
+     "Sent datagrams that left in runs of one size as one UDP GSO send (UDP_SEGMENT)",
+     "datagrams_segmented"),
+    ("conclave_native_segment_refused",
+     "Sockets on which the kernel refused UDP GSO; they send datagram by datagram since",
+     "segment_refused"),
+    ("conclave_native_upcalls",
+     "Datagrams and packets the native engine handed up to Python",
+     "upcalls"),
+    ("conclave_native_forwarded",
+     "RTP packets the native engine rewrote, protected and sent to subscribers' legs",
+     "rtp_forwarded"),
+    ("conclave_native_legs_replaced",
+     "Participant legs closed because a newer one was keyed on their address "
+     "(a shared port; the kernel or a NAT gave a departed participant's port to another)",
+     "legs_replaced"),
+)  # fmt: skip
+
+
 class NativeCollector(Collector):
     """The engine's counters as metric families, read at each scrape."""
 
@@ -230,18 +251,8 @@ class NativeCollector(Collector):
         datagrams.add_metric(["received"], self.engine.datagrams_received)
         datagrams.add_metric(["sent"], self.engine.datagrams_sent)
         yield datagrams
-        upcalls = CounterMetricFamily(
-            "conclave_native_upcalls",
-            "Datagrams and packets the native engine handed up to Python",
-        )
-        upcalls.add_metric([], self.engine.upcalls)
-        yield upcalls
-        forwarded = CounterMetricFamily(
-            "conclave_native_forwarded",
-            "RTP packets the native engine rewrote, protected and sent to subscribers' legs",
-        )
-        forwarded.add_metric([], self.engine.rtp_forwarded)
-        yield forwarded
+        for name, help_text, attribute in NATIVE_COUNTERS:
+            yield CounterMetricFamily(name, help_text, value=getattr(self.engine, attribute))
         dropped = CounterMetricFamily(
             "conclave_native_dropped",
             "Datagrams the native engine dropped, by reason",
@@ -251,13 +262,6 @@ class NativeCollector(Collector):
         for reason in NATIVE_DROP_REASONS:
             dropped.add_metric([reason], counts.get(reason, 0))
         yield dropped
-        replaced = CounterMetricFamily(
-            "conclave_native_legs_replaced",
-            "Participant legs closed because a newer one was keyed on their address "
-            "(a shared port; the kernel or a NAT gave a departed participant's port to another)",
-        )
-        replaced.add_metric([], self.engine.legs_replaced)
-        yield replaced
 
 
 class SharedPortCollector(Collector):

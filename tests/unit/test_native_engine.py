@@ -426,3 +426,77 @@ async def test_a_connected_leg_whose_participant_vanished_harms_nothing(pair: Pa
     back.sendto(their_tx.protect(rtp(1)), pair.ours_address)
     await until(lambda: len(pair.recorder.rtp) == 1)
     assert pair.recorder.rtp == [rtp(1)]
+
+
+# What a leg sends within one batch: a video frame's packets (one size, the last
+# shorter), another frame, a larger packet, and a report. On a connected socket
+# the runs [0..4], [5, 6] and [7, the report] (shorter, so it may end the run)
+# leave as one UDP GSO send each.
+FRAME_SIZES = [1000, 1000, 1000, 1000, 600, 1000, 1000, 1200]
+SEGMENTED_PER_BATCH = 9
+SO_NO_CHECK = 11  # linux/socket.h; not in Python's socket module
+
+
+async def send_batches(batches: int, *, segment: bool, no_check: bool = False) -> _native.Engine:
+    """A connected leg sends `FRAME_SIZES` and a report from inside each receive
+    batch (from a handler of its own RTP, as a forwarded packet is sent); the
+    participant must receive every datagram alone, in order, intact. Returns the
+    engine, for its counters."""
+    engine = _native.Engine(segment=segment)
+    ours, peer = udp_socket(), udp_socket()
+    if no_check:
+        ours.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    tx, rx, their_tx, their_rx = srtp_pair()
+    engine.add_socket(ours.fileno(), Recorder())
+    batch: list[bytes] = []
+
+    def echo(packet: bytes) -> None:
+        for each in batch:
+            assert leg.send(each)
+        assert leg.send(rtcp_rr(0xABCD))
+
+    leg = engine.open_leg(ours.fileno(), peer.getsockname(), PROFILE, tx, rx, echo, print,
+                          connect=True)  # fmt: skip
+    try:
+        for number in range(batches):
+            batch[:] = [rtp(100 * number + seq, ssrc=0xABCD, payload=bytes([seq]) * size)
+                        for seq, size in enumerate(FRAME_SIZES)]  # fmt: skip
+            peer.sendto(their_tx.protect(rtp(number)), ours.getsockname())
+            await until(lambda: _readable(ours))
+            engine.readable(ours.fileno())
+            received: list[bytes] = []
+            async with asyncio.timeout(2):
+                while len(received) < len(batch) + 1:
+                    if _readable(peer):
+                        received.append(peer.recv(2048))
+                    else:
+                        await asyncio.sleep(0.005)
+            assert [their_rx.unprotect(each) for each in received[:-1]] == batch
+            assert their_rx.unprotect_rtcp(received[-1]) == rtcp_rr(0xABCD)
+        assert engine.datagrams_sent == batches * (len(FRAME_SIZES) + 1)
+        return engine
+    finally:
+        leg.close()
+        engine.remove_socket(ours.fileno())
+        ours.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("segment", [True, False])
+async def test_a_frame_to_a_connected_participant_leaves_in_one_segmented_send(
+    segment: bool,
+) -> None:
+    """UDP GSO (UDP_SEGMENT): a run of one size, its last possibly shorter, is one
+    message to the kernel; the participant still receives every datagram alone,
+    in order. Engine(segment=False) sends them one by one."""
+    engine = await send_batches(2, segment=segment)
+    assert engine.datagrams_segmented == (2 * SEGMENTED_PER_BATCH if segment else 0)
+    assert engine.segment_refused == 0
+
+
+async def test_a_socket_whose_route_refuses_segments_sends_them_one_by_one() -> None:
+    """A route without checksum offload (here: SO_NO_CHECK on the socket, which
+    the kernel's UDP GSO refuses) gets every datagram all the same, and the socket
+    stops trying: one refusal, counted, however many batches follow."""
+    engine = await send_batches(3, segment=True, no_check=True)
+    assert (engine.datagrams_segmented, engine.segment_refused) == (0, 1)
