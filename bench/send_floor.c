@@ -8,6 +8,9 @@
  *      (the receiver changes from call to call, so all 200 are fed alike)
  *   E  as A, each sender socket connect()ed to its receiver: no address per
  *      message, the route kept by the socket (the native engine's legs)
+ *   G  as E with send(): one datagram, no message header to copy in
+ *   F  as E, one message of SEGMENTS datagrams with UDP_SEGMENT (UDP GSO) per
+ *      call: a video frame's packets to one subscriber, as the engine sends them
  *
  * 200 receiver sockets on 127.0.0.1 are drained by a forked child (epoll +
  * recvmmsg). The sender never runs more than WINDOW datagrams ahead of what
@@ -21,6 +24,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +42,10 @@
 #define BATCH_D 32
 #define RECV_BATCH 64
 #define WINDOW (32 * PEERS)   /* datagrams in flight, about 32 per receiver */
+#define SEGMENTS 4            /* pattern F: datagrams per UDP GSO message */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
 #define RCVBUF (4 << 20)
 
 static void die(const char *what)
@@ -132,8 +140,8 @@ static void receive(const int *fds, int stop, int out, volatile unsigned long *r
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 || strlen(argv[1]) != 1 || strchr("ABCDE", argv[1][0]) == NULL) {
-        fprintf(stderr, "usage: %s A|B|C|D|E DATAGRAMS MAX_SECONDS\n", argv[0]);
+    if (argc != 4 || strlen(argv[1]) != 1 || strchr("ABCDEFG", argv[1][0]) == NULL) {
+        fprintf(stderr, "usage: %s A|B|C|D|E|F|G DATAGRAMS MAX_SECONDS\n", argv[0]);
         return 2;
     }
     char pattern = argv[1][0];
@@ -149,12 +157,13 @@ int main(int argc, char **argv)
             setsockopt(rx[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
         }
     }
-    int senders = pattern == 'A' || pattern == 'B' || pattern == 'E' ? PEERS : 1;
+    int connected = pattern == 'E' || pattern == 'F' || pattern == 'G';
+    int senders = pattern == 'A' || pattern == 'B' || connected ? PEERS : 1;
     int tx[PEERS];
     for (int i = 0; i < senders; i++) {
         struct sockaddr_in unused;
         tx[i] = udp_socket(&unused);
-        if (pattern == 'E' && connect(tx[i], (struct sockaddr *)&rx_addr[i], sizeof rx_addr[i]) < 0) {
+        if (connected && connect(tx[i], (struct sockaddr *)&rx_addr[i], sizeof rx_addr[i]) < 0) {
             die("connect");
         }
     }
@@ -198,6 +207,24 @@ int main(int argc, char **argv)
         unnamed[i].msg_hdr.msg_name = NULL;
         unnamed[i].msg_hdr.msg_namelen = 0;
     }
+    /* pattern F: SEGMENTS copies of the payload in one message, cut by the kernel */
+    struct iovec segments[SEGMENTS];
+    for (int i = 0; i < SEGMENTS; i++) {
+        segments[i] = iov;
+    }
+    union {
+        char bytes[CMSG_SPACE(sizeof(uint16_t))];
+        size_t align;
+    } control;
+    struct msghdr segmented = {.msg_iov = segments, .msg_iovlen = SEGMENTS,
+                               .msg_control = control.bytes,
+                               .msg_controllen = sizeof control.bytes};
+    struct cmsghdr *header = CMSG_FIRSTHDR(&segmented);
+    header->cmsg_level = SOL_UDP;
+    header->cmsg_type = UDP_SEGMENT;
+    header->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t segment_size = SIZE;
+    memcpy(CMSG_DATA(header), &segment_size, sizeof segment_size);
     struct mmsghdr batch[BATCH_D];
     for (int i = 0; i < BATCH_D; i++) {
         batch[i] = msgs[0];
@@ -232,6 +259,12 @@ int main(int argc, char **argv)
             break;
         case 'E':
             n = sendmmsg(tx[peer], &unnamed[peer], 1, MSG_DONTWAIT);
+            break;
+        case 'G':
+            n = send(tx[peer], payload, SIZE, MSG_DONTWAIT) == SIZE ? 1 : -1;
+            break;
+        case 'F':
+            n = sendmsg(tx[peer], &segmented, MSG_DONTWAIT) == SEGMENTS * SIZE ? SEGMENTS : -1;
             break;
         default:
             for (int i = 0; i < BATCH_D; i++) {
