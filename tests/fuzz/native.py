@@ -605,6 +605,7 @@ class Fuzzer:
         counts["engine_upcalls"] += rec.datagrams + rec.rtp + rec.rtcp
         counts["engine_datagrams"] += harness.engine.datagrams_received
         counts["engine_forwarded"] += harness.engine.rtp_forwarded
+        counts["engine_segmented"] += harness.engine.datagrams_segmented
         harness.close()
         self.engine = None
 
