@@ -539,8 +539,9 @@ static int send_runs(EngineObject *engine, SocketObject *sock)
                 (unsigned long long)(sock->queued - sock->run_first[start]);
             break;
         }
-        if (count > 1 && (errno == EIO || errno == EINVAL || errno == EMSGSIZE
-                          || errno == EOPNOTSUPP || errno == ENOPROTOOPT)) {
+        if (sent < 0 && count > 1
+            && (errno == EIO || errno == EINVAL || errno == EMSGSIZE || errno == EOPNOTSUPP
+                || errno == ENOPROTOOPT)) {
             sock->segment = 0;
             engine->segment_refused++;
             return sock->run_first[start];
