@@ -8,9 +8,9 @@
  *      (the receiver changes from call to call, so all 200 are fed alike)
  *   E  as A, each sender socket connect()ed to its receiver: no address per
  *      message, the route kept by the socket (the native engine's legs)
- *   G  as E with send(): one datagram, no message header to copy in
  *   F  as E, one message of SEGMENTS datagrams with UDP_SEGMENT (UDP GSO) per
  *      call: a video frame's packets to one subscriber, as the engine sends them
+ *   G  as E with send(): one datagram, no message header to copy in
  *
  * 200 receiver sockets on 127.0.0.1 are drained by a forked child (epoll +
  * recvmmsg). The sender never runs more than WINDOW datagrams ahead of what
@@ -260,11 +260,11 @@ int main(int argc, char **argv)
         case 'E':
             n = sendmmsg(tx[peer], &unnamed[peer], 1, MSG_DONTWAIT);
             break;
-        case 'G':
-            n = send(tx[peer], payload, SIZE, MSG_DONTWAIT) == SIZE ? 1 : -1;
-            break;
         case 'F':
             n = sendmsg(tx[peer], &segmented, MSG_DONTWAIT) == SEGMENTS * SIZE ? SEGMENTS : -1;
+            break;
+        case 'G':
+            n = send(tx[peer], payload, SIZE, MSG_DONTWAIT) == SIZE ? 1 : -1;
             break;
         default:
             for (int i = 0; i < BATCH_D; i++) {

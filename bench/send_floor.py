@@ -13,9 +13,9 @@ tell how cheap a relay's per-delivered-packet cost could ever be:
   D  1 sender socket, sendmmsg with 32 messages to one receiver per call
   E  as A, each sender socket connected to its receiver (no address per message;
      what the native engine does with a participant's own socket)
-  G  as E with send() (no message header for the kernel to copy in)
   F  as E, 4 datagrams per call in one UDP GSO message (UDP_SEGMENT): a video
      frame's packets to one subscriber, as the engine sends a run of one size
+  G  as E with send() (no message header for the kernel to copy in)
 
 The work is done by bench/send_floor.c, compiled here with `cc -O2` into a temp
 dir. A forked child drains the 200 receiver sockets (epoll + recvmmsg) and the
@@ -45,8 +45,8 @@ PATTERNS = {
     "C": "shared sendmmsg x200",
     "D": "shared sendmmsg x32",
     "E": "connected sendmmsg x1",
-    "G": "connected send",
     "F": "connected GSO x4",
+    "G": "connected send",
 }
 
 

@@ -1401,7 +1401,9 @@ static PyTypeObject EngineType = {
     .tp_name = "relay._native.Engine",
     .tp_basicsize = sizeof(EngineObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The relay's media sockets: batched I/O, SRTP, upcalls (docs/native.md).",
+    .tp_doc = "Engine(*, segment=True): the relay's media sockets: batched I/O, SRTP, upcalls; "
+              "segment: runs of one size on a connected socket leave as one UDP GSO send "
+              "(docs/native.md).",
     .tp_new = Engine_new,
     .tp_dealloc = (destructor)Engine_dealloc,
     .tp_methods = Engine_methods,

@@ -1,8 +1,9 @@
 """relay._native on real loopback sockets (docs/native.md, step 3): what is
 not media goes up to the protocol as an asyncio transport would deliver it, a keyed
 leg's SRTP is unprotected and its packets go up plain, what a leg sends arrives
-protected, many datagrams are taken in one readiness call, and garbage, forged or
-replayed SRTP is counted and dropped without harm."""
+protected, many datagrams are taken in one readiness call, a connected socket sends
+runs of one size as one UDP GSO message (and one by one where the kernel refuses),
+and garbage, forged or replayed SRTP is counted and dropped without harm."""
 
 from __future__ import annotations
 
