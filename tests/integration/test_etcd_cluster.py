@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -105,6 +106,31 @@ async def test_store_requests_go_on_when_a_member_is_killed(
             await asyncio.sleep(0.2)
         assert await store.get("/test/alive") == b"1"
         assert not lease.lost.is_set()
+    finally:
+        await lease.revoke()
+        await store.close()
+
+
+@pytest.mark.timeout(90)
+async def test_a_lease_outlives_a_member_that_stops_answering(cluster: EtcdCluster) -> None:
+    """Each member in turn is frozen (SIGSTOP: its connections stay open, nothing
+    answers) for longer than the lease's TTL. The keepalive stream that was on it
+    gets no answer; a new stream on another member must keep the lease."""
+    store = EtcdStore(cluster.endpoints)
+    await store.connect()
+    lease = await store.grant_lease(3)
+    await store.put("/test/kept", b"1", lease)
+    try:
+        for member in cluster.members:
+            assert member.process is not None
+            member.process.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(4.5)  # one and a half TTLs
+                assert not lease.lost.is_set()
+                assert await store.get("/test/kept") == b"1", "the lease expired"
+            finally:
+                member.process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(1)  # it catches up before the next one stops
     finally:
         await lease.revoke()
         await store.close()
