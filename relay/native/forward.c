@@ -1600,6 +1600,15 @@ static int track_forward(TrackObject *self, const uint8_t *data, size_t length, 
     size_t sent = 0;
     for (size_t i = 0; i < stream->receivers.count; i++) {
         SubscriberObject *sub = stream->receivers.items[i];
+        /* Fetch ahead what the next outputs read: with many subscribers each one's
+         * memory is cold by the time the packet reaches it. */
+        if (i + 2 < stream->receivers.count) {
+            SubscriberObject *later = stream->receivers.items[i + 2];
+            __builtin_prefetch(later);
+            __builtin_prefetch(&later->seq_offset);
+        }
+        if (i + 1 < stream->receivers.count && stream->receivers.items[i + 1]->leg != NULL)
+            __builtin_prefetch(stream->receivers.items[i + 1]->leg);
         uint16_t out_sequence = (uint16_t)(sequence + sub->seq_offset);
         const int8_t *map = sub->has_map ? sub->extension_map : NULL;
         OutPacket o = {
