@@ -18,7 +18,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import grpc
 from etcd3aio import Etcd3Client, prefix_range_end
-from etcd3aio._protobuf import Compare, LeaseKeepAliveRequest
+from etcd3aio._protobuf import Compare, LeaseKeepAliveRequest, LeaseKeepAliveResponse
 from etcd3aio.errors import EtcdConnectionError, EtcdTransientError
 from etcd3aio.kv import KVService
 
@@ -125,10 +125,11 @@ class Lease:
 
     async def _keepalive(self) -> None:
         """A request every ttl/3 on one LeaseKeepAlive stream, as etcd's own client
-        does: opening a stream per refresh cost an idle relay more than half its CPU.
-        A stream that fails or leaves a request unanswered is replaced (round-robin:
-        perhaps on another member) and the request sent again shortly after; while
-        etcd stays away, once an interval."""
+        does: a stream per refresh costs more, and a relay whose loop ran late (at
+        its core's limit) did not get one through within the TTL. A stream that
+        fails or leaves a request unanswered is replaced (round-robin: perhaps on
+        another member) and the request sent again shortly after; while etcd stays
+        away, once an interval."""
         interval = max(self.ttl / 3, 0.5)
         answer_within = min(interval, ATTEMPT_TIMEOUT_S)
         loop = asyncio.get_running_loop()
@@ -140,8 +141,7 @@ class Lease:
                 while not self.lost.is_set():
                     await asyncio.sleep(max(0.0, due - loop.time()))
                     with self._timed("lease_keepalive"):
-                        await stream.write(LeaseKeepAliveRequest(ID=self.id))
-                        response = await asyncio.wait_for(stream.read(), answer_within)
+                        response = await asyncio.wait_for(self._ask(stream), answer_within)
                     if response is grpc.aio.EOF:
                         raise StoreError("etcd closed the keepalive stream")
                     if response.TTL <= 0:
@@ -156,6 +156,15 @@ class Lease:
                 failing = True
             finally:
                 stream.cancel()
+
+    async def _ask(
+        self, stream: grpc.aio.StreamStreamCall
+    ) -> LeaseKeepAliveResponse | grpc.aio.EOFType:
+        """One keepalive request and its answer (grpc.aio.EOF if etcd ended the
+        stream); the caller bounds both, since a write can wait on a member that
+        accepted the connection and then stopped answering."""
+        await stream.write(LeaseKeepAliveRequest(ID=self.id))
+        return await stream.read()
 
     async def revoke(self) -> None:
         """Stop the keepalive and delete every key attached to the lease now."""
