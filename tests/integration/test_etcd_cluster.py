@@ -1,5 +1,6 @@
 """Losing one member of a three-member etcd cluster: the servers fail over to the
-other two, meetings go on, new ones are created and joined.
+other two, meetings go on, new ones are created and joined; a lease outlives a
+member that stops answering without closing its connections.
 
 etcd runs as `EtcdCluster` (three local members); the control plane and the relay
 are real processes given all three endpoints. The test prints what it measured
